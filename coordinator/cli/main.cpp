@@ -1,0 +1,53 @@
+// kvtune: the command-line entry point. Dispatches to a subcommand.
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(kvtune — layer-wise mixed-precision KV-cache calibration
+
+usage: kvtune <command> [options]
+
+commands:
+  formats     storage cost and quantization error of every KV format on a synthetic cache
+  inspect     print a model's architecture and fingerprint        (runs kvtune-worker)
+  eval        evaluate a per-layer KV config on a model           (runs kvtune-worker)
+  generate    greedy decode with a quantized KV cache             (runs kvtune-worker)
+  worker      run a GPU/CPU worker of a cluster                   (runs kvtune-worker)
+  version     print the version and build features
+
+`kvtune <command> --help` describes a command's options.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  static const std::set<std::string> kWorkerCommands = {"inspect", "eval", "generate", "worker"};
+  try {
+    if (kWorkerCommands.contains(command)) {
+      args.insert(args.begin(), command);
+      return kvtune::cli::exec_worker(args);
+    }
+    if (command == "formats") return kvtune::cli::formats_command(args);
+    if (command == "version" || command == "--version") {
+      std::cout << "kvtune " << KVTUNE_VERSION << "\n";
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "kvtune " << command << ": " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "kvtune: unknown command '" << command << "'\n\n" << kUsage;
+  return 2;
+}

@@ -1,0 +1,84 @@
+#include <gtest/gtest.h>
+
+#include "kvtune/common/error.h"
+#include "kvtune/common/precision.h"
+
+namespace kvtune {
+namespace {
+
+TEST(PrecisionPair, ParsesKvtunerNames) {
+  const PrecisionPair k8v4 = PrecisionPair::parse("K8V4");
+  EXPECT_EQ(k8v4.key, KvFormat::integer(8));
+  EXPECT_EQ(k8v4.value, KvFormat::integer(4));
+  EXPECT_DOUBLE_EQ(k8v4.equivalent_bits(), 6.0);
+
+  const PrecisionPair kv2 = PrecisionPair::parse("KV2");
+  EXPECT_EQ(kv2.key, kv2.value);
+  EXPECT_EQ(kv2.key.bits, 2);
+
+  const PrecisionPair full = PrecisionPair::parse("KV16");
+  EXPECT_EQ(full.key.kind, KvFormat::Kind::Full);
+  EXPECT_DOUBLE_EQ(full.equivalent_bits(), 16.0);
+}
+
+TEST(PrecisionPair, ParsesHardwareFormats) {
+  const PrecisionPair p = PrecisionPair::parse("Kfp8Vnvfp4");
+  EXPECT_EQ(p.key.kind, KvFormat::Kind::Fp8);
+  EXPECT_EQ(p.value.kind, KvFormat::Kind::Nvfp4);
+  EXPECT_DOUBLE_EQ(p.equivalent_bits(), 6.0);
+  EXPECT_EQ(PrecisionPair::parse("KVfp8").value.kind, KvFormat::Kind::Fp8);
+}
+
+TEST(PrecisionPair, NameRoundTrips) {
+  for (const char* name :
+       {"KV8", "K8V4", "K4V2", "KV16", "Kfp8Vnvfp4", "KVnvfp4", "K16V8", "K3V1"}) {
+    EXPECT_EQ(PrecisionPair::parse(name).name(), name);
+  }
+  EXPECT_EQ(PrecisionPair::parse("K4V4").name(), "KV4");
+}
+
+TEST(PrecisionPair, RejectsBadNamesWithTheText) {
+  for (const char* bad : {"", "K", "KV", "K5V4", "K8", "V4", "K8V", "Kfp16V8", "KV4x", "kv4"}) {
+    try {
+      PrecisionPair::parse(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("'") + bad + "'"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(PrecisionPair, KvtunerCandidatesAreTheNinePairs) {
+  const auto pairs = kvtuner_candidates();
+  ASSERT_EQ(pairs.size(), 9u);
+  EXPECT_EQ(pairs.front().name(), "KV8");
+  EXPECT_EQ(pairs[1].name(), "K8V4");
+  EXPECT_EQ(pairs.back().name(), "KV2");
+}
+
+TEST(LayerConfig, OnePairBroadcastsToEveryLayer) {
+  const auto layers = parse_layer_config("K8V4", 5);
+  ASSERT_EQ(layers.size(), 5u);
+  EXPECT_EQ(format_layer_config(layers), "K8V4,K8V4,K8V4,K8V4,K8V4");
+  EXPECT_DOUBLE_EQ(average_bits(layers), 6.0);
+}
+
+TEST(LayerConfig, PerLayerPairsAndAverageBits) {
+  const auto layers = parse_layer_config("KV8,KV4,KV2", 3);
+  EXPECT_DOUBLE_EQ(average_bits(layers), (8.0 + 4.0 + 2.0) / 3.0);
+}
+
+TEST(LayerConfig, WrongCountAndBadEntryAreNamed) {
+  EXPECT_THROW(parse_layer_config("KV8,KV4", 3), Error);
+  try {
+    parse_layer_config("KV8,K9V4,KV2", 3);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("entry 1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'K9V4'"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvtune
