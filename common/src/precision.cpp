@@ -44,7 +44,11 @@ KvFormat KvFormat::parse(std::string_view text) {
   if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
     throw Error("KV format " + quoted(text) + " is not one of 1, 2, 3, 4, 8, 16, fp8, nvfp4");
   }
-  return integer(bits);
+  try {
+    return integer(bits);
+  } catch (const Error& e) {
+    throw Error("KV format " + quoted(text) + ": " + e.what());
+  }
 }
 
 std::string PrecisionPair::name() const {

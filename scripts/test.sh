@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what kvtune needs (Debian 12), builds it with warnings as errors,
+# and runs every test. CTest's summary is the last thing printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVTUNE_WERROR=ON
+cmake --build build -j"$(nproc)"
+ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
