@@ -1,22 +1,28 @@
 // kvtune-worker: the model runtime behind `kvtune inspect|eval|generate|worker`.
 // It is the only executable that links LibTorch.
-#include <torch/torch.h>
-
 #include <iostream>
 #include <string>
+#include <vector>
 
+#include "commands.h"
 #include "kvtune/kernels/quant.h"
 
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
-  if (command == "version" || command == "--version") {
-    std::cout << "kvtune-worker " << KVTUNE_VERSION << " (LibTorch " << TORCH_VERSION
-              << ", torch CUDA " << (torch::cuda::is_available() ? "available" : "unavailable")
-              << ", kvtune CUDA kernels "
-              << (kvtune::kernels::cuda_compiled() ? "compiled" : "not compiled") << ")\n";
-    return 0;
+  const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
+  try {
+    if (command == "version" || command == "--version") {
+      std::cout << "kvtune-worker " << KVTUNE_VERSION << " (kvtune CUDA kernels "
+                << (kvtune::kernels::cuda_compiled() ? "compiled" : "not compiled") << ")\n";
+      return 0;
+    }
+    if (command == "generate") return kvtune::worker::generate_command(args);
+  } catch (const std::exception& e) {
+    std::cerr << "kvtune " << command << ": " << e.what() << "\n";
+    return 1;
   }
-  std::cerr << "kvtune-worker: command '" << command
-            << "' is not available in this build; this build's worker supports: version\n";
+  std::cerr
+      << "kvtune-worker: command '" << command
+      << "' is not available in this build; this build's worker supports: generate, version\n";
   return 2;
 }
