@@ -317,9 +317,7 @@ void dequantize_int(const IntSpec& spec, const CacheShape& shape, ConstIntBuffer
 
 void accumulate_head_amax(const CacheShape& shape, DType dtype, const void* x, float* amax) {
   check_pointers(x, amax, "accumulate_head_amax");
-  if (shape.tokens <= 0 || shape.heads <= 0 || shape.head_dim <= 0) {
-    throw std::invalid_argument("accumulate_head_amax: empty KV tensor " + shape.str());
-  }
+  validate_shape(shape, "accumulate_head_amax");
   FirstBad bad;
   const auto heads = static_cast<size_t>(shape.heads);
   std::vector<float> merged(amax, amax + heads);
@@ -388,18 +386,11 @@ void check_head_scales(const CacheShape& shape, const float* head_scales, const 
   }
 }
 
-void check_float_format_shape(const CacheShape& shape, const char* what) {
-  if (shape.tokens <= 0 || shape.heads <= 0 || shape.head_dim <= 0) {
-    throw std::invalid_argument(std::string(what) + ": KV tensor shape " + shape.str() +
-                                " must have at least one token, head and channel");
-  }
-}
-
 }  // namespace
 
 void fake_quant_fp8(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
                     void* y) {
-  check_float_format_shape(shape, "fake_quant_fp8");
+  validate_shape(shape, "fake_quant_fp8");
   check_pointers(x, y, "fake_quant_fp8");
   check_head_scales(shape, head_scales, "fake_quant_fp8");
   FirstBad bad;
@@ -422,7 +413,7 @@ void fake_quant_fp8(const CacheShape& shape, DType dtype, const void* x, const f
 
 void quantize_fp8(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
                   uint8_t* codes) {
-  check_float_format_shape(shape, "quantize_fp8");
+  validate_shape(shape, "quantize_fp8");
   check_pointers(x, codes, "quantize_fp8");
   check_head_scales(shape, head_scales, "quantize_fp8");
   FirstBad bad;
@@ -444,7 +435,7 @@ void quantize_fp8(const CacheShape& shape, DType dtype, const void* x, const flo
 
 void dequantize_fp8(const CacheShape& shape, const uint8_t* codes, const float* head_scales,
                     DType dtype, void* y) {
-  check_float_format_shape(shape, "dequantize_fp8");
+  validate_shape(shape, "dequantize_fp8");
   check_pointers(codes, y, "dequantize_fp8");
   check_head_scales(shape, head_scales, "dequantize_fp8");
   dispatch(dtype, [&]<class T>(T*) {
@@ -484,7 +475,7 @@ void for_each_nvfp4_block(const CacheShape& shape, const T* x, const float* head
 
 void fake_quant_nvfp4(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
                       void* y) {
-  check_float_format_shape(shape, "fake_quant_nvfp4");
+  validate_shape(shape, "fake_quant_nvfp4");
   check_pointers(x, y, "fake_quant_nvfp4");
   check_head_scales(shape, head_scales, "fake_quant_nvfp4");
   FirstBad bad;
@@ -504,7 +495,7 @@ void fake_quant_nvfp4(const CacheShape& shape, DType dtype, const void* x, const
 
 void quantize_nvfp4(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
                     Nvfp4Buffers out) {
-  check_float_format_shape(shape, "quantize_nvfp4");
+  validate_shape(shape, "quantize_nvfp4");
   check_pointers(x, out.codes, "quantize_nvfp4");
   check_pointers(x, out.block_scales, "quantize_nvfp4");
   check_head_scales(shape, head_scales, "quantize_nvfp4");
@@ -535,7 +526,7 @@ void quantize_nvfp4(const CacheShape& shape, DType dtype, const void* x, const f
 
 void dequantize_nvfp4(const CacheShape& shape, ConstNvfp4Buffers in, const float* head_scales,
                       DType dtype, void* y) {
-  check_float_format_shape(shape, "dequantize_nvfp4");
+  validate_shape(shape, "dequantize_nvfp4");
   check_pointers(in.codes, y, "dequantize_nvfp4");
   check_pointers(in.block_scales, y, "dequantize_nvfp4");
   check_head_scales(shape, head_scales, "dequantize_nvfp4");

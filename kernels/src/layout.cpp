@@ -11,12 +11,6 @@ namespace {
   throw std::invalid_argument(message);
 }
 
-void check_shape(const CacheShape& shape) {
-  if (shape.tokens <= 0 || shape.heads <= 0 || shape.head_dim <= 0) {
-    fail("KV tensor shape " + shape.str() + " must have at least one token, head and channel");
-  }
-}
-
 // Channels per value group under kivi: G, or head_dim when head_dim < G.
 int64_t kivi_value_group(const IntSpec& spec, const CacheShape& shape) {
   return spec.group_size < shape.head_dim ? spec.group_size : shape.head_dim;
@@ -26,6 +20,13 @@ constexpr double kMetadataBits = 16.0;  // fp16 scale and zero point per group
 constexpr double kFullPrecisionBits = 16.0;
 
 }  // namespace
+
+void validate_shape(const CacheShape& shape, const char* what) {
+  if (shape.tokens <= 0 || shape.heads <= 0 || shape.head_dim <= 0) {
+    fail(std::string(what) + ": KV tensor shape " + shape.str() +
+         " must have at least one token, head and channel");
+  }
+}
 
 size_t dtype_size(DType dtype) {
   return dtype == DType::F32 ? 4 : 2;
@@ -50,7 +51,7 @@ std::string CacheShape::str() const {
 }
 
 IntLayout int_layout(const IntSpec& spec, const CacheShape& shape) {
-  check_shape(shape);
+  validate_shape(shape, "KV format");
   if (spec.bits != 1 && spec.bits != 2 && spec.bits != 3 && spec.bits != 4 && spec.bits != 8) {
     fail("bits " + std::to_string(spec.bits) + " is not supported (use 1, 2, 3, 4 or 8)");
   }
@@ -119,13 +120,13 @@ int nvfp4_block(int64_t head_dim) {
 }
 
 double fp8_storage_bits(const CacheShape& shape) {
-  check_shape(shape);
+  validate_shape(shape, "KV format");
   const double per_head = static_cast<double>(shape.tokens * shape.head_dim);
   return 8.0 + 32.0 / per_head;
 }
 
 double nvfp4_storage_bits(const CacheShape& shape) {
-  check_shape(shape);
+  validate_shape(shape, "KV format");
   const double per_head = static_cast<double>(shape.tokens * shape.head_dim);
   return 4.0 + 8.0 / nvfp4_block(shape.head_dim) + 32.0 / per_head;
 }

@@ -42,6 +42,10 @@ struct CacheShape {
   std::string str() const;  // "[tokens=.., heads=.., head_dim=..]"
 };
 
+// Throws std::invalid_argument, prefixed with `what`, unless the shape has at
+// least one token, head and channel.
+void validate_shape(const CacheShape& shape, const char* what);
+
 // How one integer-quantized tensor is grouped and coded.
 struct IntSpec {
   Grouping grouping = Grouping::PerToken;
