@@ -57,7 +57,7 @@ int generate_command(const std::vector<std::string>& args) {
 
   const Model model = load_llama2c(model_path);
   const Transformer transformer(model);
-  std::vector<LayerCache> cache;
+  FullPrecisionCache cache;
   torch::Tensor logits;
   for (int64_t id : prompt_ids) logits = transformer.step(id, cache);
   std::vector<int64_t> generated;

@@ -1,6 +1,7 @@
 // Model loading and the transformer forward pass (LibTorch).
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kvtune/common/error.h"
 #include "llama.h"
@@ -107,38 +108,111 @@ Model load_llama2c(const std::string& path) {
                 " unexpected bytes after the last tensor: the header does not describe this file");
   }
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    m.layers.push_back(
-        {attn_norm[l], wq[l], wk[l], wv[l], wo[l], ffn_norm[l], w1[l], w2[l], w3[l]});
+    LayerWeights& w = m.layers.emplace_back();
+    w.attn_norm = attn_norm[l];
+    w.wq = wq[l];
+    w.wk = wk[l];
+    w.wv = wv[l];
+    w.wo = wo[l];
+    w.ffn_norm = ffn_norm[l];
+    w.w1 = w1[l];
+    w.w2 = w2[l];
+    w.w3 = w3[l];
   }
   return m;
 }
 
-Transformer::Transformer(const Model& model) : model_(model) {
-  const int64_t half = model.config.head_dim / 2;
-  // run.c: freq = 1 / theta^(2j / head_dim), in float32.
-  inv_freq_ = 1.0 / torch::pow(torch::tensor(model.config.rope_theta, torch::kFloat32),
-                               torch::arange(0, half, torch::kFloat32) * 2.0 /
-                                   static_cast<double>(model.config.head_dim));
+namespace {
+
+// RoPE inverse frequencies theta^(-2j / head_dim), with Llama 3.1's scaling:
+// long wavelengths are divided by `factor`, short ones kept, and the band
+// between interpolated smoothly.
+torch::Tensor rope_inv_freq(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(c.rope_theta, torch::kFloat32),
+                                            torch::arange(0, half, torch::kFloat32) * 2.0 /
+                                                static_cast<double>(c.head_dim));
+  const RopeScaling& rs = c.rope_scaling;
+  if (!rs.enabled) return inv_freq;
+  const double low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor;
+  const double high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor;
+  const torch::Tensor wavelen = 2.0 * M_PI / inv_freq;
+  const torch::Tensor smooth =
+      (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) /
+      (rs.high_freq_factor - rs.low_freq_factor);
+  const torch::Tensor scaled = inv_freq / rs.factor;
+  const torch::Tensor mid = (1.0 - smooth) * scaled + smooth * inv_freq;
+  return torch::where(wavelen < high_wavelen, inv_freq,
+                      torch::where(wavelen > low_wavelen, scaled, mid));
 }
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  const torch::Tensor y = torch::matmul(x, w.t());
+  return b.defined() ? y + b : y;
+}
+
+}  // namespace
+
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v) {
+  const int64_t len = q.size(1), kv_len = k.size(1);
+  const int64_t group = q.size(2) / k.size(2);
+  const torch::Tensor qh = q.transpose(1, 2);                              // [B, H, T, hd]
+  const torch::Tensor kh = k.transpose(1, 2).repeat_interleave(group, 1);  // [B, H, S, hd]
+  const torch::Tensor vh = v.transpose(1, 2).repeat_interleave(group, 1);
+  torch::Tensor scores =
+      torch::matmul(qh, kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(3)));
+  // Query i (the last `len` of `kv_len` positions) sees keys j <= i.
+  const torch::Tensor future = torch::ones({len, kv_len}, torch::kBool).triu(kv_len - len + 1);
+  scores = scores.masked_fill(future.to(scores.device()), -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), vh).transpose(1, 2);  // [B, T, H, hd]
+}
+
+std::pair<torch::Tensor, torch::Tensor> FullPrecisionCache::append(int64_t layer,
+                                                                   const torch::Tensor& k,
+                                                                   const torch::Tensor& v) {
+  const auto l = static_cast<size_t>(layer);
+  if (keys_.size() <= l) {
+    keys_.resize(l + 1);
+    values_.resize(l + 1);
+  }
+  keys_[l] = keys_[l].defined() ? torch::cat({keys_[l], k.unsqueeze(0)}) : k.unsqueeze(0);
+  values_[l] = values_[l].defined() ? torch::cat({values_[l], v.unsqueeze(0)}) : v.unsqueeze(0);
+  return {keys_[l], values_[l]};
+}
+
+int64_t FullPrecisionCache::length() const {
+  return keys_.empty() || !keys_[0].defined() ? 0 : keys_[0].size(0);
+}
+
+Transformer::Transformer(const Model& model)
+    : model_(model), inv_freq_(rope_inv_freq(model.config)) {}
 
 torch::Tensor Transformer::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
   const torch::Tensor ms = x.pow(2).mean(-1, true);
   return weight * (x * torch::rsqrt(ms + model_.config.norm_eps));
 }
 
-// Rotates interleaved channel pairs (2j, 2j+1) by position * inv_freq[j], as
-// run.c does. x: [..., tokens, heads, head_dim]; positions: [tokens].
 torch::Tensor Transformer::rope(const torch::Tensor& x, const torch::Tensor& positions) const {
   const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq_;  // [T, hd/2]
   const torch::Tensor cos = angles.cos().unsqueeze(1);  // [T, 1, hd/2]
   const torch::Tensor sin = angles.sin().unsqueeze(1);
-  auto sizes = x.sizes().vec();
-  sizes.back() /= 2;
-  sizes.push_back(2);
-  const torch::Tensor pairs = x.reshape(sizes);
-  const torch::Tensor x0 = pairs.select(-1, 0);
-  const torch::Tensor x1 = pairs.select(-1, 1);
-  return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).reshape(x.sizes());
+  torch::Tensor x0, x1;
+  if (model_.config.rope_style == RopeStyle::Interleaved) {
+    // llama2.c: pairs (2j, 2j+1).
+    auto sizes = x.sizes().vec();
+    sizes.back() /= 2;
+    sizes.push_back(2);
+    const torch::Tensor pairs = x.reshape(sizes);
+    x0 = pairs.select(-1, 0);
+    x1 = pairs.select(-1, 1);
+    return torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).reshape(x.sizes());
+  }
+  // Hugging Face: pairs (j, j + head_dim/2) ("rotate_half").
+  const auto halves = x.chunk(2, -1);
+  x0 = halves[0];
+  x1 = halves[1];
+  return torch::cat({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1);
 }
 
 torch::Tensor Transformer::feed_forward(const LayerWeights& w, const torch::Tensor& x) const {
@@ -146,72 +220,66 @@ torch::Tensor Transformer::feed_forward(const LayerWeights& w, const torch::Tens
   return torch::matmul(gate * torch::matmul(x, w.w3.t()), w.w2.t());
 }
 
-torch::Tensor Transformer::forward(const torch::Tensor& tokens) const {
+std::array<torch::Tensor, 3> Transformer::project_qkv(const LayerWeights& w, const torch::Tensor& h,
+                                                      const torch::Tensor& positions) const {
+  const ModelConfig& c = model_.config;
+  auto shape = [&](int64_t heads) {
+    auto sizes = h.sizes().vec();
+    sizes.back() = heads;
+    sizes.push_back(c.head_dim);
+    return sizes;
+  };
+  const torch::Tensor q = rope(linear(h, w.wq, w.bq).view(shape(c.n_heads)), positions);
+  const torch::Tensor k = rope(linear(h, w.wk, w.bk).view(shape(c.n_kv_heads)), positions);
+  const torch::Tensor v = linear(h, w.wv, w.bv).view(shape(c.n_kv_heads));
+  return {q, k, v};
+}
+
+torch::Tensor Transformer::forward(const torch::Tensor& tokens,
+                                   const AttentionFn& attention) const {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model_.config;
   const int64_t batch = tokens.size(0), len = tokens.size(1);
-  const int64_t group = c.n_heads / c.n_kv_heads;
+  if (len > c.max_seq_len) {
+    throw Error("a sequence of " + std::to_string(len) + " tokens is longer than the model's " +
+                "context of " + std::to_string(c.max_seq_len));
+  }
   torch::Tensor x = model_.embedding.index_select(0, tokens.reshape(-1)).view({batch, len, c.dim});
   const torch::Tensor positions = torch::arange(len, torch::kInt64);
-  const torch::Tensor future =
-      torch::ones({len, len}, torch::kBool).triu(1);  // key j > query i is masked
-  for (const LayerWeights& w : model_.layers) {
-    const torch::Tensor h = rms_norm(x, w.attn_norm);
-    const torch::Tensor q =
-        rope(torch::matmul(h, w.wq.t()).view({batch, len, c.n_heads, c.head_dim}), positions);
-    const torch::Tensor k =
-        rope(torch::matmul(h, w.wk.t()).view({batch, len, c.n_kv_heads, c.head_dim}), positions);
-    const torch::Tensor v = torch::matmul(h, w.wv.t()).view({batch, len, c.n_kv_heads, c.head_dim});
-    const torch::Tensor qh = q.transpose(1, 2);                              // [B, H, T, hd]
-    const torch::Tensor kh = k.transpose(1, 2).repeat_interleave(group, 1);  // [B, H, T, hd]
-    const torch::Tensor vh = v.transpose(1, 2).repeat_interleave(group, 1);
-    torch::Tensor scores =
-        torch::matmul(qh, kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(c.head_dim));
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-    const torch::Tensor attn = torch::matmul(torch::softmax(scores, -1), vh);  // [B, H, T, hd]
-    x = x + torch::matmul(attn.transpose(1, 2).reshape({batch, len, c.dim}), w.wo.t());
+  for (size_t l = 0; l < model_.layers.size(); ++l) {
+    const LayerWeights& w = model_.layers[l];
+    const auto [q, k, v] = project_qkv(w, rms_norm(x, w.attn_norm), positions);
+    const torch::Tensor attn =
+        attention ? attention(static_cast<int64_t>(l), q, k, v) : causal_attention(q, k, v);
+    x = x + torch::matmul(attn.reshape({batch, len, c.n_heads * c.head_dim}), w.wo.t());
     x = x + feed_forward(w, rms_norm(x, w.ffn_norm));
   }
   return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t());
 }
 
-torch::Tensor Transformer::step(int64_t token, std::vector<LayerCache>& cache) const {
+torch::Tensor Transformer::step(int64_t token, KvCache& cache) const {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model_.config;
   if (token < 0 || token >= c.vocab_size) {
     throw Error("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
                 std::to_string(c.vocab_size) + ")");
   }
-  cache.resize(static_cast<size_t>(c.n_layers));
-  const int64_t pos = cache[0].keys.defined() ? cache[0].keys.size(0) : 0;
+  const int64_t pos = cache.length();
   if (pos >= c.max_seq_len) {
     throw Error("position " + std::to_string(pos) + " is beyond the model's context of " +
                 std::to_string(c.max_seq_len) + " tokens");
   }
-  const int64_t group = c.n_heads / c.n_kv_heads;
   const torch::Tensor positions = torch::full({1}, pos, torch::kInt64);
-  torch::Tensor x = model_.embedding[token].unsqueeze(0);  // [1, dim]
+  torch::Tensor x = model_.embedding[token].view({1, 1, c.dim});  // [batch 1, token 1, dim]
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     const LayerWeights& w = model_.layers[l];
-    const torch::Tensor h = rms_norm(x, w.attn_norm);
-    const torch::Tensor q =
-        rope(torch::matmul(h, w.wq.t()).view({1, c.n_heads, c.head_dim}), positions);
-    const torch::Tensor k =
-        rope(torch::matmul(h, w.wk.t()).view({1, c.n_kv_heads, c.head_dim}), positions);
-    const torch::Tensor v = torch::matmul(h, w.wv.t()).view({1, c.n_kv_heads, c.head_dim});
-    LayerCache& lc = cache[l];
-    lc.keys = lc.keys.defined() ? torch::cat({lc.keys, k}) : k;
-    lc.values = lc.values.defined() ? torch::cat({lc.values, v}) : v;
-    const torch::Tensor kh = lc.keys.transpose(0, 1).repeat_interleave(group, 0);  // [H, T, hd]
-    const torch::Tensor vh = lc.values.transpose(0, 1).repeat_interleave(group, 0);
-    const torch::Tensor qh = q.transpose(0, 1);  // [H, 1, hd]
-    const torch::Tensor scores =
-        torch::matmul(qh, kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(c.head_dim));
-    const torch::Tensor attn = torch::matmul(torch::softmax(scores, -1), vh);  // [H, 1, hd]
-    x = x + torch::matmul(attn.transpose(0, 1).reshape({1, c.dim}), w.wo.t());
+    const auto [q, k, v] = project_qkv(w, rms_norm(x, w.attn_norm), positions);
+    const auto [keys, values] = cache.append(static_cast<int64_t>(l), k[0][0], v[0][0]);
+    const torch::Tensor attn = causal_attention(q, keys.unsqueeze(0), values.unsqueeze(0));
+    x = x + torch::matmul(attn.reshape({1, 1, c.n_heads * c.head_dim}), w.wo.t());
     x = x + feed_forward(w, rms_norm(x, w.ffn_norm));
   }
-  return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t()).squeeze(0);
+  return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t()).view({c.vocab_size});
 }
 
 }  // namespace kvtune::worker

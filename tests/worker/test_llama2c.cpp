@@ -52,7 +52,7 @@ TEST(Llama2c, GreedyDecodeEqualsTheReferenceImplementation) {
 
   const Model model = load_llama2c(kModel);
   const Transformer t(model);
-  std::vector<LayerCache> cache;
+  FullPrecisionCache cache;
   int64_t token = ref["prompt"][0].get<int64_t>();
   for (size_t pos = 0; pos < expected.size(); ++pos) {
     const torch::Tensor logits = t.step(token, cache);
@@ -78,7 +78,7 @@ TEST(Llama2c, TeacherForcedForwardEqualsStepByStep) {
   ids.resize(40);
   const torch::Tensor batch = torch::tensor(ids, torch::kInt64).unsqueeze(0);
   const torch::Tensor all = t.forward(batch)[0];
-  std::vector<LayerCache> cache;
+  FullPrecisionCache cache;
   for (size_t i = 0; i < ids.size(); ++i) {
     const torch::Tensor one = t.step(ids[i], cache);
     const double diff = (all[static_cast<int64_t>(i)] - one).abs().max().item<double>();

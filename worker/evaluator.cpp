@@ -1,0 +1,415 @@
+#include "evaluator.h"
+
+#include <cmath>
+
+#include "kvtune/common/error.h"
+
+namespace kvtune::worker {
+namespace kk = kvtune::kernels;
+
+// ---------------------------------------------------------------------------
+// QuantScheme
+
+std::string QuantScheme::name() const {
+  return grouping == kk::Grouping::Kivi ? "kivi" : "per-token-asym";
+}
+
+std::string QuantScheme::key() const {
+  std::string k = name();
+  if (grouping == kk::Grouping::Kivi) {
+    k += "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
+  }
+  return k + (zero_point == kk::ZeroPoint::Int ? "/zp=int" : "/zp=float");
+}
+
+QuantScheme QuantScheme::parse(const std::string& name, int group_size, int residual,
+                               const std::string& zero_point) {
+  QuantScheme s;
+  if (name == "per-token-asym") {
+    s.grouping = kk::Grouping::PerToken;
+  } else if (name == "kivi") {
+    s.grouping = kk::Grouping::Kivi;
+  } else {
+    throw Error("scheme '" + name + "' is not one of per-token-asym, kivi");
+  }
+  if (zero_point == "int") {
+    s.zero_point = kk::ZeroPoint::Int;
+  } else if (zero_point == "float") {
+    s.zero_point = kk::ZeroPoint::Float;
+  } else {
+    throw Error("zero-point '" + zero_point + "' is not one of int, float");
+  }
+  if (group_size <= 0)
+    throw Error("group size " + std::to_string(group_size) + " must be positive");
+  if (residual <= 0 || residual % group_size != 0) {
+    throw Error("residual " + std::to_string(residual) +
+                " must be a positive multiple of group size " + std::to_string(group_size));
+  }
+  s.group_size = group_size;
+  s.residual = residual;
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// TensorQuantizer
+
+TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const QuantScheme& scheme,
+                                 std::vector<float> head_amax)
+    : format_(format), role_(role), scheme_(scheme) {
+  for (float a : head_amax) {
+    head_scales_.push_back(format.kind == KvFormat::Kind::Nvfp4 ? kk::nvfp4_head_scale(a)
+                                                                : kk::fp8_head_scale(a));
+  }
+}
+
+kk::IntSpec TensorQuantizer::int_spec() const {
+  kk::IntSpec s;
+  s.grouping = scheme_.grouping;
+  s.role = role_;
+  s.bits = format_.bits;
+  s.zero_point = scheme_.zero_point;
+  s.group_size = scheme_.group_size;
+  s.residual = scheme_.residual;
+  return s;
+}
+
+int64_t TensorQuantizer::quantized_before(int64_t i) const {
+  if (!active()) return 0;
+  if (format_.kind == KvFormat::Kind::Int && scheme_.grouping == kk::Grouping::Kivi) {
+    return (i / scheme_.residual) * scheme_.residual;
+  }
+  return i;
+}
+
+namespace {
+
+kk::CacheShape shape_of(const torch::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2)};
+}
+
+torch::Tensor host_f32(const torch::Tensor& x) {
+  if (!x.device().is_cpu()) {
+    throw Error("KV quantization of " + x.device().str() +
+                " tensors is not built into this worker (CPU only)");
+  }
+  return x.to(torch::kFloat32).contiguous();
+}
+
+}  // namespace
+
+torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
+  if (!active()) return x;
+  const torch::Tensor in = host_f32(x);
+  torch::Tensor out = torch::empty_like(in);
+  const kk::CacheShape shape = shape_of(in);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  switch (format_.kind) {
+    case KvFormat::Kind::Int:
+      kk::cpu::fake_quant_int(int_spec(), shape, kk::DType::F32, src, dst);
+      break;
+    case KvFormat::Kind::Fp8:
+      kk::cpu::fake_quant_fp8(shape, kk::DType::F32, src, head_scales_.data(), dst);
+      break;
+    case KvFormat::Kind::Nvfp4:
+      kk::cpu::fake_quant_nvfp4(shape, kk::DType::F32, src, head_scales_.data(), dst);
+      break;
+    case KvFormat::Kind::Full:
+      break;
+  }
+  return out.to(x.dtype());
+}
+
+torch::Tensor TensorQuantizer::quantize_dequantize(const torch::Tensor& x) const {
+  if (!active()) return x;
+  const torch::Tensor in = host_f32(x);
+  torch::Tensor out = in.clone();  // residual tokens, if any, stay as they are
+  const kk::CacheShape shape = shape_of(in);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  if (format_.kind == KvFormat::Kind::Int) {
+    const kk::IntSpec spec = int_spec();
+    const kk::IntLayout layout = kk::int_layout(spec, shape);
+    std::vector<uint32_t> codes(static_cast<size_t>(layout.code_words));
+    std::vector<float> scales(static_cast<size_t>(layout.groups.count)), zeros(scales.size());
+    kk::cpu::quantize_int(spec, shape, kk::DType::F32, src,
+                          {codes.data(), scales.data(), zeros.data()});
+    kk::cpu::dequantize_int(spec, shape, {codes.data(), scales.data(), zeros.data()},
+                            kk::DType::F32, dst);
+  } else if (format_.kind == KvFormat::Kind::Fp8) {
+    std::vector<uint8_t> codes(static_cast<size_t>(shape.elements()));
+    kk::cpu::quantize_fp8(shape, kk::DType::F32, src, head_scales_.data(), codes.data());
+    kk::cpu::dequantize_fp8(shape, codes.data(), head_scales_.data(), kk::DType::F32, dst);
+  } else {
+    const auto n = static_cast<size_t>(shape.elements());
+    std::vector<uint32_t> codes((n + 7) / 8);
+    std::vector<uint8_t> blocks(n / static_cast<size_t>(kk::nvfp4_block(shape.head_dim)));
+    kk::cpu::quantize_nvfp4(shape, kk::DType::F32, src, head_scales_.data(),
+                            {codes.data(), blocks.data()});
+    kk::cpu::dequantize_nvfp4(shape, {codes.data(), blocks.data()}, head_scales_.data(),
+                              kk::DType::F32, dst);
+  }
+  return out.to(x.dtype());
+}
+
+double TensorQuantizer::storage_bits(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {
+  const kk::CacheShape shape{tokens, kv_heads, head_dim};
+  switch (format_.kind) {
+    case KvFormat::Kind::Int:
+      return kk::int_storage_bits(int_spec(), shape);
+    case KvFormat::Kind::Fp8:
+      return kk::fp8_storage_bits(shape);
+    case KvFormat::Kind::Nvfp4:
+      return kk::nvfp4_storage_bits(shape);
+    case KvFormat::Kind::Full:
+      break;
+  }
+  return 16.0;
+}
+
+// ---------------------------------------------------------------------------
+// Emulated attention
+
+namespace {
+
+// Fake-quantizes each sequence of x [B, T, KVH, hd].
+torch::Tensor fake_quant_batch(const TensorQuantizer& q, const torch::Tensor& x) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t b = 0; b < x.size(0); ++b) parts.push_back(q.fake_quant(x[b]));
+  return torch::stack(parts);
+}
+
+// [T, T] mask: query i reads j quantized iff j < quantized_before(i).
+torch::Tensor quantized_mask(const TensorQuantizer& q, int64_t len, const torch::Device& device) {
+  std::vector<int64_t> cut(static_cast<size_t>(len));
+  for (int64_t i = 0; i < len; ++i) cut[static_cast<size_t>(i)] = q.quantized_before(i);
+  const torch::Tensor cutoff = torch::tensor(cut, torch::kInt64).unsqueeze(1);
+  return (torch::arange(len, torch::kInt64).unsqueeze(0) < cutoff).to(device);
+}
+
+}  // namespace
+
+torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const TensorQuantizer& keys,
+                                  const TensorQuantizer& values) {
+  if (!keys.active() && !values.active()) return causal_attention(q, k, v);
+  const int64_t len = q.size(1);
+  const int64_t group = q.size(2) / k.size(2);
+  const auto heads = [group](const torch::Tensor& x) {  // [B, T, KVH, hd] -> [B, H, T, hd]
+    return x.transpose(1, 2).repeat_interleave(group, 1);
+  };
+  const torch::Tensor qh = q.transpose(1, 2);
+  const double inv_sqrt = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  torch::Tensor scores = torch::matmul(qh, heads(k).transpose(-2, -1));
+  if (keys.active()) {
+    const torch::Tensor quantized =
+        torch::matmul(qh, heads(fake_quant_batch(keys, k)).transpose(-2, -1));
+    scores = torch::where(quantized_mask(keys, len, q.device()), quantized, scores);
+  }
+  scores = scores * inv_sqrt;
+  const torch::Tensor future = torch::ones({len, len}, torch::kBool).triu(1).to(q.device());
+  const torch::Tensor p =
+      torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
+  torch::Tensor out;
+  if (values.active()) {
+    const torch::Tensor m = quantized_mask(values, len, q.device()).to(p.dtype());
+    out = torch::matmul(p * m, heads(fake_quant_batch(values, v))) +
+          torch::matmul(p * (1 - m), heads(v));
+  } else {
+    out = torch::matmul(p, heads(v));
+  }
+  return out.transpose(1, 2);
+}
+
+// ---------------------------------------------------------------------------
+// QuantizedKvCache
+
+QuantizedKvCache::QuantizedKvCache(std::vector<std::pair<TensorQuantizer, TensorQuantizer>> layers)
+    : quantizers_(std::move(layers)), streams_(quantizers_.size()) {}
+
+torch::Tensor QuantizedKvCache::push(Stream& s, const TensorQuantizer& q,
+                                     const torch::Tensor& x) const {
+  const int64_t flushed = s.quantized.defined() ? s.quantized.size(0) : 0;
+  const int64_t recent = s.recent.defined() ? s.recent.size(0) : 0;
+  const int64_t position = flushed + recent;  // of the token being appended
+  const int64_t due = q.quantized_before(position) - flushed;
+  if (due > 0) {
+    // Tokens leaving the full-precision window are quantized once, as a chunk
+    // (a whole kivi window, or one token), and read back from their codes.
+    const torch::Tensor chunk = q.quantize_dequantize(s.recent.slice(0, 0, due));
+    s.quantized = s.quantized.defined() ? torch::cat({s.quantized, chunk}) : chunk;
+    s.recent = s.recent.slice(0, due);
+  }
+  s.recent = s.recent.defined() ? torch::cat({s.recent, x.unsqueeze(0)}) : x.unsqueeze(0);
+  return s.quantized.defined() ? torch::cat({s.quantized, s.recent}) : s.recent;
+}
+
+std::pair<torch::Tensor, torch::Tensor> QuantizedKvCache::append(int64_t layer,
+                                                                 const torch::Tensor& k,
+                                                                 const torch::Tensor& v) {
+  const auto l = static_cast<size_t>(layer);
+  if (l >= quantizers_.size()) {
+    throw Error("QuantizedKvCache has " + std::to_string(quantizers_.size()) + " layers; layer " +
+                std::to_string(layer) + " was appended");
+  }
+  auto& [ks, vs] = streams_[l];
+  torch::Tensor keys = push(ks, quantizers_[l].first, k);
+  torch::Tensor values = push(vs, quantizers_[l].second, v);
+  if (l == 0) length_ = keys.size(0);
+  return {keys, values};
+}
+
+// ---------------------------------------------------------------------------
+// Metrics and Evaluator
+
+nlohmann::json Metrics::to_json() const {
+  return {{"kl", kl},
+          {"delta_nll", delta_nll},
+          {"ppl_fp", ppl_fp},
+          {"ppl_q", ppl_q},
+          {"top1_agreement", top1_agreement},
+          {"avg_bits", avg_bits},
+          {"bytes_per_token", bytes_per_token},
+          {"attn_rel_err", attn_rel_err},
+          {"tokens", tokens}};
+}
+
+Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences)
+    : model_(model), transformer_(model) {
+  const ModelConfig& c = model.config;
+  if (sequences.empty()) throw Error("the calibration data holds no sequences");
+  std::map<int64_t, std::vector<torch::Tensor>> by_length;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const auto& seq = sequences[s];
+    if (seq.size() < 2 || static_cast<int64_t>(seq.size()) > c.max_seq_len) {
+      throw Error("calibration sequence " + std::to_string(s) + " has " +
+                  std::to_string(seq.size()) + " tokens; it needs 2 to " +
+                  std::to_string(c.max_seq_len) + " (the model's context)");
+    }
+    for (size_t i = 0; i < seq.size(); ++i) {
+      if (seq[i] < 0 || seq[i] >= c.vocab_size) {
+        throw Error("calibration sequence " + std::to_string(s) + ", position " +
+                    std::to_string(i) + ": token id " + std::to_string(seq[i]) +
+                    " is outside the vocabulary of " + std::to_string(c.vocab_size));
+      }
+    }
+    by_length[static_cast<int64_t>(seq.size())].push_back(torch::tensor(seq, torch::kInt64));
+    longest_ = std::max(longest_, static_cast<int64_t>(seq.size()));
+  }
+  amax_.keys.assign(static_cast<size_t>(c.n_layers),
+                    std::vector<float>(static_cast<size_t>(c.n_kv_heads), 0.0f));
+  amax_.values = amax_.keys;
+  const AttentionFn record_amax = [this](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v) {
+    const auto update = [](std::vector<float>& acc, const torch::Tensor& x) {
+      const torch::Tensor m = x.abs().amax({0, 1, 3}).to(torch::kFloat32).contiguous();
+      for (size_t h = 0; h < acc.size(); ++h)
+        acc[h] = std::max(acc[h], m[static_cast<int64_t>(h)].item<float>());
+    };
+    update(amax_.keys[static_cast<size_t>(l)], k);
+    update(amax_.values[static_cast<size_t>(l)], v);
+    return causal_attention(q, k, v);
+  };
+  for (auto& [len, seqs] : by_length) {
+    Batch b;
+    b.tokens = torch::stack(seqs);
+    b.ref_logp = torch::log_softmax(transformer_.forward(b.tokens, record_amax), -1);
+    batches_.push_back(std::move(b));
+  }
+}
+
+std::vector<std::pair<TensorQuantizer, TensorQuantizer>> Evaluator::quantizers(
+    const std::vector<PrecisionPair>& layers, const QuantScheme& scheme) const {
+  const ModelConfig& c = model_.config;
+  if (static_cast<int64_t>(layers.size()) != c.n_layers) {
+    throw Error("the config has " + std::to_string(layers.size()) + " layers but the model has " +
+                std::to_string(c.n_layers));
+  }
+  std::vector<std::pair<TensorQuantizer, TensorQuantizer>> out;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].key.kind == KvFormat::Kind::Nvfp4 ||
+        layers[l].value.kind == KvFormat::Kind::Nvfp4) {
+      kk::nvfp4_block(c.head_dim);  // throws when head_dim does not fit NVFP4 blocks
+    }
+    out.emplace_back(TensorQuantizer(layers[l].key, kk::Role::Key, scheme, amax_.keys[l]),
+                     TensorQuantizer(layers[l].value, kk::Role::Value, scheme, amax_.values[l]));
+  }
+  return out;
+}
+
+void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
+                                      const QuantScheme& scheme) {
+  const auto qs = quantizers(layers, scheme);
+  std::vector<std::string> keys;
+  std::vector<bool> needed;
+  bool any = false;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    keys.push_back(scheme.key() + "|" + std::to_string(l) + "|" + layers[l].name());
+    const bool active = qs[l].first.active() || qs[l].second.active();
+    if (!active) attn_err_memo_[keys.back()] = 0.0;
+    needed.push_back(!attn_err_memo_.contains(keys.back()));
+    any = any || needed.back();
+  }
+  if (!any) return;
+  // Replay the unquantized model; at each layer compare its own attention
+  // output with the one read through that layer's quantized cache.
+  std::vector<double> num(layers.size(), 0.0), den(layers.size(), 0.0);
+  const AttentionFn compare = [&](int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v) {
+    const auto l = static_cast<size_t>(layer);
+    torch::Tensor out = causal_attention(q, k, v);
+    if (needed[l]) {
+      const torch::Tensor diff = quantized_attention(q, k, v, qs[l].first, qs[l].second) - out;
+      num[l] += diff.pow(2).sum().item<double>();
+      den[l] += out.pow(2).sum().item<double>();
+    }
+    return out;
+  };
+  for (const Batch& b : batches_) transformer_.forward(b.tokens, compare);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (needed[l]) attn_err_memo_[keys[l]] = den[l] > 0 ? std::sqrt(num[l] / den[l]) : 0.0;
+  }
+}
+
+Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const QuantScheme& scheme) {
+  const ModelConfig& c = model_.config;
+  const auto qs = quantizers(layers, scheme);
+  fill_attention_errors(layers, scheme);
+  const AttentionFn attention = [&qs](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                      const torch::Tensor& v) {
+    const auto& [kq, vq] = qs[static_cast<size_t>(l)];
+    return quantized_attention(q, k, v, kq, vq);
+  };
+  double kl = 0, nll_fp = 0, nll_q = 0, agree = 0;
+  int64_t positions = 0, predicted = 0;
+  for (const Batch& b : batches_) {
+    const torch::Tensor logp = torch::log_softmax(transformer_.forward(b.tokens, attention), -1);
+    kl += (b.ref_logp.exp() * (b.ref_logp - logp)).sum().to(torch::kFloat64).item<double>();
+    agree += (b.ref_logp.argmax(-1) == logp.argmax(-1)).sum().item<double>();
+    positions += b.tokens.numel();
+    const int64_t len = b.tokens.size(1);
+    const torch::Tensor next = b.tokens.slice(1, 1).unsqueeze(-1);
+    nll_fp -=
+        b.ref_logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
+    nll_q -= logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
+    predicted += next.numel();
+  }
+  Metrics m;
+  m.tokens = positions;
+  m.kl = kl / static_cast<double>(positions);
+  m.top1_agreement = agree / static_cast<double>(positions);
+  m.delta_nll = (nll_q - nll_fp) / static_cast<double>(predicted);
+  m.ppl_fp = std::exp(nll_fp / static_cast<double>(predicted));
+  m.ppl_q = std::exp(nll_q / static_cast<double>(predicted));
+  m.avg_bits = average_bits(layers);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const double bits = qs[l].first.storage_bits(longest_, c.n_kv_heads, c.head_dim) +
+                        qs[l].second.storage_bits(longest_, c.n_kv_heads, c.head_dim);
+    m.bytes_per_token += bits * static_cast<double>(c.n_kv_heads * c.head_dim) / 8.0;
+    m.attn_rel_err.push_back(
+        attn_err_memo_.at(scheme.key() + "|" + std::to_string(l) + "|" + layers[l].name()));
+  }
+  return m;
+}
+
+}  // namespace kvtune::worker
