@@ -1,9 +1,14 @@
 #include "commands.h"
 
 #include <boost/program_options.hpp>
+#include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "calibration.h"
+#include "evaluator.h"
+#include "fingerprint.h"
+#include "kvtune/common/config_file.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
 
@@ -11,6 +16,59 @@ namespace kvtune::worker {
 namespace po = boost::program_options;
 
 namespace {
+
+constexpr const char* kSyntheticNote =
+    "note: builtin:demo is a synthetic, generated model (not a trained LM)";
+
+// Options shared by the commands that quantize a cache.
+struct QuantOptions {
+  std::string scheme = "per-token-asym";
+  int group_size = 32;
+  int residual = 0;  // 0: R = G
+  std::string zero_point = "int";
+  std::string config, config_file;
+
+  void add_to(po::options_description& opts) {
+    opts.add_options()("scheme", po::value(&scheme)->default_value(scheme),
+                       "per-token-asym or kivi")(
+        "group-size", po::value(&group_size)->default_value(group_size), "kivi group size G")(
+        "residual", po::value(&residual)->default_value(residual),
+        "kivi full-precision window R, a multiple of G (0: R = G)")(
+        "zero-point", po::value(&zero_point)->default_value(zero_point),
+        "int (KVTuner) or float (KIVI)")("config", po::value(&config),
+                                         "one pair for all layers, or one per layer: K8V4,KV4,...")(
+        "config-file", po::value(&config_file), "KVTuner YAML or JSON layer config");
+  }
+  bool has_config() const { return !config.empty() || !config_file.empty(); }
+  QuantScheme quant_scheme() const {
+    return QuantScheme::parse(scheme, group_size, residual == 0 ? group_size : residual,
+                              zero_point);
+  }
+  std::vector<PrecisionPair> layers(int num_layers) const {
+    if (!config.empty() && !config_file.empty()) {
+      throw Error("give --config or --config-file, not both");
+    }
+    if (!config_file.empty()) return load_layer_config_file(config_file, num_layers);
+    if (config.empty()) throw Error("--config or --config-file is required");
+    try {
+      return parse_layer_config(config, num_layers);
+    } catch (const Error& e) {
+      throw Error(std::string("--config: ") + e.what());
+    }
+  }
+};
+
+// Parses args; returns false when --help was printed.
+bool parse(const std::vector<std::string>& args, const po::options_description& opts,
+           po::variables_map& vm) {
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts;
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
 
 std::vector<int64_t> parse_ids(const std::string& text, const char* option) {
   std::vector<int64_t> ids;
@@ -34,40 +92,163 @@ std::vector<int64_t> parse_ids(const std::string& text, const char* option) {
   return ids;
 }
 
+std::string rope_description(const ModelConfig& c) {
+  std::string s = "theta " + std::to_string(static_cast<int64_t>(c.rope_theta)) +
+                  (c.rope_style == RopeStyle::Interleaved ? ", interleaved pairs" : ", half split");
+  if (c.rope_scaling.enabled) s += ", llama3 scaling x" + std::to_string(c.rope_scaling.factor);
+  return s;
+}
+
 }  // namespace
 
-int generate_command(const std::vector<std::string>& args) {
-  std::string model_path, prompt;
-  int64_t steps = 0;
-  po::options_description opts("kvtune generate [options]");
-  opts.add_options()("help,h", "show this help")("model", po::value(&model_path)->required(),
-                                                 "llama2.c checkpoint")(
-      "prompt-ids", po::value(&prompt)->default_value("1"), "comma-separated prompt token ids")(
-      "steps", po::value(&steps)->default_value(64), "tokens to generate")("json",
-                                                                           "print one JSON object");
+int inspect_command(const std::vector<std::string>& args) {
+  std::string model_spec;
+  po::options_description opts("kvtune inspect [options]");
+  opts.add_options()("help,h", "show this help")(
+      "model", po::value(&model_spec)->required(),
+      "llama2.c .bin, Hugging Face directory, or builtin:demo")("json", "print one JSON object");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts;
+  if (!parse(args, opts, vm)) return 0;
+  const Model model = load_model(model_spec);
+  const ModelConfig& c = model.config;
+  const std::string fingerprint = model_fingerprint(model_spec);
+  if (vm.count("json")) {
+    std::cout << nlohmann::json{{"model", c.name},
+                                {"architecture", c.architecture},
+                                {"synthetic", c.synthetic},
+                                {"layers", c.n_layers},
+                                {"dim", c.dim},
+                                {"hidden_dim", c.hidden_dim},
+                                {"heads", c.n_heads},
+                                {"kv_heads", c.n_kv_heads},
+                                {"head_dim", c.head_dim},
+                                {"vocab_size", c.vocab_size},
+                                {"context", c.max_seq_len},
+                                {"rope", rope_description(c)},
+                                {"attention_bias", c.attention_bias},
+                                {"tied_embeddings", c.tied_embeddings},
+                                {"weight_dtype", c.weight_dtype},
+                                {"fingerprint", fingerprint}}
+                     .dump()
+              << "\n";
     return 0;
   }
-  po::notify(vm);
+  std::cout << "model         " << c.name << (c.synthetic ? "  (synthetic)" : "") << "\n"
+            << "architecture  " << c.architecture << "\n"
+            << "layers        " << c.n_layers << "\n"
+            << "dim           " << c.dim << " (ffn " << c.hidden_dim << ")\n"
+            << "heads         " << c.n_heads << " query, " << c.n_kv_heads << " KV, head_dim "
+            << c.head_dim << "\n"
+            << "vocab         " << c.vocab_size << "\n"
+            << "context       " << c.max_seq_len << "\n"
+            << "rope          " << rope_description(c) << "\n"
+            << "qkv bias      " << (c.attention_bias ? "yes" : "no") << "\n"
+            << "embeddings    " << (c.tied_embeddings ? "tied" : "untied") << "\n"
+            << "weights       " << c.weight_dtype << "\n"
+            << "fingerprint   " << fingerprint << "\n";
+  if (c.synthetic) std::cout << kSyntheticNote << "\n";
+  return 0;
+}
+
+int eval_command(const std::vector<std::string>& args) {
+  std::string model_spec, data_spec;
+  int64_t seq_len = 0;
+  int threads = 0;
+  QuantOptions quant;
+  po::options_description opts("kvtune eval [options]");
+  opts.add_options()("help,h", "show this help")(
+      "model", po::value(&model_spec)->required(),
+      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+      "data", po::value(&data_spec)->required(),
+      "calibration tokens: FILE.u16, FILE.u32, FILE.jsonl or sample:N:L:SEED")(
+      "seq-len", po::value(&seq_len)->default_value(256), "sequence length for .u16/.u32 files")(
+      "threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")(
+      "json", "print one JSON object");
+  quant.add_to(opts);
+  po::variables_map vm;
+  if (!parse(args, opts, vm)) return 0;
+  if (threads > 0) torch::set_num_threads(threads);
+
+  const QuantScheme scheme = quant.quant_scheme();
+  const Model model = load_model(model_spec);
+  const std::vector<PrecisionPair> layers = quant.layers(static_cast<int>(model.config.n_layers));
+  const CalibrationData data = load_calibration(data_spec, seq_len, model);
+  Evaluator evaluator(model, data.sequences);
+  const Metrics m = evaluator.evaluate(layers, scheme);
+
+  if (vm.count("json")) {
+    nlohmann::json out = m.to_json();
+    out["config"] = format_layer_config(layers);
+    out["scheme"] = scheme.key();
+    out["model"] = model.config.name;
+    out["synthetic"] = model.config.synthetic;
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  std::cout << "model " << model.config.name << (model.config.synthetic ? " (synthetic)" : "")
+            << ", data " << data.spec << " (" << data.sequences.size() << " sequences, " << m.tokens
+            << " tokens), scheme " << scheme.key() << "\n";
+  if (!data.note.empty()) std::cout << "data: " << data.note << "\n";
+  std::cout << "config " << format_layer_config(layers) << "\n\n";
+  std::printf("KL divergence      %.6f nats/token\n", m.kl);
+  std::printf("delta NLL          %.6f nats/token\n", m.delta_nll);
+  std::printf("perplexity         %.4f -> %.4f\n", m.ppl_fp, m.ppl_q);
+  std::printf("top-1 agreement    %.4f\n", m.top1_agreement);
+  std::printf("average bits       %.3f\n", m.avg_bits);
+  std::printf("KV bytes / token   %.1f\n", m.bytes_per_token);
+  std::printf("attention rel.err ");
+  for (double e : m.attn_rel_err) std::printf(" %.4f", e);
+  std::printf("\n");
+  if (model.config.synthetic) std::cout << kSyntheticNote << "\n";
+  return 0;
+}
+
+int generate_command(const std::vector<std::string>& args) {
+  std::string model_spec, prompt, data_spec;
+  int64_t steps = 0;
+  QuantOptions quant;
+  po::options_description opts("kvtune generate [options]");
+  opts.add_options()("help,h", "show this help")(
+      "model", po::value(&model_spec)->required(),
+      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+      "prompt-ids", po::value(&prompt)->default_value("1"), "comma-separated prompt token ids")(
+      "steps", po::value(&steps)->default_value(64), "tokens to generate")(
+      "data", po::value(&data_spec)->default_value("sample:4:64:0"),
+      "calibration data for fp8/nvfp4 static scales")("json", "print one JSON object");
+  quant.add_to(opts);
+  po::variables_map vm;
+  if (!parse(args, opts, vm)) return 0;
   if (steps < 0) throw Error("--steps " + std::to_string(steps) + " must not be negative");
   const std::vector<int64_t> prompt_ids = parse_ids(prompt, "--prompt-ids");
 
-  const Model model = load_llama2c(model_path);
+  const Model model = load_model(model_spec);
   const Transformer transformer(model);
-  FullPrecisionCache cache;
+  std::unique_ptr<KvCache> cache = std::make_unique<FullPrecisionCache>();
+  std::string config = "KV16";
+  if (quant.has_config()) {
+    const std::vector<PrecisionPair> layers = quant.layers(static_cast<int>(model.config.n_layers));
+    config = format_layer_config(layers);
+    // Static fp8/nvfp4 scales come from calibration data, as in an evaluation.
+    const bool needs_scales = config.find("fp") != std::string::npos;
+    const CalibrationData data =
+        needs_scales ? load_calibration(data_spec, 0, model) : CalibrationData{"", {{1, 1}}, ""};
+    const Evaluator evaluator(model, data.sequences);
+    cache = std::make_unique<QuantizedKvCache>(evaluator.quantizers(layers, quant.quant_scheme()));
+  }
   torch::Tensor logits;
-  for (int64_t id : prompt_ids) logits = transformer.step(id, cache);
+  for (int64_t id : prompt_ids) logits = transformer.step(id, *cache);
   std::vector<int64_t> generated;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t next = logits.argmax().item<int64_t>();
     generated.push_back(next);
-    if (s + 1 < steps) logits = transformer.step(next, cache);
+    if (s + 1 < steps) logits = transformer.step(next, *cache);
   }
   if (vm.count("json")) {
-    std::cout << nlohmann::json{{"prompt", prompt_ids}, {"generated", generated}}.dump() << "\n";
+    std::cout << nlohmann::json{{"prompt", prompt_ids},
+                                {"generated", generated},
+                                {"config", config}}
+                     .dump()
+              << "\n";
   } else {
     for (size_t i = 0; i < generated.size(); ++i) std::cout << (i ? " " : "") << generated[i];
     std::cout << "\n";

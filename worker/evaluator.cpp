@@ -73,12 +73,15 @@ kk::IntSpec TensorQuantizer::int_spec() const {
   return s;
 }
 
+int64_t TensorQuantizer::full_precision_window() const {
+  const bool kivi = format_.kind == KvFormat::Kind::Int && scheme_.grouping == kk::Grouping::Kivi;
+  return kivi ? scheme_.residual : 1;
+}
+
 int64_t TensorQuantizer::quantized_before(int64_t i) const {
   if (!active()) return 0;
-  if (format_.kind == KvFormat::Kind::Int && scheme_.grouping == kk::Grouping::Kivi) {
-    return (i / scheme_.residual) * scheme_.residual;
-  }
-  return i;
+  const int64_t w = full_precision_window();
+  return (i / w) * w;
 }
 
 namespace {
@@ -179,16 +182,27 @@ torch::Tensor fake_quant_batch(const TensorQuantizer& q, const torch::Tensor& x)
   return torch::stack(parts);
 }
 
-// [T, T] mask: query i reads j quantized iff j < quantized_before(i).
-torch::Tensor quantized_mask(const TensorQuantizer& q, int64_t len, const torch::Device& device) {
-  std::vector<int64_t> cut(static_cast<size_t>(len));
-  for (int64_t i = 0; i < len; ++i) cut[static_cast<size_t>(i)] = q.quantized_before(i);
-  const torch::Tensor cutoff = torch::tensor(cut, torch::kInt64).unsqueeze(1);
-  return (torch::arange(len, torch::kInt64).unsqueeze(0) < cutoff).to(device);
+// The w x w diagonal blocks of the last two dims of a contiguous x [B, H, T, T]
+// that cover [0, (T / w) * w), as a view [B, H, T / w, w, w].
+torch::Tensor diagonal_blocks(const torch::Tensor& x, int64_t w) {
+  const int64_t t = x.size(-1);
+  return x.as_strided({x.size(0), x.size(1), t / w, w, w},
+                      {x.stride(0), x.stride(1), w * t + w, t, 1}, x.storage_offset());
+}
+
+// a [B, H, T, d] -> the same split into full blocks [B, H, T / w, w, d] and the rest.
+std::pair<torch::Tensor, torch::Tensor> split_blocks(const torch::Tensor& a, int64_t w) {
+  const int64_t full = (a.size(2) / w) * w;
+  return {a.slice(2, 0, full).reshape({a.size(0), a.size(1), a.size(2) / w, w, a.size(3)}),
+          a.slice(2, full)};
 }
 
 }  // namespace
 
+// Query i reads token j in full precision iff j is in i's window block
+// [W*floor(i/W), i] (W = 1 for per-token formats, R for kivi), and quantized
+// otherwise. So the scores and outputs are those of the fully quantized cache,
+// corrected on the diagonal blocks: O(T*W) extra work instead of O(T^2).
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const TensorQuantizer& keys,
                                   const TensorQuantizer& values) {
@@ -198,26 +212,37 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
   const auto heads = [group](const torch::Tensor& x) {  // [B, T, KVH, hd] -> [B, H, T, hd]
     return x.transpose(1, 2).repeat_interleave(group, 1);
   };
-  const torch::Tensor qh = q.transpose(1, 2);
-  const double inv_sqrt = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  torch::Tensor scores = torch::matmul(qh, heads(k).transpose(-2, -1));
-  if (keys.active()) {
-    const torch::Tensor quantized =
-        torch::matmul(qh, heads(fake_quant_batch(keys, k)).transpose(-2, -1));
-    scores = torch::where(quantized_mask(keys, len, q.device()), quantized, scores);
+  const torch::Tensor qh = q.transpose(1, 2) / std::sqrt(static_cast<double>(q.size(3)));
+  torch::Tensor scores;
+  if (!keys.active()) {
+    scores = torch::matmul(qh, heads(k).transpose(-2, -1));
+  } else {
+    const torch::Tensor kh = heads(k);
+    scores = torch::matmul(qh, heads(fake_quant_batch(keys, k)).transpose(-2, -1)).contiguous();
+    const int64_t w = keys.full_precision_window();
+    const int64_t full = (len / w) * w;
+    const auto [q_blocks, q_rest] = split_blocks(qh, w);
+    const auto [k_blocks, k_rest] = split_blocks(kh, w);
+    diagonal_blocks(scores, w).copy_(torch::matmul(q_blocks, k_blocks.transpose(-2, -1)));
+    if (full < len) {
+      scores.slice(2, full).slice(3, full).copy_(torch::matmul(q_rest, k_rest.transpose(-2, -1)));
+    }
   }
-  scores = scores * inv_sqrt;
   const torch::Tensor future = torch::ones({len, len}, torch::kBool).triu(1).to(q.device());
   const torch::Tensor p =
-      torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
-  torch::Tensor out;
-  if (values.active()) {
-    const torch::Tensor m = quantized_mask(values, len, q.device()).to(p.dtype());
-    out = torch::matmul(p * m, heads(fake_quant_batch(values, v))) +
-          torch::matmul(p * (1 - m), heads(v));
-  } else {
-    out = torch::matmul(p, heads(v));
-  }
+      torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1)
+          .contiguous();
+  if (!values.active()) return torch::matmul(p, heads(v)).transpose(1, 2);
+
+  const torch::Tensor vq = heads(fake_quant_batch(values, v));
+  torch::Tensor out = torch::matmul(p, vq);
+  // Add back, on the diagonal blocks, what full precision changes.
+  const int64_t w = values.full_precision_window();
+  const int64_t full = (len / w) * w;
+  const auto [d_blocks, d_rest] = split_blocks(heads(v) - vq, w);
+  out.slice(2, 0, full) += torch::matmul(diagonal_blocks(p, w), d_blocks)
+                               .reshape({out.size(0), out.size(1), full, out.size(3)});
+  if (full < len) out.slice(2, full) += torch::matmul(p.slice(2, full).slice(3, full), d_rest);
   return out.transpose(1, 2);
 }
 

@@ -41,8 +41,11 @@ class TensorQuantizer {
                   std::vector<float> head_amax);
 
   bool active() const { return format_.kind != KvFormat::Kind::Full; }
-  // Tokens the query at position i reads in quantized form: j < this.
+  // Tokens the query at position i reads in quantized form: j < this, which
+  // is W * floor(i / W) for the window W below.
   int64_t quantized_before(int64_t i) const;
+  // R for kivi integer formats (whole windows are flushed), else 1.
+  int64_t full_precision_window() const;
   // Fake-quantizes one sequence's x [tokens, kv_heads, head_dim] in one pass.
   torch::Tensor fake_quant(const torch::Tensor& x) const;
   // Quantizes x to codes and dequantizes them (the real cache's path).
@@ -58,8 +61,8 @@ class TensorQuantizer {
   std::vector<float> head_scales_;
 };
 
-// Attention of q [B, T, H, hd] over k, v [B, T, KVH, hd] where query i reads
-// key/value j quantized iff j < quantized_before(i) of its quantizer.
+// Causal attention of q [B, T, H, hd] over k, v [B, T, KVH, hd] where query i
+// reads key/value j quantized iff j < quantized_before(i) of its quantizer.
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const TensorQuantizer& keys,
                                   const TensorQuantizer& values);

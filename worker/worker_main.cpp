@@ -17,12 +17,14 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (command == "generate") return kvtune::worker::generate_command(args);
+    if (command == "eval") return kvtune::worker::eval_command(args);
+    if (command == "inspect") return kvtune::worker::inspect_command(args);
   } catch (const std::exception& e) {
     std::cerr << "kvtune " << command << ": " << e.what() << "\n";
     return 1;
   }
-  std::cerr
-      << "kvtune-worker: command '" << command
-      << "' is not available in this build; this build's worker supports: generate, version\n";
+  std::cerr << "kvtune-worker: command '" << command
+            << "' is not available in this build; this build's worker supports: inspect, eval, "
+               "generate, version\n";
   return 2;
 }
