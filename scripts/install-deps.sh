@@ -12,6 +12,7 @@ PACKAGES=(
   libtorch-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libxxhash-dev libyaml-cpp-dev
+  libopenblas0-pthread
 )
 
 missing=()

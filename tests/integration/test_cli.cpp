@@ -1,6 +1,9 @@
 // The kvtune command as a user runs it.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "../support/process.h"
@@ -63,14 +66,111 @@ TEST(CliErrors, BadOptionValuesAreNamed) {
   EXPECT_NE(r.output.find("unknown command 'nosuchcommand'"), std::string::npos) << r.output;
 }
 
-TEST(CliWorkerCommands, RunKvtuneWorkerAndPassItsExitCodeThrough) {
-  // `kvtune eval` is served by kvtune-worker; whatever that prints and returns
-  // reaches the user unchanged.
-  const CommandResult direct = run_command(build_path("kvtune-worker") + " eval --x", true);
-  const CommandResult via = run_command(kKvtune + " eval --x", true);
-  EXPECT_EQ(via.exit_code, direct.exit_code);
-  EXPECT_EQ(via.output, direct.output);
-  EXPECT_NE(via.output.find("kvtune-worker"), std::string::npos);
+TEST(CliWorkerCommands, RunKvtuneWorkerAndPassItsOutputAndExitCodeThrough) {
+  // `kvtune inspect|eval|generate` are served by kvtune-worker; what it prints
+  // and returns reaches the user unchanged.
+  for (const std::string args : {"inspect --model builtin:demo", "eval --bogus-option"}) {
+    const CommandResult direct = run_command(build_path("kvtune-worker") + " " + args, true);
+    const CommandResult via = run_command(kKvtune + " " + args, true);
+    EXPECT_EQ(via.exit_code, direct.exit_code) << args;
+    EXPECT_EQ(via.output, direct.output) << args;
+  }
+  EXPECT_EQ(run_command(kKvtune + " eval --bogus-option", true).exit_code, 1);
+}
+
+const std::string kShared = KVTUNE_SHARED_DIR;
+const std::string kStories = kShared + "/models/stories260K.bin";
+
+#define SKIP_WITHOUT_SHARED()             \
+  if (!std::filesystem::exists(kStories)) \
+  GTEST_SKIP() << "../shared/models/stories260K.bin is absent here"
+
+TEST(CliInspect, DescribesTheModelAndItsFingerprint) {
+  SKIP_WITHOUT_SHARED();
+  const CommandResult r = run_command(kKvtune + " inspect --model " + kStories + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["layers"], 5);
+  EXPECT_EQ(j["kv_heads"], 4);
+  EXPECT_EQ(j["head_dim"], 8);
+  EXPECT_EQ(j["fingerprint"].get<std::string>().size(), 32u);
+  EXPECT_FALSE(j["synthetic"].get<bool>());
+  // The same content gives the same fingerprint.
+  EXPECT_EQ(
+      nlohmann::json::parse(
+          run_command(kKvtune + " inspect --model " + kStories + " --json").output)["fingerprint"],
+      j["fingerprint"]);
+}
+
+TEST(CliInspect, TheDemoModelIsMarkedSynthetic) {
+  const CommandResult r = run_command(kKvtune + " inspect --model builtin:demo");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("synthetic"), std::string::npos) << r.output;
+}
+
+TEST(CliEval, JsonHasEveryMetricAndKv16IsLossless) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base = kKvtune + " eval --model " + kStories + " --data sample:2:48:0 --json";
+  const auto fp = nlohmann::json::parse(run_command(base + " --config KV16").output);
+  for (const char* key : {"kl", "delta_nll", "ppl_fp", "ppl_q", "top1_agreement", "avg_bits",
+                          "bytes_per_token", "attn_rel_err", "tokens"}) {
+    EXPECT_TRUE(fp.contains(key)) << key;
+  }
+  EXPECT_EQ(fp["kl"].get<double>(), 0.0);
+  EXPECT_EQ(fp["tokens"], 96);
+  EXPECT_EQ(fp["attn_rel_err"].size(), 5u);
+  const auto q = nlohmann::json::parse(
+      run_command(base + " --config K8V4,KV2,KV4,KV4,KV8 --scheme kivi").output);
+  EXPECT_GT(q["kl"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(q["avg_bits"].get<double>(), (6.0 + 2 + 4 + 4 + 8) / 5);
+  EXPECT_EQ(q["config"], "K8V4,KV2,KV4,KV4,KV8");
+}
+
+TEST(CliEval, KvtunerYamlConfigFileEqualsTheSameConfigInline) {
+  SKIP_WITHOUT_SHARED();
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvtune_cli_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto yaml = dir / "preset.yaml";
+  std::ofstream(yaml) << "0: {nbits_key: 8, nbits_value: 4}\n1: {nbits_key: 2, nbits_value: 2}\n"
+                         "2: {nbits_key: 4, nbits_value: 4}\n3: {nbits_key: 4, nbits_value: 2}\n"
+                         "4: {nbits_key: 8, nbits_value: 8}\n";
+  const std::string base = kKvtune + " eval --model " + kStories + " --data sample:2:40:3 --json";
+  const auto from_file =
+      nlohmann::json::parse(run_command(base + " --config-file " + yaml.string()).output);
+  const auto inline_cfg =
+      nlohmann::json::parse(run_command(base + " --config K8V4,KV2,KV4,K4V2,KV8").output);
+  EXPECT_EQ(from_file["kl"], inline_cfg["kl"]);
+  EXPECT_EQ(from_file["config"], "K8V4,KV2,KV4,K4V2,KV8");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliEval, BadInputsAreNamed) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base = kKvtune + " eval --model " + kStories + " --data sample:2:40:3";
+  CommandResult r = run_command(base + " --config KV4,KV2", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("2 pairs but the model has 5 layers"), std::string::npos) << r.output;
+  r = run_command(base + " --config KV4 --scheme kivi --group-size 32 --residual 40", true);
+  EXPECT_NE(r.output.find("residual 40"), std::string::npos) << r.output;
+  r = run_command(kKvtune + " eval --model /nonexistent.bin --data sample:1:8:0 --config KV4",
+                  true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("/nonexistent.bin"), std::string::npos) << r.output;
+}
+
+TEST(CliGenerate, GreedyDecodeMatchesTheReferenceAndQuantizationChangesIt) {
+  SKIP_WITHOUT_SHARED();
+  const auto ref =
+      nlohmann::json::parse(std::ifstream(kShared + "/reference/stories260K-greedy.json"));
+  const std::string base = kKvtune + " generate --model " + kStories + " --steps 256 --json";
+  const auto fp = nlohmann::json::parse(run_command(base).output);
+  EXPECT_EQ(fp["generated"], ref["greedy_next_ids"]);
+  EXPECT_EQ(nlohmann::json::parse(run_command(base + " --config KV16").output)["generated"],
+            ref["greedy_next_ids"]);
+  const auto q = nlohmann::json::parse(run_command(base + " --config KV2").output);
+  EXPECT_NE(q["generated"], ref["greedy_next_ids"]);
+  EXPECT_EQ(q["generated"].size(), 256u);
 }
 
 }  // namespace
