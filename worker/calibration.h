@@ -10,7 +10,7 @@ namespace kvtune::worker {
 struct Model;
 
 struct CalibrationData {
-  std::string spec;                            // as given by the user
+  std::string spec;                             // as given by the user
   std::vector<std::vector<int64_t>> sequences;  // token ids, each within the model's context
   std::string note;  // e.g. "dropped a trailing partial sequence of 37 tokens"
 };

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "calibration.h"
 #include "evaluator.h"
@@ -58,6 +59,40 @@ struct QuantOptions {
   }
 };
 
+// Where and in which precision the model runs.
+struct RuntimeOptions {
+  std::string device = "cpu";
+  std::string dtype = "float32";
+
+  void add_to(po::options_description& opts) {
+    opts.add_options()("device", po::value(&device)->default_value(device), "cpu or cuda[:N]")(
+        "dtype", po::value(&dtype)->default_value(dtype), "float32, bfloat16 or float16");
+  }
+  Model place(Model model) const {
+    torch::ScalarType type = torch::kFloat32;
+    if (dtype == "bfloat16") {
+      type = torch::kBFloat16;
+    } else if (dtype == "float16") {
+      type = torch::kFloat16;
+    } else if (dtype != "float32") {
+      throw Error("--dtype '" + dtype + "' is not one of float32, bfloat16, float16");
+    }
+    if (device.rfind("cuda", 0) == 0 && !torch::cuda::is_available()) {
+      throw Error("--device " + device + ": this worker's LibTorch sees no CUDA device");
+    }
+    if (device.rfind("cuda", 0) != 0 && device != "cpu") {
+      throw Error("--device '" + device + "' is not one of cpu, cuda, cuda:N");
+    }
+    if (device == "cpu" && type != torch::kFloat32) {
+      // Debian's CPU LibTorch lacks reduced-precision batched matmuls; CPU
+      // workers evaluate in float32, GPU workers in the model's dtype.
+      throw Error("--dtype " + dtype + " needs --device cuda; CPU evaluation runs in float32");
+    }
+    if (device == "cpu" && type == torch::kFloat32) return model;
+    return to_device(model, torch::Device(device), type);
+  }
+};
+
 // Parses args; returns false when --help was printed.
 bool parse(const std::vector<std::string>& args, const po::options_description& opts,
            po::variables_map& vm) {
@@ -101,7 +136,7 @@ std::string rope_description(const ModelConfig& c) {
 
 }  // namespace
 
-int inspect_command(const std::vector<std::string>& args) {
+static int inspect_command_impl(const std::vector<std::string>& args) {
   std::string model_spec;
   po::options_description opts("kvtune inspect [options]");
   opts.add_options()("help,h", "show this help")(
@@ -150,7 +185,7 @@ int inspect_command(const std::vector<std::string>& args) {
   return 0;
 }
 
-int eval_command(const std::vector<std::string>& args) {
+static int eval_command_impl(const std::vector<std::string>& args) {
   std::string model_spec, data_spec;
   int64_t seq_len = 0;
   int threads = 0;
@@ -165,12 +200,15 @@ int eval_command(const std::vector<std::string>& args) {
       "threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")(
       "json", "print one JSON object");
   quant.add_to(opts);
+  RuntimeOptions runtime;
+  runtime.add_to(opts);
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
-  if (threads > 0) torch::set_num_threads(threads);
+  torch::set_num_threads(
+      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 
   const QuantScheme scheme = quant.quant_scheme();
-  const Model model = load_model(model_spec);
+  const Model model = runtime.place(load_model(model_spec));
   const std::vector<PrecisionPair> layers = quant.layers(static_cast<int>(model.config.n_layers));
   const CalibrationData data = load_calibration(data_spec, seq_len, model);
   Evaluator evaluator(model, data.sequences);
@@ -182,6 +220,8 @@ int eval_command(const std::vector<std::string>& args) {
     out["scheme"] = scheme.key();
     out["model"] = model.config.name;
     out["synthetic"] = model.config.synthetic;
+    out["device"] = runtime.device;
+    out["dtype"] = runtime.dtype;
     std::cout << out.dump() << "\n";
     return 0;
   }
@@ -203,7 +243,7 @@ int eval_command(const std::vector<std::string>& args) {
   return 0;
 }
 
-int generate_command(const std::vector<std::string>& args) {
+static int generate_command_impl(const std::vector<std::string>& args) {
   std::string model_spec, prompt, data_spec;
   int64_t steps = 0;
   QuantOptions quant;
@@ -216,12 +256,14 @@ int generate_command(const std::vector<std::string>& args) {
       "data", po::value(&data_spec)->default_value("sample:4:64:0"),
       "calibration data for fp8/nvfp4 static scales")("json", "print one JSON object");
   quant.add_to(opts);
+  RuntimeOptions runtime;
+  runtime.add_to(opts);
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
   if (steps < 0) throw Error("--steps " + std::to_string(steps) + " must not be negative");
   const std::vector<int64_t> prompt_ids = parse_ids(prompt, "--prompt-ids");
 
-  const Model model = load_model(model_spec);
+  const Model model = runtime.place(load_model(model_spec));
   const Transformer transformer(model);
   std::unique_ptr<KvCache> cache = std::make_unique<FullPrecisionCache>();
   std::string config = "KV16";
@@ -229,7 +271,10 @@ int generate_command(const std::vector<std::string>& args) {
     const std::vector<PrecisionPair> layers = quant.layers(static_cast<int>(model.config.n_layers));
     config = format_layer_config(layers);
     // Static fp8/nvfp4 scales come from calibration data, as in an evaluation.
-    const bool needs_scales = config.find("fp") != std::string::npos;
+    const bool needs_scales = std::any_of(layers.begin(), layers.end(), [](const PrecisionPair& p) {
+      return p.key.kind == KvFormat::Kind::Fp8 || p.key.kind == KvFormat::Kind::Nvfp4 ||
+             p.value.kind == KvFormat::Kind::Fp8 || p.value.kind == KvFormat::Kind::Nvfp4;
+    });
     const CalibrationData data =
         needs_scales ? load_calibration(data_spec, 0, model) : CalibrationData{"", {{1, 1}}, ""};
     const Evaluator evaluator(model, data.sequences);
@@ -254,6 +299,30 @@ int generate_command(const std::vector<std::string>& args) {
     std::cout << "\n";
   }
   return 0;
+}
+
+namespace {
+
+// LibTorch errors carry a C++ backtrace in what(); users get the message.
+template <class Command>
+int without_backtraces(const Command& command, const std::vector<std::string>& args) {
+  try {
+    return command(args);
+  } catch (const c10::Error& e) {
+    throw Error(e.what_without_backtrace());
+  }
+}
+
+}  // namespace
+
+int inspect_command(const std::vector<std::string>& args) {
+  return without_backtraces(inspect_command_impl, args);
+}
+int eval_command(const std::vector<std::string>& args) {
+  return without_backtraces(eval_command_impl, args);
+}
+int generate_command(const std::vector<std::string>& args) {
+  return without_backtraces(generate_command_impl, args);
 }
 
 }  // namespace kvtune::worker

@@ -2,6 +2,8 @@
 // trying kvtune without a download. Its layers are built to differ in KV
 // sensitivity the way trained models do (early layers far more sensitive), so
 // that a search over it has something to find.
+#include "demo_model.h"
+
 #include <array>
 #include <cmath>
 #include <cstdint>

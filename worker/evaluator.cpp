@@ -2,6 +2,10 @@
 
 #include <cmath>
 
+#if defined(KVTUNE_TORCH_CUDA)
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include "kvtune/common/error.h"
 
 namespace kvtune::worker {
@@ -90,32 +94,40 @@ kk::CacheShape shape_of(const torch::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2)};
 }
 
-torch::Tensor host_f32(const torch::Tensor& x) {
-  if (!x.device().is_cpu()) {
-    throw Error("KV quantization of " + x.device().str() +
-                " tensors is not built into this worker (CPU only)");
-  }
-  return x.to(torch::kFloat32).contiguous();
+// x as the kernels take it: contiguous, in a dtype they read.
+torch::Tensor kernel_input(const torch::Tensor& x) {
+  const auto t = x.scalar_type();
+  const bool native = t == torch::kFloat32 || t == torch::kFloat16 || t == torch::kBFloat16;
+  return (native ? x : x.to(torch::kFloat32)).contiguous();
+}
+
+kk::DType kernel_dtype(const torch::Tensor& x) {
+  if (x.scalar_type() == torch::kFloat16) return kk::DType::F16;
+  if (x.scalar_type() == torch::kBFloat16) return kk::DType::BF16;
+  return kk::DType::F32;
 }
 
 }  // namespace
 
 torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
   if (!active()) return x;
-  const torch::Tensor in = host_f32(x);
+  const torch::Tensor in = kernel_input(x);
   torch::Tensor out = torch::empty_like(in);
   const kk::CacheShape shape = shape_of(in);
-  const float* src = in.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  const kk::DType dtype = kernel_dtype(in);
+  if (in.is_cuda()) {
+    fake_quant_cuda(in, out);
+    return out.to(x.dtype());
+  }
   switch (format_.kind) {
     case KvFormat::Kind::Int:
-      kk::cpu::fake_quant_int(int_spec(), shape, kk::DType::F32, src, dst);
+      kk::cpu::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr());
       break;
     case KvFormat::Kind::Fp8:
-      kk::cpu::fake_quant_fp8(shape, kk::DType::F32, src, head_scales_.data(), dst);
+      kk::cpu::fake_quant_fp8(shape, dtype, in.data_ptr(), head_scales_.data(), out.data_ptr());
       break;
     case KvFormat::Kind::Nvfp4:
-      kk::cpu::fake_quant_nvfp4(shape, kk::DType::F32, src, head_scales_.data(), dst);
+      kk::cpu::fake_quant_nvfp4(shape, dtype, in.data_ptr(), head_scales_.data(), out.data_ptr());
       break;
     case KvFormat::Kind::Full:
       break;
@@ -123,34 +135,61 @@ torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
   return out.to(x.dtype());
 }
 
+#if defined(KVTUNE_TORCH_CUDA)
+void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor& out) const {
+  // The kernels run on the stream LibTorch uses for this device.
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
+  const kk::CacheShape shape = shape_of(in);
+  const kk::DType dtype = kernel_dtype(in);
+  if (format_.kind == KvFormat::Kind::Int) {
+    kk::cuda::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr(), stream);
+    return;
+  }
+  const torch::Tensor scales = torch::tensor(head_scales_).to(in.device());
+  if (format_.kind == KvFormat::Kind::Fp8) {
+    kk::cuda::fake_quant_fp8(shape, dtype, in.data_ptr(), scales.data_ptr<float>(), out.data_ptr(),
+                             stream);
+  } else {
+    kk::cuda::fake_quant_nvfp4(shape, dtype, in.data_ptr(), scales.data_ptr<float>(),
+                               out.data_ptr(), stream);
+  }
+}
+#else
+void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor&) const {
+  throw Error("KV quantization of " + in.device().str() +
+              " tensors needs kvtune built with CUDA against a CUDA LibTorch");
+}
+#endif
+
 torch::Tensor TensorQuantizer::quantize_dequantize(const torch::Tensor& x) const {
   if (!active()) return x;
-  const torch::Tensor in = host_f32(x);
+  // The decoding cache quantizes a window at a time; on a GPU it round-trips
+  // through the CPU reference, which gives the same codes.
+  if (!x.device().is_cpu()) return quantize_dequantize(x.cpu()).to(x.device());
+  const torch::Tensor in = kernel_input(x);
   torch::Tensor out = in.clone();  // residual tokens, if any, stay as they are
   const kk::CacheShape shape = shape_of(in);
-  const float* src = in.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  const kk::DType dtype = kernel_dtype(in);
+  const void* src = in.data_ptr();
+  void* dst = out.data_ptr();
   if (format_.kind == KvFormat::Kind::Int) {
     const kk::IntSpec spec = int_spec();
     const kk::IntLayout layout = kk::int_layout(spec, shape);
     std::vector<uint32_t> codes(static_cast<size_t>(layout.code_words));
     std::vector<float> scales(static_cast<size_t>(layout.groups.count)), zeros(scales.size());
-    kk::cpu::quantize_int(spec, shape, kk::DType::F32, src,
-                          {codes.data(), scales.data(), zeros.data()});
-    kk::cpu::dequantize_int(spec, shape, {codes.data(), scales.data(), zeros.data()},
-                            kk::DType::F32, dst);
+    kk::cpu::quantize_int(spec, shape, dtype, src, {codes.data(), scales.data(), zeros.data()});
+    kk::cpu::dequantize_int(spec, shape, {codes.data(), scales.data(), zeros.data()}, dtype, dst);
   } else if (format_.kind == KvFormat::Kind::Fp8) {
     std::vector<uint8_t> codes(static_cast<size_t>(shape.elements()));
-    kk::cpu::quantize_fp8(shape, kk::DType::F32, src, head_scales_.data(), codes.data());
-    kk::cpu::dequantize_fp8(shape, codes.data(), head_scales_.data(), kk::DType::F32, dst);
+    kk::cpu::quantize_fp8(shape, dtype, src, head_scales_.data(), codes.data());
+    kk::cpu::dequantize_fp8(shape, codes.data(), head_scales_.data(), dtype, dst);
   } else {
     const auto n = static_cast<size_t>(shape.elements());
     std::vector<uint32_t> codes((n + 7) / 8);
     std::vector<uint8_t> blocks(n / static_cast<size_t>(kk::nvfp4_block(shape.head_dim)));
-    kk::cpu::quantize_nvfp4(shape, kk::DType::F32, src, head_scales_.data(),
-                            {codes.data(), blocks.data()});
-    kk::cpu::dequantize_nvfp4(shape, {codes.data(), blocks.data()}, head_scales_.data(),
-                              kk::DType::F32, dst);
+    kk::cpu::quantize_nvfp4(shape, dtype, src, head_scales_.data(), {codes.data(), blocks.data()});
+    kk::cpu::dequantize_nvfp4(shape, {codes.data(), blocks.data()}, head_scales_.data(), dtype,
+                              dst);
   }
   return out.to(x.dtype());
 }
@@ -228,10 +267,9 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
       scores.slice(2, full).slice(3, full).copy_(torch::matmul(q_rest, k_rest.transpose(-2, -1)));
     }
   }
-  const torch::Tensor future = torch::ones({len, len}, torch::kBool).triu(1).to(q.device());
+  const torch::Tensor future = torch::ones({len, len}, q.options().dtype(torch::kBool)).triu(1);
   const torch::Tensor p =
-      torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1)
-          .contiguous();
+      softmax_f32(scores.masked_fill(future, -std::numeric_limits<float>::infinity())).contiguous();
   if (!values.active()) return torch::matmul(p, heads(v)).transpose(1, 2);
 
   const torch::Tensor vq = heads(fake_quant_batch(values, v));
@@ -327,7 +365,7 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
   const AttentionFn record_amax = [this](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
                                          const torch::Tensor& v) {
     const auto update = [](std::vector<float>& acc, const torch::Tensor& x) {
-      const torch::Tensor m = x.abs().amax({0, 1, 3}).to(torch::kFloat32).contiguous();
+      const torch::Tensor m = x.abs().amax({0, 1, 3}).to(torch::kCPU, torch::kFloat32).contiguous();
       for (size_t h = 0; h < acc.size(); ++h)
         acc[h] = std::max(acc[h], m[static_cast<int64_t>(h)].item<float>());
     };
@@ -337,8 +375,9 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
   };
   for (auto& [len, seqs] : by_length) {
     Batch b;
-    b.tokens = torch::stack(seqs);
-    b.ref_logp = torch::log_softmax(transformer_.forward(b.tokens, record_amax), -1);
+    b.tokens = torch::stack(seqs).to(model.embedding.device());
+    b.ref_logp =
+        torch::log_softmax(transformer_.forward(b.tokens, record_amax), -1, torch::kFloat32);
     batches_.push_back(std::move(b));
   }
 }
@@ -408,7 +447,8 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Quan
   double kl = 0, nll_fp = 0, nll_q = 0, agree = 0;
   int64_t positions = 0, predicted = 0;
   for (const Batch& b : batches_) {
-    const torch::Tensor logp = torch::log_softmax(transformer_.forward(b.tokens, attention), -1);
+    const torch::Tensor logp =
+        torch::log_softmax(transformer_.forward(b.tokens, attention), -1, torch::kFloat32);
     kl += (b.ref_logp.exp() * (b.ref_logp - logp)).sum().to(torch::kFloat64).item<double>();
     agree += (b.ref_logp.argmax(-1) == logp.argmax(-1)).sum().item<double>();
     positions += b.tokens.numel();
@@ -418,6 +458,10 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Quan
         b.ref_logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
     nll_q -= logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
     predicted += next.numel();
+  }
+  if (!std::isfinite(kl) || !std::isfinite(nll_q)) {
+    throw Error("the quantized evaluation of " + format_layer_config(layers) +
+                " produced non-finite log-probabilities (NaN or Inf activations)");
   }
   Metrics m;
   m.tokens = positions;

@@ -55,6 +55,7 @@ class TensorQuantizer {
 
  private:
   kernels::IntSpec int_spec() const;
+  void fake_quant_cuda(const torch::Tensor& in, torch::Tensor& out) const;
   KvFormat format_;
   kernels::Role role_;
   QuantScheme scheme_;

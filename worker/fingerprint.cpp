@@ -16,6 +16,7 @@
 #include <optional>
 #include <sstream>
 
+#include "demo_model.h"
 #include "kvtune/common/error.h"
 #include "mapped_file.h"
 
@@ -26,7 +27,6 @@
 namespace kvtune::worker {
 
 // Defined in demo_model.cpp beside the generator it describes.
-std::string demo_model_recipe();
 
 namespace {
 

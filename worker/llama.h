@@ -81,6 +81,9 @@ Model load_hf(const std::string& directory);
 // well under 5 s with no download.
 Model make_demo_model();
 
+// The model's tensors on `device` in `dtype` (float32, bfloat16, float16).
+Model to_device(const Model& model, const torch::Device& device, torch::ScalarType dtype);
+
 // Dispatches on `spec`: "builtin:demo", a Hugging Face directory, or a
 // llama2.c .bin file.
 Model load_model(const std::string& spec);
@@ -91,6 +94,9 @@ Model load_model(const std::string& spec);
 // default causal attention with one that reads an emulated quantized cache.
 using AttentionFn = std::function<torch::Tensor(int64_t layer, const torch::Tensor& q,
                                                 const torch::Tensor& k, const torch::Tensor& v)>;
+
+// Softmax over the last dim computed in at least float32, returned in the input dtype.
+torch::Tensor softmax_f32(const torch::Tensor& scores);
 
 // Plain causal softmax attention with grouped KV heads.
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
@@ -121,7 +127,7 @@ class FullPrecisionCache : public KvCache {
   std::vector<torch::Tensor> keys_, values_;
 };
 
-// The forward pass in float32 on the model's device.
+// The forward pass on the model's device, in its dtype (norms and softmax in float32).
 class Transformer {
  public:
   explicit Transformer(const Model& model);

@@ -153,6 +153,17 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 
 }  // namespace
 
+namespace {
+// float32 for reduced-precision tensors; wider types stay as they are.
+torch::ScalarType at_least_f32(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+}  // namespace
+
+torch::Tensor softmax_f32(const torch::Tensor& scores) {
+  return torch::softmax(scores, -1, at_least_f32(scores)).to(scores.dtype());
+}
+
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v) {
   const int64_t len = q.size(1), kv_len = k.size(1);
@@ -163,9 +174,10 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
   torch::Tensor scores =
       torch::matmul(qh, kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(3)));
   // Query i (the last `len` of `kv_len` positions) sees keys j <= i.
-  const torch::Tensor future = torch::ones({len, kv_len}, torch::kBool).triu(kv_len - len + 1);
-  scores = scores.masked_fill(future.to(scores.device()), -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), vh).transpose(1, 2);  // [B, T, H, hd]
+  const torch::Tensor future =
+      torch::ones({len, kv_len}, scores.options().dtype(torch::kBool)).triu(kv_len - len + 1);
+  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  return torch::matmul(softmax_f32(scores), vh).transpose(1, 2);  // [B, T, H, hd]
 }
 
 std::pair<torch::Tensor, torch::Tensor> FullPrecisionCache::append(int64_t layer,
@@ -185,12 +197,31 @@ int64_t FullPrecisionCache::length() const {
   return keys_.empty() || !keys_[0].defined() ? 0 : keys_[0].size(0);
 }
 
+Model to_device(const Model& model, const torch::Device& device, torch::ScalarType dtype) {
+  Model out = model;
+  const auto move = [&](torch::Tensor& t) {
+    if (t.defined()) t = t.to(device, dtype);
+  };
+  move(out.embedding);
+  move(out.final_norm);
+  out.classifier = model.config.tied_embeddings ? out.embedding : out.classifier.to(device, dtype);
+  for (LayerWeights& w : out.layers) {
+    for (torch::Tensor* t : {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_norm, &w.w1, &w.w2,
+                             &w.w3, &w.bq, &w.bk, &w.bv}) {
+      move(*t);
+    }
+  }
+  return out;
+}
+
 Transformer::Transformer(const Model& model)
-    : model_(model), inv_freq_(rope_inv_freq(model.config)) {}
+    : model_(model), inv_freq_(rope_inv_freq(model.config).to(model.embedding.device())) {}
 
 torch::Tensor Transformer::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
-  const torch::Tensor ms = x.pow(2).mean(-1, true);
-  return weight * (x * torch::rsqrt(ms + model_.config.norm_eps));
+  // In float32 whatever the model's dtype, as Hugging Face does.
+  const torch::Tensor xf = x.to(at_least_f32(x));
+  const torch::Tensor ms = xf.pow(2).mean(-1, true);
+  return weight * (xf * torch::rsqrt(ms + model_.config.norm_eps)).to(x.dtype());
 }
 
 torch::Tensor Transformer::rope(const torch::Tensor& x, const torch::Tensor& positions) const {
@@ -244,8 +275,10 @@ torch::Tensor Transformer::forward(const torch::Tensor& tokens,
     throw Error("a sequence of " + std::to_string(len) + " tokens is longer than the model's " +
                 "context of " + std::to_string(c.max_seq_len));
   }
-  torch::Tensor x = model_.embedding.index_select(0, tokens.reshape(-1)).view({batch, len, c.dim});
-  const torch::Tensor positions = torch::arange(len, torch::kInt64);
+  torch::Tensor x =
+      model_.embedding.index_select(0, tokens.reshape(-1).to(model_.embedding.device()))
+          .view({batch, len, c.dim});
+  const torch::Tensor positions = torch::arange(len, tokens.options().dtype(torch::kInt64));
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     const LayerWeights& w = model_.layers[l];
     const auto [q, k, v] = project_qkv(w, rms_norm(x, w.attn_norm), positions);
@@ -269,7 +302,8 @@ torch::Tensor Transformer::step(int64_t token, KvCache& cache) const {
     throw Error("position " + std::to_string(pos) + " is beyond the model's context of " +
                 std::to_string(c.max_seq_len) + " tokens");
   }
-  const torch::Tensor positions = torch::full({1}, pos, torch::kInt64);
+  const torch::Tensor positions =
+      torch::full({1}, pos, model_.embedding.options().dtype(torch::kInt64));
   torch::Tensor x = model_.embedding[token].view({1, 1, c.dim});  // [batch 1, token 1, dim]
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     const LayerWeights& w = model_.layers[l];
