@@ -27,7 +27,8 @@ struct QuantOptions {
   int group_size = 32;
   int residual = 0;  // 0: R = G
   std::string zero_point = "int";
-  std::string config, config_file;
+  std::vector<std::string> configs;
+  std::string config_file;
 
   void add_to(po::options_description& opts) {
     opts.add_options()("scheme", po::value(&scheme)->default_value(scheme),
@@ -36,26 +37,37 @@ struct QuantOptions {
         "residual", po::value(&residual)->default_value(residual),
         "kivi full-precision window R, a multiple of G (0: R = G)")(
         "zero-point", po::value(&zero_point)->default_value(zero_point),
-        "int (KVTuner) or float (KIVI)")("config", po::value(&config),
-                                         "one pair for all layers, or one per layer: K8V4,KV4,...")(
+        "int (KVTuner) or float (KIVI)")(
+        "config", po::value(&configs)->composing(),
+        "one pair for all layers, or one per layer: K8V4,KV4,... (repeatable: each is evaluated)")(
         "config-file", po::value(&config_file), "KVTuner YAML or JSON layer config");
   }
-  bool has_config() const { return !config.empty() || !config_file.empty(); }
+  bool has_config() const { return !configs.empty() || !config_file.empty(); }
   QuantScheme quant_scheme() const {
     return QuantScheme::parse(scheme, group_size, residual == 0 ? group_size : residual,
                               zero_point);
   }
-  std::vector<PrecisionPair> layers(int num_layers) const {
-    if (!config.empty() && !config_file.empty()) {
+  // Every configuration given, in order.
+  std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {
+    if (!configs.empty() && !config_file.empty()) {
       throw Error("give --config or --config-file, not both");
     }
-    if (!config_file.empty()) return load_layer_config_file(config_file, num_layers);
-    if (config.empty()) throw Error("--config or --config-file is required");
-    try {
-      return parse_layer_config(config, num_layers);
-    } catch (const Error& e) {
-      throw Error(std::string("--config: ") + e.what());
+    if (!config_file.empty()) return {load_layer_config_file(config_file, num_layers)};
+    if (configs.empty()) throw Error("--config or --config-file is required");
+    std::vector<std::vector<PrecisionPair>> out;
+    for (const std::string& c : configs) {
+      try {
+        out.push_back(parse_layer_config(c, num_layers));
+      } catch (const Error& e) {
+        throw Error(std::string("--config ") + c + ": " + e.what());
+      }
     }
+    return out;
+  }
+  std::vector<PrecisionPair> layers(int num_layers) const {
+    auto all = layer_configs(num_layers);
+    if (all.size() != 1) throw Error("give one --config here");
+    return all[0];
   }
 };
 
@@ -209,36 +221,57 @@ static int eval_command_impl(const std::vector<std::string>& args) {
 
   const QuantScheme scheme = quant.quant_scheme();
   const Model model = runtime.place(load_model(model_spec));
-  const std::vector<PrecisionPair> layers = quant.layers(static_cast<int>(model.config.n_layers));
+  const auto configs = quant.layer_configs(static_cast<int>(model.config.n_layers));
   const CalibrationData data = load_calibration(data_spec, seq_len, model);
+  // The unquantized reference is computed once and shared by every config.
   Evaluator evaluator(model, data.sequences);
-  const Metrics m = evaluator.evaluate(layers, scheme);
+  std::vector<Metrics> results;
+  for (const auto& layers : configs) results.push_back(evaluator.evaluate(layers, scheme));
 
   if (vm.count("json")) {
-    nlohmann::json out = m.to_json();
-    out["config"] = format_layer_config(layers);
-    out["scheme"] = scheme.key();
-    out["model"] = model.config.name;
-    out["synthetic"] = model.config.synthetic;
-    out["device"] = runtime.device;
-    out["dtype"] = runtime.dtype;
-    std::cout << out.dump() << "\n";
+    // One JSON object per config (one line each).
+    for (size_t i = 0; i < configs.size(); ++i) {
+      nlohmann::json out = results[i].to_json();
+      out["config"] = format_layer_config(configs[i]);
+      out["scheme"] = scheme.key();
+      out["model"] = model.config.name;
+      out["synthetic"] = model.config.synthetic;
+      out["device"] = runtime.device;
+      out["dtype"] = runtime.dtype;
+      std::cout << out.dump() << "\n";
+    }
     return 0;
   }
   std::cout << "model " << model.config.name << (model.config.synthetic ? " (synthetic)" : "")
-            << ", data " << data.spec << " (" << data.sequences.size() << " sequences, " << m.tokens
-            << " tokens), scheme " << scheme.key() << "\n";
+            << ", data " << data.spec << " (" << data.sequences.size() << " sequences, "
+            << results[0].tokens << " tokens), scheme " << scheme.key() << "\n";
   if (!data.note.empty()) std::cout << "data: " << data.note << "\n";
-  std::cout << "config " << format_layer_config(layers) << "\n\n";
-  std::printf("KL divergence      %.6f nats/token\n", m.kl);
-  std::printf("delta NLL          %.6f nats/token\n", m.delta_nll);
-  std::printf("perplexity         %.4f -> %.4f\n", m.ppl_fp, m.ppl_q);
-  std::printf("top-1 agreement    %.4f\n", m.top1_agreement);
-  std::printf("average bits       %.3f\n", m.avg_bits);
-  std::printf("KV bytes / token   %.1f\n", m.bytes_per_token);
-  std::printf("attention rel.err ");
-  for (double e : m.attn_rel_err) std::printf(" %.4f", e);
-  std::printf("\n");
+  if (configs.size() == 1) {
+    const Metrics& m = results[0];
+    std::cout << "config " << format_layer_config(configs[0]) << "\n\n";
+    std::printf("KL divergence      %.6f nats/token\n", m.kl);
+    std::printf("delta NLL          %.6f nats/token\n", m.delta_nll);
+    std::printf("perplexity         %.4f -> %.4f\n", m.ppl_fp, m.ppl_q);
+    std::printf("top-1 agreement    %.4f\n", m.top1_agreement);
+    std::printf("average bits       %.3f\n", m.avg_bits);
+    std::printf("KV bytes / token   %.1f\n", m.bytes_per_token);
+    std::printf("attention rel.err ");
+    for (double e : m.attn_rel_err) std::printf(" %.4f", e);
+    std::printf("\n");
+  } else {
+    std::printf("\n%-28s %8s %10s %10s %10s %8s %10s\n", "config", "avg bits", "bytes/tok", "KL",
+                "dNLL", "top-1", "ppl");
+    for (size_t i = 0; i < configs.size(); ++i) {
+      const Metrics& m = results[i];
+      const auto& layers = configs[i];
+      const bool uniform = std::all_of(layers.begin(), layers.end(),
+                                       [&](const PrecisionPair& p) { return p == layers[0]; });
+      std::string name = uniform ? layers[0].name() + " (all layers)" : format_layer_config(layers);
+      if (name.size() > 28) name = name.substr(0, 25) + "...";
+      std::printf("%-28s %8.3f %10.1f %10.5f %10.5f %8.4f %10.3f\n", name.c_str(), m.avg_bits,
+                  m.bytes_per_token, m.kl, m.delta_nll, m.top1_agreement, m.ppl_q);
+    }
+  }
   if (model.config.synthetic) std::cout << kSyntheticNote << "\n";
   return 0;
 }
