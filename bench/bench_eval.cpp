@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "evaluator.h"
@@ -128,7 +127,6 @@ void run(const std::string& title, const kw::Model& model,
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-  torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::printf("threads: %d (torch), one run per row is the median of %d\n",
               torch::get_num_threads(), quick ? 1 : 3);
   const std::string stories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";

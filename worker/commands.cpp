@@ -209,15 +209,16 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       "data", po::value(&data_spec)->required(),
       "calibration tokens: FILE.u16, FILE.u32, FILE.jsonl or sample:N:L:SEED")(
       "seq-len", po::value(&seq_len)->default_value(256), "sequence length for .u16/.u32 files")(
-      "threads", po::value(&threads)->default_value(0), "CPU threads (0: all cores)")(
-      "json", "print one JSON object");
+      "threads", po::value(&threads)->default_value(0),
+      "LibTorch intra-op threads (0: its default)")("json", "print one JSON object");
   quant.add_to(opts);
   RuntimeOptions runtime;
   runtime.add_to(opts);
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
-  torch::set_num_threads(
-      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  // LibTorch's own default; its matmuls already use OpenBLAS's threads, and
+  // more intra-op threads on top oversubscribe the cores.
+  if (threads > 0) torch::set_num_threads(threads);
 
   const QuantScheme scheme = quant.quant_scheme();
   const Model model = runtime.place(load_model(model_spec));
