@@ -112,7 +112,7 @@ void run(const std::string& title, const kw::Model& model,
                         Case{"evaluate Kfp8Vnvfp4", "Kfp8Vnvfp4", "per-token-asym"},
                         Case{"evaluate K8V4 kivi", "K8V4", "kivi"}}) {
     const auto config = kvtune::parse_layer_config(c.pair, static_cast<int>(layers));
-    const auto scheme = kw::QuantScheme::parse(c.scheme, 32, 32, "int");
+    const auto scheme = kvtune::Scheme::parse(c.scheme, 32, 32, "int");
     ev.evaluate(config, scheme);  // the first call also measures layer-local attention errors
     const double t = seconds([&] { ev.evaluate(config, scheme); }, repeats);
     std::printf("  %-25s %8.3f s  %10.0f tokens/s  %.2fx\n", c.name, t,

@@ -43,9 +43,8 @@ struct QuantOptions {
         "config-file", po::value(&config_file), "KVTuner YAML or JSON layer config");
   }
   bool has_config() const { return !configs.empty() || !config_file.empty(); }
-  QuantScheme quant_scheme() const {
-    return QuantScheme::parse(scheme, group_size, residual == 0 ? group_size : residual,
-                              zero_point);
+  Scheme quant_scheme() const {
+    return Scheme::parse(scheme, group_size, residual == 0 ? group_size : residual, zero_point);
   }
   // Every configuration given, in order.
   std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {
@@ -220,7 +219,7 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   // more intra-op threads on top oversubscribe the cores.
   if (threads > 0) torch::set_num_threads(threads);
 
-  const QuantScheme scheme = quant.quant_scheme();
+  const Scheme scheme = quant.quant_scheme();
   const Model model = runtime.place(load_model(model_spec));
   const auto configs = quant.layer_configs(static_cast<int>(model.config.n_layers));
   const CalibrationData data = load_calibration(data_spec, seq_len, model);

@@ -12,52 +12,9 @@ namespace kvtune::worker {
 namespace kk = kvtune::kernels;
 
 // ---------------------------------------------------------------------------
-// QuantScheme
-
-std::string QuantScheme::name() const {
-  return grouping == kk::Grouping::Kivi ? "kivi" : "per-token-asym";
-}
-
-std::string QuantScheme::key() const {
-  std::string k = name();
-  if (grouping == kk::Grouping::Kivi) {
-    k += "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
-  }
-  return k + (zero_point == kk::ZeroPoint::Int ? "/zp=int" : "/zp=float");
-}
-
-QuantScheme QuantScheme::parse(const std::string& name, int group_size, int residual,
-                               const std::string& zero_point) {
-  QuantScheme s;
-  if (name == "per-token-asym") {
-    s.grouping = kk::Grouping::PerToken;
-  } else if (name == "kivi") {
-    s.grouping = kk::Grouping::Kivi;
-  } else {
-    throw Error("scheme '" + name + "' is not one of per-token-asym, kivi");
-  }
-  if (zero_point == "int") {
-    s.zero_point = kk::ZeroPoint::Int;
-  } else if (zero_point == "float") {
-    s.zero_point = kk::ZeroPoint::Float;
-  } else {
-    throw Error("zero-point '" + zero_point + "' is not one of int, float");
-  }
-  if (group_size <= 0)
-    throw Error("group size " + std::to_string(group_size) + " must be positive");
-  if (residual <= 0 || residual % group_size != 0) {
-    throw Error("residual " + std::to_string(residual) +
-                " must be a positive multiple of group size " + std::to_string(group_size));
-  }
-  s.group_size = group_size;
-  s.residual = residual;
-  return s;
-}
-
-// ---------------------------------------------------------------------------
 // TensorQuantizer
 
-TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const QuantScheme& scheme,
+TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const Scheme& scheme,
                                  std::vector<float> head_amax)
     : format_(format), role_(role), scheme_(scheme) {
   for (float a : head_amax) {
@@ -67,14 +24,7 @@ TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const QuantSche
 }
 
 kk::IntSpec TensorQuantizer::int_spec() const {
-  kk::IntSpec s;
-  s.grouping = scheme_.grouping;
-  s.role = role_;
-  s.bits = format_.bits;
-  s.zero_point = scheme_.zero_point;
-  s.group_size = scheme_.group_size;
-  s.residual = scheme_.residual;
-  return s;
+  return scheme_.int_spec(role_, format_.bits);
 }
 
 int64_t TensorQuantizer::full_precision_window() const {
@@ -383,7 +333,7 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
 }
 
 std::vector<std::pair<TensorQuantizer, TensorQuantizer>> Evaluator::quantizers(
-    const std::vector<PrecisionPair>& layers, const QuantScheme& scheme) const {
+    const std::vector<PrecisionPair>& layers, const Scheme& scheme) const {
   const ModelConfig& c = model_.config;
   if (static_cast<int64_t>(layers.size()) != c.n_layers) {
     throw Error("the config has " + std::to_string(layers.size()) + " layers but the model has " +
@@ -402,7 +352,7 @@ std::vector<std::pair<TensorQuantizer, TensorQuantizer>> Evaluator::quantizers(
 }
 
 void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
-                                      const QuantScheme& scheme) {
+                                      const Scheme& scheme) {
   const auto qs = quantizers(layers, scheme);
   std::vector<std::string> keys;
   std::vector<bool> needed;
@@ -435,7 +385,7 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
   }
 }
 
-Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const QuantScheme& scheme) {
+Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme) {
   const ModelConfig& c = model_.config;
   const auto qs = quantizers(layers, scheme);
   fill_attention_errors(layers, scheme);

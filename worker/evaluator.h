@@ -10,26 +10,11 @@
 #include <vector>
 
 #include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
 #include "kvtune/kernels/quant.h"
 #include "llama.h"
 
 namespace kvtune::worker {
-
-// The integer quantization scheme of a job, shared by every layer.
-struct QuantScheme {
-  kernels::Grouping grouping = kernels::Grouping::PerToken;
-  int group_size = 32;  // kivi G
-  int residual = 32;    // kivi R
-  kernels::ZeroPoint zero_point = kernels::ZeroPoint::Int;
-
-  // "per-token-asym" or "kivi".
-  std::string name() const;
-  // A canonical description that identifies the scheme in cache keys.
-  std::string key() const;
-  // Validates names and sizes; throws kvtune::Error naming the option.
-  static QuantScheme parse(const std::string& name, int group_size, int residual,
-                           const std::string& zero_point);
-};
 
 // One layer's keys or values under one format: what the emulated cache holds.
 // Integer formats follow the scheme's grouping and full-precision window; fp8
@@ -37,7 +22,7 @@ struct QuantScheme {
 // per-token scheme does), with static per-head scales from calibration amax.
 class TensorQuantizer {
  public:
-  TensorQuantizer(KvFormat format, kernels::Role role, const QuantScheme& scheme,
+  TensorQuantizer(KvFormat format, kernels::Role role, const Scheme& scheme,
                   std::vector<float> head_amax);
 
   bool active() const { return format_.kind != KvFormat::Kind::Full; }
@@ -58,7 +43,7 @@ class TensorQuantizer {
   void fake_quant_cuda(const torch::Tensor& in, torch::Tensor& out) const;
   KvFormat format_;
   kernels::Role role_;
-  QuantScheme scheme_;
+  Scheme scheme_;
   std::vector<float> head_scales_;
 };
 
@@ -116,11 +101,11 @@ class Evaluator {
  public:
   Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences);
 
-  Metrics evaluate(const std::vector<PrecisionPair>& layers, const QuantScheme& scheme);
+  Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme);
 
   // The quantizers of a configuration, one (keys, values) pair per layer.
   std::vector<std::pair<TensorQuantizer, TensorQuantizer>> quantizers(
-      const std::vector<PrecisionPair>& layers, const QuantScheme& scheme) const;
+      const std::vector<PrecisionPair>& layers, const Scheme& scheme) const;
   const KvAmax& amax() const { return amax_; }
   const Transformer& transformer() const { return transformer_; }
 
@@ -129,7 +114,7 @@ class Evaluator {
     torch::Tensor tokens;    // [B, T]
     torch::Tensor ref_logp;  // [B, T, V]
   };
-  void fill_attention_errors(const std::vector<PrecisionPair>& layers, const QuantScheme& scheme);
+  void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme);
 
   const Model& model_;
   Transformer transformer_;

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::cli {
@@ -60,11 +61,11 @@ struct Measured {
   double rel_err;
 };
 
-Measured measure(const KvFormat& format, kk::IntSpec spec, const kk::CacheShape& shape,
-                 const std::vector<float>& x) {
+Measured measure(const KvFormat& format, const Scheme& scheme, kk::Role role,
+                 const kk::CacheShape& shape, const std::vector<float>& x) {
   std::vector<float> y(x.size());
   if (format.kind == KvFormat::Kind::Int) {
-    spec.bits = format.bits;
+    const kk::IntSpec spec = scheme.int_spec(role, format.bits);
     kk::cpu::fake_quant_int(spec, shape, kk::DType::F32, x.data(), y.data());
     return {kk::int_storage_bits(spec, shape), relative_error(x, y)};
   }
@@ -84,28 +85,6 @@ Measured measure(const KvFormat& format, kk::IntSpec spec, const kk::CacheShape&
     return {kk::nvfp4_storage_bits(shape), relative_error(x, y)};
   }
   return {16.0, 0.0};
-}
-
-kk::IntSpec parse_scheme(const std::string& name, int group_size, int residual,
-                         const std::string& zero_point) {
-  kk::IntSpec spec;
-  if (name == "per-token-asym") {
-    spec.grouping = kk::Grouping::PerToken;
-  } else if (name == "kivi") {
-    spec.grouping = kk::Grouping::Kivi;
-  } else {
-    throw Error("--scheme '" + name + "' is not one of per-token-asym, kivi");
-  }
-  if (zero_point == "int") {
-    spec.zero_point = kk::ZeroPoint::Int;
-  } else if (zero_point == "float") {
-    spec.zero_point = kk::ZeroPoint::Float;
-  } else {
-    throw Error("--zero-point '" + zero_point + "' is not one of int, float");
-  }
-  spec.group_size = group_size;
-  spec.residual = residual;
-  return spec;
 }
 
 }  // namespace
@@ -136,7 +115,7 @@ int formats_command(const std::vector<std::string>& args) {
   }
   po::notify(vm);
 
-  const kk::IntSpec spec = parse_scheme(scheme_name, group_size, residual, zero_point);
+  const Scheme scheme = Scheme::parse(scheme_name, group_size, residual, zero_point);
   const kk::CacheShape shape{tokens, heads, head_dim};
   std::vector<KvFormat> formats;
   for (size_t start = 0; start <= formats_list.size();) {
@@ -151,11 +130,8 @@ int formats_command(const std::vector<std::string>& args) {
 
   nlohmann::json rows = nlohmann::json::array();
   for (const KvFormat& f : formats) {
-    kk::IntSpec key_spec = spec, value_spec = spec;
-    key_spec.role = kk::Role::Key;
-    value_spec.role = kk::Role::Value;
-    const Measured k = measure(f, key_spec, shape, cache.keys);
-    const Measured v = measure(f, value_spec, shape, cache.values);
+    const Measured k = measure(f, scheme, kk::Role::Key, shape, cache.keys);
+    const Measured v = measure(f, scheme, kk::Role::Value, shape, cache.values);
     rows.push_back({{"format", f.name()},
                     {"key_bits", k.bits},
                     {"key_rel_err", k.rel_err},
@@ -164,7 +140,7 @@ int formats_command(const std::vector<std::string>& args) {
   }
   const std::string scheme_desc =
       scheme_name +
-      (spec.grouping == kk::Grouping::Kivi
+      (scheme.grouping == kk::Grouping::Kivi
            ? " (G=" + std::to_string(group_size) + ", R=" + std::to_string(residual) + ")"
            : "") +
       ", zero-point " + zero_point;

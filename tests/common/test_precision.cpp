@@ -2,6 +2,7 @@
 
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
 
 namespace kvtune {
 namespace {
@@ -78,6 +79,26 @@ TEST(LayerConfig, WrongCountAndBadEntryAreNamed) {
     EXPECT_NE(std::string(e.what()).find("entry 1"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("'K9V4'"), std::string::npos) << e.what();
   }
+}
+
+TEST(Scheme, ParsesAndNamesTheBadOption) {
+  const Scheme kivi = Scheme::parse("kivi", 16, 32, "float");
+  EXPECT_EQ(kivi.key(), "kivi/G=16/R=32/zp=float");
+  EXPECT_EQ(kivi.int_spec(kernels::Role::Value, 2).group_size, 16);
+  EXPECT_EQ(kivi.int_spec(kernels::Role::Value, 2).bits, 2);
+  EXPECT_EQ(Scheme::parse("per-token-asym", 32, 32, "int").key(), "per-token-asym/zp=int");
+  const auto message = [](const char* name, int g, int r, const char* zp) -> std::string {
+    try {
+      Scheme::parse(name, g, r, zp);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message("kivi", 32, 48, "int").find("residual 48"), std::string::npos);
+  EXPECT_NE(message("awq", 32, 32, "int").find("'awq'"), std::string::npos);
+  EXPECT_NE(message("kivi", 32, 32, "half").find("'half'"), std::string::npos);
+  EXPECT_NE(message("kivi", 0, 32, "int").find("group size 0"), std::string::npos);
 }
 
 }  // namespace

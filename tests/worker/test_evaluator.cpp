@@ -72,7 +72,7 @@ TEST_P(EmulationVsDecode, OnePassEqualsTokenByTokenQuantizedDecode) {
   const Model model = to_double(load_llama2c(kModel));
   const std::vector<int64_t> ids = reference_tokens(75);
   Evaluator ev(model, {ids});
-  const QuantScheme scheme = QuantScheme::parse(p.scheme, p.group_size, p.residual, p.zero_point);
+  const Scheme scheme = Scheme::parse(p.scheme, p.group_size, p.residual, p.zero_point);
   const auto qs = ev.quantizers(config(p.layers), scheme);
 
   const AttentionFn emulate = [&qs](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
@@ -119,7 +119,7 @@ class Stories : public ::testing::Test {
     model_.reset();
   }
   Metrics eval(const std::string& layers, const std::string& scheme = "per-token-asym") {
-    return evaluator_->evaluate(config(layers), QuantScheme::parse(scheme, 32, 32, "int"));
+    return evaluator_->evaluate(config(layers), Scheme::parse(scheme, 32, 32, "int"));
   }
   static std::unique_ptr<Model> model_;
   static std::unique_ptr<Evaluator> evaluator_;
@@ -192,7 +192,7 @@ TEST_F(Stories, HardwareFormatsAreOrderedByPrecision) {
 
 TEST_F(Stories, WrongLayerCountIsAnError) {
   SKIP_WITHOUT_SHARED();
-  EXPECT_THROW(evaluator_->evaluate(parse_layer_config("KV4,KV4", 2), QuantScheme{}), Error);
+  EXPECT_THROW(evaluator_->evaluate(parse_layer_config("KV4,KV4", 2), Scheme{}), Error);
 }
 
 TEST(EvaluatorInput, BadSequencesAreNamed) {
@@ -207,13 +207,6 @@ TEST(EvaluatorInput, BadSequencesAreNamed) {
   }
   EXPECT_THROW(Evaluator(model, {{1}}), Error);
   EXPECT_THROW(Evaluator(model, {}), Error);
-}
-
-TEST(QuantSchemeParse, NamesTheBadOption) {
-  EXPECT_THROW(QuantScheme::parse("kivi", 32, 48, "int"), Error);
-  EXPECT_THROW(QuantScheme::parse("awq", 32, 32, "int"), Error);
-  EXPECT_THROW(QuantScheme::parse("kivi", 32, 32, "half"), Error);
-  EXPECT_EQ(QuantScheme::parse("kivi", 16, 32, "float").key(), "kivi/G=16/R=32/zp=float");
 }
 
 }  // namespace
