@@ -147,6 +147,28 @@ KVT_VECTOR_CLONES void fake_quant_run(const T* x, T* y, int64_t n, AffineParams 
   }
 }
 
+// Folds one token row into per-channel running min/max; poison[c] turns NaN
+// once channel c meets a NaN or Inf (see group_min_max).
+template <class T>
+KVT_VECTOR_CLONES void channel_min_max(const T* x, int64_t n, float* lo, float* hi, float* poison) {
+  for (int64_t c = 0; c < n; ++c) {
+    const float v = to_float(x[c]);
+    lo[c] = min_f(lo[c], v);
+    hi[c] = max_f(hi[c], v);
+    poison[c] = poison[c] + v * 0.0f;
+  }
+}
+
+// Fake-quantizes one token row whose channels each have their own parameters
+// (kivi keys), with the parameters split into arrays so the loop vectorizes.
+template <ZeroPoint M, class T>
+KVT_VECTOR_CLONES void fake_quant_channels(const T* x, T* y, int64_t n, const float* scale,
+                                           const float* zero, int bits) {
+  for (int64_t c = 0; c < n; ++c) {
+    y[c] = from_float<T>(int_fake_quant(to_float(x[c]), AffineParams{scale[c], zero[c]}, bits, M));
+  }
+}
+
 // Visits every group of the quantized prefix with its parameters, in blocks
 // that stay in cache: visit(first_group, group_count, params) after the
 // parameters of those groups are known. Contiguous groups are visited one by
@@ -173,22 +195,17 @@ void for_each_group_block(const IntSpec& spec, const IntLayout& layout, const T*
   const int64_t row = geo.row;
   const int64_t blocks = layout.quantized_tokens / geo.token_group;
   parallel_for(blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> lo(static_cast<size_t>(row)), hi(static_cast<size_t>(row));
+    std::vector<float> lo(static_cast<size_t>(row)), hi(static_cast<size_t>(row)),
+        poison(static_cast<size_t>(row));
     std::vector<AffineParams> params(static_cast<size_t>(row));
     for (int64_t b = begin; b < end; ++b) {
       const T* block = x + b * geo.token_group * row;
-      bool any_bad = false;
       for (int64_t c = 0; c < row; ++c) lo[c] = hi[c] = to_float(block[c]);
+      std::fill(poison.begin(), poison.end(), 0.0f);
       for (int64_t t = 0; t < geo.token_group; ++t) {
-        const T* r = block + t * row;
-        for (int64_t c = 0; c < row; ++c) {
-          const float v = to_float(r[c]);
-          lo[c] = min_f(lo[c], v);
-          hi[c] = max_f(hi[c], v);
-          any_bad |= is_nonfinite(v);
-        }
+        channel_min_max(block + t * row, row, lo.data(), hi.data(), poison.data());
       }
-      if (any_bad) {
+      if (std::any_of(poison.begin(), poison.end(), [](float p) { return p != 0.0f; })) {
         for (int64_t i = 0; i < geo.token_group * row; ++i) {
           if (is_nonfinite(to_float(block[i]))) {
             bad.report(b * geo.token_group * row + i);
@@ -244,13 +261,22 @@ void fake_quant_int(const IntSpec& spec, const CacheShape& shape, DType dtype, c
             return;
           }
           // A kivi key token block: `count` channels over G tokens.
+          thread_local std::vector<float> scale, zero;
+          scale.resize(static_cast<size_t>(count));
+          zero.resize(static_cast<size_t>(count));
+          for (int64_t c = 0; c < count; ++c) {
+            scale[c] = params[c].scale;
+            zero[c] = params[c].zero;
+          }
           const int64_t base = geo.first_element(first);
           for (int64_t t = 0; t < geo.token_group; ++t) {
             const int64_t off = base + t * geo.row;
-            for (int64_t c = 0; c < count; ++c) {
-              const float v = to_float(in[off + c]);
-              out[off + c] =
-                  from_float<T>(int_fake_quant(v, params[c], spec.bits, spec.zero_point));
+            if (spec.zero_point == ZeroPoint::Int) {
+              fake_quant_channels<ZeroPoint::Int>(in + off, out + off, count, scale.data(),
+                                                  zero.data(), spec.bits);
+            } else {
+              fake_quant_channels<ZeroPoint::Float>(in + off, out + off, count, scale.data(),
+                                                    zero.data(), spec.bits);
             }
           }
         });
