@@ -169,6 +169,22 @@ KVT_VECTOR_CLONES void fake_quant_channels(const T* x, T* y, int64_t n, const fl
   }
 }
 
+template <class T>
+KVT_VECTOR_CLONES void fp8_fake_quant_row(const T* x, T* y, int64_t n, float head_scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = from_float<T>(fp8_fake_quant(to_float(x[i]), head_scale));
+}
+
+template <class T>
+KVT_VECTOR_CLONES int64_t first_nonfinite(const T* x, int64_t n) {
+  float poison = 0.0f;
+  for (int64_t i = 0; i < n; ++i) poison = poison + to_float(x[i]) * 0.0f;
+  if (poison == 0.0f) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_nonfinite(to_float(x[i]))) return i;
+  }
+  return -1;
+}
+
 // Visits every group of the quantized prefix with its parameters, in blocks
 // that stay in cache: visit(first_group, group_count, params) after the
 // parameters of those groups are known. Contiguous groups are visited one by
@@ -391,17 +407,6 @@ void for_each_row(const CacheShape& shape, const Fn& fn) {
   });
 }
 
-template <class T>
-int64_t first_nonfinite(const T* x, int64_t n) {
-  bool any = false;
-  for (int64_t i = 0; i < n; ++i) any |= is_nonfinite(to_float(x[i]));
-  if (!any) return -1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (is_nonfinite(to_float(x[i]))) return i;
-  }
-  return -1;
-}
-
 void check_head_scales(const CacheShape& shape, const float* head_scales, const char* what) {
   if (head_scales == nullptr) throw std::invalid_argument(std::string(what) + ": null head scales");
   for (int64_t h = 0; h < shape.heads; ++h) {
@@ -428,10 +433,7 @@ void fake_quant_fp8(const CacheShape& shape, DType dtype, const void* x, const f
         bad.report(off + b);
         return;
       }
-      const float s = head_scales[h];
-      for (int64_t d = 0; d < shape.head_dim; ++d) {
-        out[off + d] = from_float<T>(fp8_fake_quant(to_float(in[off + d]), s));
-      }
+      fp8_fake_quant_row(in + off, out + off, shape.head_dim, head_scales[h]);
     });
   });
   bad.raise_if_any(shape, x, dtype, "fake_quant_fp8");
