@@ -1,0 +1,104 @@
+#include "eval_key.h"
+
+#include <capnp/message.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "kvtune/common/error.h"
+
+namespace kvtune {
+namespace {
+
+schema::KvFormat::Kind to_schema(KvFormat::Kind kind) {
+  switch (kind) {
+    case KvFormat::Kind::Int:
+      return schema::KvFormat::Kind::INT;
+    case KvFormat::Kind::Fp8:
+      return schema::KvFormat::Kind::FP8;
+    case KvFormat::Kind::Nvfp4:
+      return schema::KvFormat::Kind::NVFP4;
+    case KvFormat::Kind::Full:
+      return schema::KvFormat::Kind::FULL;
+  }
+  throw Error("unknown KV format kind " + std::to_string(static_cast<int>(kind)));
+}
+
+void set_format(const KvFormat& format, schema::KvFormat::Builder out) {
+  out.setKind(to_schema(format.kind));
+  out.setBits(static_cast<uint8_t>(format.bits));
+}
+
+}  // namespace
+
+void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder out) {
+  if (inputs.seq_len < 0) throw Error("seq_len " + std::to_string(inputs.seq_len) + " < 0");
+  out.setModelSpec(inputs.model_spec);
+  out.setModelFingerprint(inputs.model_fingerprint);
+  out.setDataSpec(inputs.data_spec);
+  out.setDataFingerprint(inputs.data_fingerprint);
+  out.setSeqLen(static_cast<uint32_t>(inputs.seq_len));
+  auto scheme = out.initScheme();
+  const bool kivi = inputs.scheme.grouping == kernels::Grouping::Kivi;
+  scheme.setGrouping(kivi ? schema::Scheme::Grouping::KIVI : schema::Scheme::Grouping::PER_TOKEN);
+  scheme.setGroupSize(static_cast<uint32_t>(inputs.scheme.group_size));
+  scheme.setResidual(static_cast<uint32_t>(inputs.scheme.residual));
+  scheme.setZeroPoint(inputs.scheme.zero_point == kernels::ZeroPoint::Int
+                          ? schema::Scheme::ZeroPoint::INT
+                          : schema::Scheme::ZeroPoint::FLOAT);
+  auto layers = out.initLayers(static_cast<unsigned>(inputs.layers.size()));
+  for (unsigned i = 0; i < inputs.layers.size(); ++i) {
+    set_format(inputs.layers[i].key, layers[i].initKey());
+    set_format(inputs.layers[i].value, layers[i].initValue());
+  }
+  out.setMetric(inputs.metric);
+}
+
+std::string evaluation_key(const schema::EvalRequest::Reader& request) {
+  // Copy field by field: an unset text field and one set to its default
+  // encode differently, and unknown fields of a newer schema must not count.
+  capnp::MallocMessageBuilder message;
+  auto norm = message.initRoot<schema::EvalRequest>();
+  norm.setModelSpec(request.getModelSpec());
+  norm.setModelFingerprint(request.getModelFingerprint());
+  norm.setDataSpec(request.getDataSpec());
+  norm.setDataFingerprint(request.getDataFingerprint());
+  norm.setSeqLen(request.getSeqLen());
+  const auto in_scheme = request.getScheme();
+  auto scheme = norm.initScheme();
+  scheme.setGrouping(in_scheme.getGrouping());
+  scheme.setZeroPoint(in_scheme.getZeroPoint());
+  if (in_scheme.getGrouping() == schema::Scheme::Grouping::KIVI) {
+    scheme.setGroupSize(in_scheme.getGroupSize());
+    scheme.setResidual(in_scheme.getResidual());
+  } else {  // per-token-asym has no groups over tokens and no residual window
+    scheme.setGroupSize(0);
+    scheme.setResidual(0);
+  }
+  const auto in_layers = request.getLayers();
+  auto layers = norm.initLayers(in_layers.size());
+  for (unsigned i = 0; i < in_layers.size(); ++i) {
+    auto key = layers[i].initKey();
+    key.setKind(in_layers[i].getKey().getKind());
+    key.setBits(in_layers[i].getKey().getBits());
+    auto value = layers[i].initValue();
+    value.setKind(in_layers[i].getValue().getKind());
+    value.setBits(in_layers[i].getValue().getBits());
+  }
+  norm.setMetric(request.getMetric());
+
+  const kj::Array<capnp::word> canonical = capnp::canonicalize(norm.asReader());
+  const auto bytes = canonical.asBytes();
+  XXH128_canonical_t digest;
+  XXH128_canonicalFromHash(&digest, XXH3_128bits(bytes.begin(), bytes.size()));
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(2 * sizeof(digest.digest));
+  for (unsigned char byte : digest.digest) {
+    hex.push_back(kHex[byte >> 4]);
+    hex.push_back(kHex[byte & 0xf]);
+  }
+  return hex;
+}
+
+}  // namespace kvtune

@@ -1,0 +1,37 @@
+// Evaluation keys: the content address of an evaluation. Two requests with the
+// same canonical inputs (model, data, sequence length, scheme, per-layer
+// config, metric) get the same key, so a result is computed once and shared
+// by every job that asks for it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
+#include "kvtune/schemas/kvtune.capnp.h"
+
+namespace kvtune {
+
+// The inputs of one evaluation in kvtune's own value types.
+struct EvalInputs {
+  std::string model_spec;
+  std::string model_fingerprint;
+  std::string data_spec;
+  std::string data_fingerprint;
+  int seq_len = 0;
+  Scheme scheme;
+  std::vector<PrecisionPair> layers;
+  std::string metric = "kl";
+};
+
+// Fills `out` from `inputs`; every field is set explicitly.
+void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder out);
+
+// Hex XXH3-128 (32 lowercase hex characters) of the canonical Cap'n Proto
+// encoding of `request`, after normalizing what does not change the result:
+// the group size and residual of a per-token-asym scheme, and an unset metric
+// (which reads as its default, "kl").
+std::string evaluation_key(const schema::EvalRequest::Reader& request);
+
+}  // namespace kvtune

@@ -1,0 +1,310 @@
+#include "store.h"
+
+#include <capnp/message.h>
+#include <capnp/schema.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <array>
+#include <cstring>
+#include <system_error>
+
+#include "kvtune/common/error.h"
+
+namespace kvtune {
+namespace {
+
+// In the order of Store::Family.
+constexpr std::array<const char*, 6> kFamilyNames = {"default", "jobs",     "evaluations",
+                                                     "tasks",   "registry", "search"};
+constexpr std::string_view kSchemaVersionKey = "schema_version";
+
+rocksdb::Slice slice(std::string_view s) {
+  return {s.data(), s.size()};
+}
+
+std::string text(capnp::Text::Reader t) {
+  return {t.cStr(), t.size()};
+}
+
+// A printable form of a key for error messages (task keys hold a NUL).
+std::string printable(std::string_view key) {
+  std::string out;
+  for (char c : key) {
+    if (c == '\0') {
+      out += '/';
+    } else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[static_cast<unsigned char>(c) >> 4];
+      out += kHex[static_cast<unsigned char>(c) & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+void check_id(std::string_view what, std::string_view id) {
+  if (id.empty()) throw Error(std::string(what) + " must not be empty");
+  if (id.find('\0') != std::string_view::npos) {
+    throw Error(std::string(what) + " '" + printable(id) + "' contains a NUL character");
+  }
+}
+
+std::string task_key(std::string_view job_id, std::string_view task_id) {
+  std::string key(job_id);
+  key += '\0';
+  key += task_id;
+  return key;
+}
+
+template <typename Reader>
+std::string serialize(Reader record) {
+  capnp::MallocMessageBuilder message;
+  message.setRoot(record);
+  const kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  const auto bytes = words.asBytes();
+  return {reinterpret_cast<const char*>(bytes.begin()), bytes.size()};
+}
+
+rocksdb::WriteOptions synced() {
+  rocksdb::WriteOptions options;
+  options.sync = true;
+  return options;
+}
+
+}  // namespace
+
+std::uint32_t Store::schema_version() {
+  return schema::SCHEMA_VERSION;
+}
+
+Store::Store(const std::filesystem::path& path) : path_(path) {
+  const std::string where = "database " + path_.string();
+  std::error_code ec;
+  if (std::filesystem::exists(path_, ec) && !std::filesystem::is_directory(path_, ec)) {
+    throw Error(where + ": the path is a file, not a database directory; pass a directory " +
+                "(it is created when missing)");
+  }
+  std::filesystem::create_directories(path_, ec);
+  if (ec) throw Error(where + ": cannot create the directory: " + ec.message());
+
+  rocksdb::DBOptions options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  options.paranoid_checks = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const char* name : kFamilyNames) {
+    descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw_db = nullptr;
+  const rocksdb::Status status =
+      rocksdb::DB::Open(options, path_.string(), descriptors, &handles, &raw_db);
+  db_.reset(raw_db);
+  for (rocksdb::ColumnFamilyHandle* handle : handles) families_.emplace_back(handle);
+  if (!status.ok()) {
+    families_.clear();
+    db_.reset();
+    const std::string detail = status.ToString();
+    if (status.IsIOError() &&
+        (detail.find("lock") != std::string::npos || detail.find("LOCK") != std::string::npos)) {
+      throw Error(where + " is in use by another coordinator (RocksDB lock " +
+                  (path_ / "LOCK").string() + ": " + detail +
+                  "); stop that coordinator or pass another database directory");
+    }
+    if (status.IsCorruption()) {
+      throw Error(where + " is corrupt (RocksDB: " + detail +
+                  "); restore it from a backup, or move it away to start afresh (cached "
+                  "evaluations are then recomputed)");
+    }
+    throw Error("cannot open " + where + " (RocksDB: " + detail +
+                "); if the database is damaged (e.g. its CURRENT or MANIFEST file), restore it "
+                "from a backup or move it away to start afresh");
+  }
+  if (families_.size() != kFamilyCount) {
+    throw Error("cannot open " + where + ": RocksDB returned " + std::to_string(families_.size()) +
+                " column families, expected " + std::to_string(kFamilyCount));
+  }
+  check_schema_version();
+}
+
+Store::~Store() {
+  families_.clear();
+  if (db_) db_->Close().PermitUncheckedError();
+}
+
+void Store::check_schema_version() {
+  const std::string mine = std::to_string(schema_version());
+  const std::optional<std::string> stored = get(kDefault, kSchemaVersionKey);
+  if (!stored) {
+    put(kDefault, kSchemaVersionKey, mine);
+    return;
+  }
+  if (*stored != mine) {
+    throw Error("database " + path_.string() + " has schema version " + printable(*stored) +
+                " but this kvtune uses schema version " + mine +
+                "; use a kvtune of the database's version, or another database directory");
+  }
+}
+
+void Store::put(Family family, std::string_view key, std::string_view value) {
+  const rocksdb::Status status =
+      db_->Put(synced(), families_[family].get(), slice(key), slice(value));
+  if (!status.ok()) {
+    throw Error("database " + path_.string() + ": cannot write key '" + printable(key) +
+                "' to column family " + kFamilyNames[family] + ": " + status.ToString());
+  }
+}
+
+std::optional<std::string> Store::get(Family family, std::string_view key) const {
+  std::string value;
+  const rocksdb::Status status =
+      db_->Get(rocksdb::ReadOptions(), families_[family].get(), slice(key), &value);
+  if (status.IsNotFound()) return std::nullopt;
+  if (!status.ok()) {
+    throw Error(
+        "database " + path_.string() + ": cannot read key '" + printable(key) +
+        "' of column family " + kFamilyNames[family] + ": " + status.ToString() +
+        (status.IsCorruption() ? "; the database is corrupt, restore it from a backup" : ""));
+  }
+  return value;
+}
+
+namespace {
+
+// Copies `bytes` into aligned words and checks that they hold a complete,
+// well-formed T; throws kvtune::Error naming `where` otherwise.
+template <typename T>
+Record<T> decode(std::string_view bytes, const std::string& where) {
+  const std::string problem = where + " does not hold a valid " +
+                              std::string(capnp::Schema::from<T>().getShortDisplayName().cStr()) +
+                              " record: ";
+  if (bytes.size() % sizeof(capnp::word) != 0 || bytes.empty()) {
+    throw Error(problem + "its size " + std::to_string(bytes.size()) +
+                " is not a positive multiple of 8 bytes");
+  }
+  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  try {
+    capnp::FlatArrayMessageReader message(words);
+    if (message.getEnd() != words.end()) throw Error(problem + "trailing bytes after the message");
+    message.getRoot<T>().totalSize();  // walks every pointer, so later reads cannot fail
+  } catch (const kj::Exception& e) {
+    throw Error(problem + e.getDescription().cStr());
+  }
+  return Record<T>(kj::mv(words));
+}
+
+}  // namespace
+
+template <typename T>
+std::optional<Record<T>> Store::get_record(Family family, std::string_view key) const {
+  const std::optional<std::string> bytes = get(family, key);
+  if (!bytes) return std::nullopt;
+  return decode<T>(*bytes, "database " + path_.string() + ": column family " +
+                               kFamilyNames[family] + ", key '" + printable(key) + "'");
+}
+
+template <typename T>
+std::vector<Record<T>> Store::scan_records(Family family, std::string_view prefix) const {
+  std::vector<Record<T>> records;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), families_[family].get()));
+  for (it->Seek(slice(prefix)); it->Valid() && it->key().starts_with(slice(prefix)); it->Next()) {
+    const std::string_view key(it->key().data(), it->key().size());
+    records.push_back(decode<T>(std::string_view(it->value().data(), it->value().size()),
+                                "database " + path_.string() + ": column family " +
+                                    kFamilyNames[family] + ", key '" + printable(key) + "'"));
+  }
+  if (!it->status().ok()) {
+    throw Error("database " + path_.string() + ": cannot scan column family " +
+                kFamilyNames[family] + ": " + it->status().ToString());
+  }
+  return records;
+}
+
+void Store::put_job(schema::JobRecord::Reader job) {
+  const std::string id = text(job.getId());
+  check_id("job id", id);
+  put(kJobs, id, serialize(job));
+}
+
+std::optional<Record<schema::JobRecord>> Store::get_job(std::string_view job_id) const {
+  return get_record<schema::JobRecord>(kJobs, job_id);
+}
+
+std::vector<Record<schema::JobRecord>> Store::list_jobs() const {
+  return scan_records<schema::JobRecord>(kJobs, "");
+}
+
+void Store::put_task(schema::TaskRecord::Reader task) {
+  const std::string job_id = text(task.getJobId());
+  const std::string task_id = text(task.getId());
+  check_id("task job id", job_id);
+  check_id("task id", task_id);
+  put(kTasks, task_key(job_id, task_id), serialize(task));
+}
+
+std::optional<Record<schema::TaskRecord>> Store::get_task(std::string_view job_id,
+                                                          std::string_view task_id) const {
+  return get_record<schema::TaskRecord>(kTasks, task_key(job_id, task_id));
+}
+
+std::vector<Record<schema::TaskRecord>> Store::list_tasks(std::string_view job_id) const {
+  check_id("job id", job_id);
+  return scan_records<schema::TaskRecord>(kTasks, std::string(job_id) + '\0');
+}
+
+void Store::put_result(std::string_view eval_key, schema::EvalResult::Reader result,
+                       schema::TaskRecord::Reader task) {
+  check_id("evaluation key", eval_key);
+  const std::string job_id = text(task.getJobId());
+  const std::string task_id = text(task.getId());
+  check_id("task job id", job_id);
+  check_id("task id", task_id);
+  rocksdb::WriteBatch batch;
+  rocksdb::Status status =
+      batch.Put(families_[kEvaluations].get(), slice(eval_key), serialize(result));
+  if (status.ok()) {
+    status = batch.Put(families_[kTasks].get(), task_key(job_id, task_id), serialize(task));
+  }
+  if (status.ok()) status = db_->Write(synced(), &batch);
+  if (!status.ok()) {
+    throw Error("database " + path_.string() + ": cannot write the result of evaluation " +
+                printable(eval_key) + " with task " + task_id + ": " + status.ToString());
+  }
+}
+
+std::optional<Record<schema::EvalResult>> Store::get_result(std::string_view eval_key) const {
+  return get_record<schema::EvalResult>(kEvaluations, eval_key);
+}
+
+bool Store::has_result(std::string_view eval_key) const {
+  return get(kEvaluations, eval_key).has_value();
+}
+
+std::size_t Store::count_results() const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), families_[kEvaluations].get()));
+  std::size_t count = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  if (!it->status().ok()) {
+    throw Error("database " + path_.string() +
+                ": cannot scan column family evaluations: " + it->status().ToString());
+  }
+  return count;
+}
+
+void Store::put_raw(Area area, std::string_view key, std::string_view value) {
+  check_id("key", key);
+  put(area == Area::Registry ? kRegistry : kSearch, key, value);
+}
+
+std::optional<std::string> Store::get_raw(Area area, std::string_view key) const {
+  return get(area == Area::Registry ? kRegistry : kSearch, key);
+}
+
+}  // namespace kvtune

@@ -1,0 +1,147 @@
+# kvtune's stored records (RocksDB values) and wire messages (ZeroMQ frames).
+# Field numbers are part of the on-disk and wire format: append, never renumber.
+@0xe971c48ca44a9b71;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("kvtune::schema");
+
+# Bumped when a stored record changes incompatibly; the store refuses a
+# database written with another version.
+const schemaVersion :UInt32 = 1;
+
+struct KvFormat {
+  enum Kind {
+    int @0;
+    fp8 @1;
+    nvfp4 @2;
+    full @3;
+  }
+  kind @0 :Kind = full;
+  bits @1 :UInt8 = 16;
+}
+
+struct PrecisionPair {
+  key @0 :KvFormat;
+  value @1 :KvFormat;
+}
+
+struct Scheme {
+  enum Grouping {
+    perToken @0;
+    kivi @1;
+  }
+  enum ZeroPoint {
+    int @0;
+    float @1;
+  }
+  grouping @0 :Grouping;
+  groupSize @1 :UInt32 = 32;
+  residual @2 :UInt32 = 32;
+  zeroPoint @3 :ZeroPoint;
+}
+
+# The canonical inputs of one evaluation; its canonical encoding is hashed
+# into the evaluation key.
+struct EvalRequest {
+  modelSpec @0 :Text;
+  modelFingerprint @1 :Text;
+  dataSpec @2 :Text;
+  dataFingerprint @3 :Text;
+  seqLen @4 :UInt32;
+  scheme @5 :Scheme;
+  layers @6 :List(PrecisionPair);
+  metric @7 :Text = "kl";
+}
+
+struct EvalResult {
+  kl @0 :Float64;
+  deltaNll @1 :Float64;
+  pplFp @2 :Float64;
+  pplQ @3 :Float64;
+  top1Agreement @4 :Float64;
+  avgBits @5 :Float64;
+  bytesPerToken @6 :Float64;
+  attnRelErr @7 :List(Float64);
+  tokens @8 :UInt64;
+  workerId @9 :Text;
+  seconds @10 :Float64;
+}
+
+struct JobRecord {
+  enum State {
+    queued @0;
+    running @1;
+    done @2;
+    failed @3;
+    cancelled @4;
+  }
+  id @0 :Text;
+  specJson @1 :Text;
+  state @2 :State;
+  createdMs @3 :Int64;
+  updatedMs @4 :Int64;
+  error @5 :Text;
+}
+
+struct TaskRecord {
+  enum State {
+    pending @0;
+    leased @1;
+    done @2;
+    failed @3;
+  }
+  id @0 :Text;
+  jobId @1 :Text;
+  evalKey @2 :Data;
+  request @3 :EvalRequest;
+  state @4 :State;
+  attempts @5 :UInt32;
+  errors @6 :List(Text);
+}
+
+# Worker -> coordinator.
+struct WorkerMessage {
+  union {
+    hello :group {
+      workerId @0 :Text;
+      device @1 :Text;
+      memoryBytes @2 :UInt64;
+      threads @3 :UInt32;
+      loadedModels @4 :List(Text);
+    }
+    credit :group {
+      count @5 :UInt32;
+    }
+    heartbeat :group {
+      busyTaskId @6 :Text;  # empty when idle
+    }
+    result :group {
+      taskId @7 :Text;
+      evalKey @8 :Data;
+      result @9 :EvalResult;
+    }
+    failure :group {
+      taskId @10 :Text;
+      evalKey @11 :Data;
+      error @12 :Text;
+    }
+    goodbye :group {
+      handBackTaskId @13 :Text;  # empty when no task is handed back
+    }
+  }
+}
+
+# Coordinator -> worker.
+struct CoordinatorMessage {
+  union {
+    task :group {
+      taskId @0 :Text;
+      evalKey @1 :Data;
+      request @2 :EvalRequest;
+    }
+    heartbeat @3 :Void;
+    reject :group {
+      reason @4 :Text;
+    }
+  }
+}
