@@ -31,20 +31,7 @@ std::vector<int64_t> reference_tokens(size_t n) {
 }
 
 Model to_double(const Model& m) {
-  Model d = m;
-  const auto cast = [](torch::Tensor& t) {
-    if (t.defined()) t = t.to(torch::kFloat64);
-  };
-  cast(d.embedding);
-  cast(d.final_norm);
-  cast(d.classifier);
-  for (LayerWeights& w : d.layers) {
-    for (torch::Tensor* t : {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_norm, &w.w1, &w.w2,
-                             &w.w3, &w.bq, &w.bk, &w.bv}) {
-      cast(*t);
-    }
-  }
-  return d;
+  return to_device(m, torch::kCPU, torch::kFloat64);
 }
 
 std::vector<PrecisionPair> config(const std::string& text) {

@@ -297,20 +297,8 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 
 // The model with every weight in float64 (the Transformer computes in the
 // weights' precision), to tell a wrong conversion from float32 rounding.
-Model in_float64(Model m) {
-  const auto widen = [](torch::Tensor& t) {
-    if (t.defined()) t = t.to(torch::kFloat64);
-  };
-  widen(m.embedding);
-  widen(m.final_norm);
-  widen(m.classifier);
-  for (LayerWeights& w : m.layers) {
-    for (torch::Tensor* t : {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_norm, &w.w1, &w.w2,
-                             &w.w3, &w.bq, &w.bk, &w.bv}) {
-      widen(*t);
-    }
-  }
-  return m;
+Model in_float64(const Model& m) {
+  return to_device(m, torch::kCPU, torch::kFloat64);
 }
 
 // ---------------------------------------------------------------------------
