@@ -18,6 +18,7 @@ namespace po = boost::program_options;
 
 namespace {
 
+constexpr const char* kModelHelp = "llama2.c .bin, Hugging Face directory, or builtin:demo";
 constexpr const char* kSyntheticNote =
     "note: builtin:demo is a synthetic, generated model (not a trained LM)";
 
@@ -150,9 +151,8 @@ std::string rope_description(const ModelConfig& c) {
 static int inspect_command_impl(const std::vector<std::string>& args) {
   std::string model_spec;
   po::options_description opts("kvtune inspect [options]");
-  opts.add_options()("help,h", "show this help")(
-      "model", po::value(&model_spec)->required(),
-      "llama2.c .bin, Hugging Face directory, or builtin:demo")("json", "print one JSON object");
+  opts.add_options()("help,h", "show this help")("model", po::value(&model_spec)->required(),
+                                                 kModelHelp)("json", "print one JSON object");
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
   const Model model = load_model(model_spec);
@@ -202,9 +202,8 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   int threads = 0;
   QuantOptions quant;
   po::options_description opts("kvtune eval [options]");
-  opts.add_options()("help,h", "show this help")(
-      "model", po::value(&model_spec)->required(),
-      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+  opts.add_options()("help,h", "show this help")("model", po::value(&model_spec)->required(),
+                                                 kModelHelp)(
       "data", po::value(&data_spec)->required(),
       "calibration tokens: FILE.u16, FILE.u32, FILE.jsonl or sample:N:L:SEED")(
       "seq-len", po::value(&seq_len)->default_value(256), "sequence length for .u16/.u32 files")(
@@ -281,9 +280,8 @@ static int generate_command_impl(const std::vector<std::string>& args) {
   int64_t steps = 0;
   QuantOptions quant;
   po::options_description opts("kvtune generate [options]");
-  opts.add_options()("help,h", "show this help")(
-      "model", po::value(&model_spec)->required(),
-      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+  opts.add_options()("help,h", "show this help")("model", po::value(&model_spec)->required(),
+                                                 kModelHelp)(
       "prompt-ids", po::value(&prompt)->default_value("1"), "comma-separated prompt token ids")(
       "steps", po::value(&steps)->default_value(64), "tokens to generate")(
       "data", po::value(&data_spec)->default_value("sample:4:64:0"),
@@ -308,10 +306,15 @@ static int generate_command_impl(const std::vector<std::string>& args) {
       return p.key.kind == KvFormat::Kind::Fp8 || p.key.kind == KvFormat::Kind::Nvfp4 ||
              p.value.kind == KvFormat::Kind::Fp8 || p.value.kind == KvFormat::Kind::Nvfp4;
     });
-    const CalibrationData data =
-        needs_scales ? load_calibration(data_spec, 0, model) : CalibrationData{"", {{1, 1}}, ""};
-    const Evaluator evaluator(model, data.sequences);
-    cache = std::make_unique<QuantizedKvCache>(evaluator.quantizers(layers, quant.quant_scheme()));
+    KvAmax amax = KvAmax::zeros(model.config);
+    if (needs_scales) {
+      const AttentionFn record = amax.recording_attention();
+      for (const auto& seq : load_calibration(data_spec, 0, model).sequences) {
+        transformer.forward(torch::tensor(seq, torch::kInt64).unsqueeze(0), record);
+      }
+    }
+    cache = std::make_unique<QuantizedKvCache>(
+        make_quantizers(model.config, layers, quant.quant_scheme(), amax));
   }
   torch::Tensor logits;
   for (int64_t id : prompt_ids) logits = transformer.step(id, *cache);

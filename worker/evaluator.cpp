@@ -237,7 +237,7 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
 // ---------------------------------------------------------------------------
 // QuantizedKvCache
 
-QuantizedKvCache::QuantizedKvCache(std::vector<std::pair<TensorQuantizer, TensorQuantizer>> layers)
+QuantizedKvCache::QuantizedKvCache(LayerQuantizers layers)
     : quantizers_(std::move(layers)), streams_(quantizers_.size()) {}
 
 torch::Tensor QuantizedKvCache::push(Stream& s, const TensorQuantizer& q,
@@ -309,20 +309,8 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
     by_length[static_cast<int64_t>(seq.size())].push_back(torch::tensor(seq, torch::kInt64));
     longest_ = std::max(longest_, static_cast<int64_t>(seq.size()));
   }
-  amax_.keys.assign(static_cast<size_t>(c.n_layers),
-                    std::vector<float>(static_cast<size_t>(c.n_kv_heads), 0.0f));
-  amax_.values = amax_.keys;
-  const AttentionFn record_amax = [this](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
-                                         const torch::Tensor& v) {
-    const auto update = [](std::vector<float>& acc, const torch::Tensor& x) {
-      const torch::Tensor m = x.abs().amax({0, 1, 3}).to(torch::kCPU, torch::kFloat32).contiguous();
-      for (size_t h = 0; h < acc.size(); ++h)
-        acc[h] = std::max(acc[h], m[static_cast<int64_t>(h)].item<float>());
-    };
-    update(amax_.keys[static_cast<size_t>(l)], k);
-    update(amax_.values[static_cast<size_t>(l)], v);
-    return causal_attention(q, k, v);
-  };
+  amax_ = KvAmax::zeros(c);
+  const AttentionFn record_amax = amax_.recording_attention();
   for (auto& [len, seqs] : by_length) {
     Batch b;
     b.tokens = torch::stack(seqs).to(model.embedding.device());
@@ -332,28 +320,48 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
   }
 }
 
-std::vector<std::pair<TensorQuantizer, TensorQuantizer>> Evaluator::quantizers(
-    const std::vector<PrecisionPair>& layers, const Scheme& scheme) const {
-  const ModelConfig& c = model_.config;
+KvAmax KvAmax::zeros(const ModelConfig& config) {
+  KvAmax a;
+  a.keys.assign(static_cast<size_t>(config.n_layers),
+                std::vector<float>(static_cast<size_t>(config.n_kv_heads), 0.0f));
+  a.values = a.keys;
+  return a;
+}
+
+AttentionFn KvAmax::recording_attention() {
+  return [this](int64_t l, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+    const auto update = [](std::vector<float>& acc, const torch::Tensor& x) {
+      const torch::Tensor m = x.abs().amax({0, 1, 3}).to(torch::kCPU, torch::kFloat32).contiguous();
+      for (size_t h = 0; h < acc.size(); ++h) {
+        acc[h] = std::max(acc[h], m[static_cast<int64_t>(h)].item<float>());
+      }
+    };
+    update(keys[static_cast<size_t>(l)], k);
+    update(values[static_cast<size_t>(l)], v);
+    return causal_attention(q, k, v);
+  };
+}
+
+LayerQuantizers make_quantizers(const ModelConfig& c, const std::vector<PrecisionPair>& layers,
+                                const Scheme& scheme, const KvAmax& amax) {
   if (static_cast<int64_t>(layers.size()) != c.n_layers) {
     throw Error("the config has " + std::to_string(layers.size()) + " layers but the model has " +
                 std::to_string(c.n_layers));
   }
-  std::vector<std::pair<TensorQuantizer, TensorQuantizer>> out;
+  LayerQuantizers out;
   for (size_t l = 0; l < layers.size(); ++l) {
     if (layers[l].key.kind == KvFormat::Kind::Nvfp4 ||
         layers[l].value.kind == KvFormat::Kind::Nvfp4) {
       kk::nvfp4_block(c.head_dim);  // throws when head_dim does not fit NVFP4 blocks
     }
-    out.emplace_back(TensorQuantizer(layers[l].key, kk::Role::Key, scheme, amax_.keys[l]),
-                     TensorQuantizer(layers[l].value, kk::Role::Value, scheme, amax_.values[l]));
+    out.emplace_back(TensorQuantizer(layers[l].key, kk::Role::Key, scheme, amax.keys[l]),
+                     TensorQuantizer(layers[l].value, kk::Role::Value, scheme, amax.values[l]));
   }
   return out;
 }
 
 void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
-                                      const Scheme& scheme) {
-  const auto qs = quantizers(layers, scheme);
+                                      const Scheme& scheme, const LayerQuantizers& qs) {
   std::vector<std::string> keys;
   std::vector<bool> needed;
   bool any = false;
@@ -388,7 +396,7 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
 Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme) {
   const ModelConfig& c = model_.config;
   const auto qs = quantizers(layers, scheme);
-  fill_attention_errors(layers, scheme);
+  fill_attention_errors(layers, scheme, qs);
   const AttentionFn attention = [&qs](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
                                       const torch::Tensor& v) {
     const auto& [kq, vq] = qs[static_cast<size_t>(l)];

@@ -47,6 +47,9 @@ class TensorQuantizer {
   std::vector<float> head_scales_;
 };
 
+// One (keys, values) quantizer per layer of a model.
+using LayerQuantizers = std::vector<std::pair<TensorQuantizer, TensorQuantizer>>;
+
 // Causal attention of q [B, T, H, hd] over k, v [B, T, KVH, hd] where query i
 // reads key/value j quantized iff j < quantized_before(i) of its quantizer.
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
@@ -58,7 +61,7 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
 class QuantizedKvCache : public KvCache {
  public:
   // One quantizer pair per layer.
-  explicit QuantizedKvCache(std::vector<std::pair<TensorQuantizer, TensorQuantizer>> layers);
+  explicit QuantizedKvCache(LayerQuantizers layers);
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k,
                                                  const torch::Tensor& v) override;
   int64_t length() const override { return length_; }
@@ -69,7 +72,7 @@ class QuantizedKvCache : public KvCache {
     torch::Tensor recent;     // full-precision tokens not yet flushed
   };
   torch::Tensor push(Stream& s, const TensorQuantizer& q, const torch::Tensor& x) const;
-  std::vector<std::pair<TensorQuantizer, TensorQuantizer>> quantizers_;
+  LayerQuantizers quantizers_;
   std::vector<std::pair<Stream, Stream>> streams_;
   int64_t length_ = 0;
   int64_t position_ = 0;  // position of the token being appended
@@ -93,7 +96,17 @@ struct Metrics {
 // calibration data: the static fp8/nvfp4 scales.
 struct KvAmax {
   std::vector<std::vector<float>> keys, values;  // [layer][head]
+
+  // All zeros for a model: no calibration seen yet.
+  static KvAmax zeros(const ModelConfig& config);
+  // Causal attention that also folds each layer's K/V amax into this.
+  AttentionFn recording_attention();
 };
+
+// One (keys, values) quantizer per layer; static fp8/nvfp4 scales from `amax`.
+// Throws kvtune::Error when the config does not fit the model.
+LayerQuantizers make_quantizers(const ModelConfig& config, const std::vector<PrecisionPair>& layers,
+                                const Scheme& scheme, const KvAmax& amax);
 
 // Evaluates per-layer KV configurations of one model on one calibration set.
 // The unquantized reference (log-probabilities and amax) is computed once.
@@ -103,9 +116,10 @@ class Evaluator {
 
   Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme);
 
-  // The quantizers of a configuration, one (keys, values) pair per layer.
-  std::vector<std::pair<TensorQuantizer, TensorQuantizer>> quantizers(
-      const std::vector<PrecisionPair>& layers, const Scheme& scheme) const;
+  // The quantizers of a configuration, scaled by this calibration set's amax.
+  LayerQuantizers quantizers(const std::vector<PrecisionPair>& layers, const Scheme& scheme) const {
+    return make_quantizers(model_.config, layers, scheme, amax_);
+  }
   const KvAmax& amax() const { return amax_; }
   const Transformer& transformer() const { return transformer_; }
 
@@ -114,7 +128,8 @@ class Evaluator {
     torch::Tensor tokens;    // [B, T]
     torch::Tensor ref_logp;  // [B, T, V]
   };
-  void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme);
+  void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
+                             const LayerQuantizers& qs);
 
   const Model& model_;
   Transformer transformer_;

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <random>
 
+#include "../support/temp_dir.h"
 #include "calibration.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
@@ -20,25 +21,7 @@ namespace fs = std::filesystem;
 
 const std::string kStories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
 
-// A fresh directory, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("kvtune-calibration-" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using kvtune::testing::TempDir;
 
 void write_ids(const std::string& path, const std::vector<uint32_t>& ids, size_t width) {
   std::ofstream out(path, std::ios::binary);
