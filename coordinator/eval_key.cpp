@@ -29,7 +29,57 @@ void set_format(const KvFormat& format, schema::KvFormat::Builder out) {
   out.setBits(static_cast<uint8_t>(format.bits));
 }
 
+KvFormat read_format(schema::KvFormat::Reader in, const std::string& where) {
+  const int bits = in.getBits();
+  switch (in.getKind()) {
+    case schema::KvFormat::Kind::INT:
+      try {
+        return KvFormat::integer(bits);
+      } catch (const Error& e) {
+        throw Error(where + ": " + e.what());
+      }
+    case schema::KvFormat::Kind::FP8:
+      return KvFormat::fp8();
+    case schema::KvFormat::Kind::NVFP4:
+      return KvFormat::nvfp4();
+    case schema::KvFormat::Kind::FULL:
+      return KvFormat::full();
+  }
+  throw Error(where + ": unknown format kind " + std::to_string(static_cast<int>(in.getKind())));
+}
+
 }  // namespace
+
+EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
+  EvalInputs in;
+  in.model_spec = request.getModelSpec();
+  in.model_fingerprint = request.getModelFingerprint();
+  in.data_spec = request.getDataSpec();
+  in.data_fingerprint = request.getDataFingerprint();
+  in.seq_len = static_cast<int>(request.getSeqLen());
+  const auto scheme = request.getScheme();
+  const bool kivi = scheme.getGrouping() == schema::Scheme::Grouping::KIVI;
+  const bool float_zero = scheme.getZeroPoint() == schema::Scheme::ZeroPoint::FLOAT;
+  // A per-token scheme ignores G and R; the key normalizes them to 0.
+  const int group_size = kivi ? static_cast<int>(scheme.getGroupSize()) : 32;
+  const int residual = kivi ? static_cast<int>(scheme.getResidual()) : 32;
+  try {
+    in.scheme = Scheme::parse(kivi ? "kivi" : "per-token-asym", group_size, residual,
+                              float_zero ? "float" : "int");
+  } catch (const Error& e) {
+    throw Error(std::string("scheme: ") + e.what());
+  }
+  const auto layers = request.getLayers();
+  if (layers.size() == 0) throw Error("layers: the request has no layers");
+  for (unsigned i = 0; i < layers.size(); ++i) {
+    const std::string where = "layers[" + std::to_string(i) + "]";
+    in.layers.push_back(PrecisionPair{read_format(layers[i].getKey(), where + ".key"),
+                                      read_format(layers[i].getValue(), where + ".value")});
+  }
+  in.metric = request.getMetric();
+  if (in.metric != "kl") throw Error("metric '" + in.metric + "' is not supported (kl)");
+  return in;
+}
 
 void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder out) {
   if (inputs.seq_len < 0) throw Error("seq_len " + std::to_string(inputs.seq_len) + " < 0");

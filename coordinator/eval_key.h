@@ -28,6 +28,11 @@ struct EvalInputs {
 // Fills `out` from `inputs`; every field is set explicitly.
 void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder out);
 
+// Reads `request` back into value types. Throws kvtune::Error naming the
+// field when a value is out of range (a format kind with impossible bits, a
+// scheme that Scheme::parse refuses): a request is validated before use.
+EvalInputs read_eval_request(const schema::EvalRequest::Reader& request);
+
 // Hex XXH3-128 (32 lowercase hex characters) of the canonical Cap'n Proto
 // encoding of `request`, after normalizing what does not change the result:
 // the group size and residual of a per-token-asym scheme, and an unset metric

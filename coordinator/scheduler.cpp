@@ -115,6 +115,27 @@ std::vector<Scheduler::Task> Scheduler::complete(const std::string& worker_id,
   return done;
 }
 
+std::size_t Scheduler::cancel_job(const std::string& job_id) {
+  std::size_t removed = 0;
+  for (auto it = evaluations_.begin(); it != evaluations_.end();) {
+    auto& tasks = it->second.tasks;
+    const auto before = tasks.size();
+    std::erase_if(tasks, [&](const Task& t) { return t.job_id == job_id; });
+    removed += before - tasks.size();
+    if (!tasks.empty()) {
+      ++it;
+      continue;
+    }
+    if (it->second.lease) {
+      release(it->first, it->second);
+    } else {
+      --queued_count_;  // its queue entry goes stale with the evaluation
+    }
+    it = evaluations_.erase(it);
+  }
+  return removed;
+}
+
 std::optional<Scheduler::Failure> Scheduler::fail(const std::string& worker_id,
                                                   const std::string& eval_key,
                                                   const std::string& error_message,

@@ -128,6 +128,11 @@ class Scheduler {
   // of the queue with the attempt counted. Call periodically.
   ExpireResult expire(Clock::time_point now);
 
+  // Forgets every task of `job_id`. An evaluation left without tasks is
+  // dropped from the queue; one that is leased is forgotten too (its result,
+  // when it comes, is a late one). Returns how many tasks were removed.
+  std::size_t cancel_job(const std::string& job_id);
+
   // Introspection (for /metrics, /v1/workers and tests).
   std::size_t queued() const { return queued_count_; }
   std::size_t leased() const { return leased_count_; }

@@ -278,6 +278,41 @@ void Store::put_result(std::string_view eval_key, schema::EvalResult::Reader res
   }
 }
 
+void Store::Batch::put_job(schema::JobRecord::Reader job) {
+  const std::string id = text(job.getId());
+  check_id("job id", id);
+  writes_.push_back({kJobs, id, serialize(job)});
+}
+
+void Store::Batch::put_task(schema::TaskRecord::Reader task) {
+  const std::string job_id = text(task.getJobId());
+  const std::string task_id = text(task.getId());
+  check_id("task job id", job_id);
+  check_id("task id", task_id);
+  writes_.push_back({kTasks, task_key(job_id, task_id), serialize(task)});
+}
+
+void Store::Batch::put_result(std::string_view eval_key, schema::EvalResult::Reader result) {
+  check_id("evaluation key", eval_key);
+  writes_.push_back({kEvaluations, std::string(eval_key), serialize(result)});
+}
+
+void Store::write(Batch& batch) {
+  if (batch.empty()) return;
+  rocksdb::WriteBatch rocks;
+  rocksdb::Status status;
+  for (const Batch::Write& w : batch.writes_) {
+    status = rocks.Put(families_[w.family].get(), slice(w.key), slice(w.value));
+    if (!status.ok()) break;
+  }
+  if (status.ok()) status = db_->Write(synced(), &rocks);
+  if (!status.ok()) {
+    throw Error("database " + path_.string() + ": cannot write a batch of " +
+                std::to_string(batch.size()) + " records: " + status.ToString());
+  }
+  batch.writes_.clear();
+}
+
 std::optional<Record<schema::EvalResult>> Store::get_result(std::string_view eval_key) const {
   return get_record<schema::EvalResult>(kEvaluations, eval_key);
 }

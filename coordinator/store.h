@@ -77,6 +77,27 @@ class Store {
   // Counts the stored results (a scan: for tests, status and metrics).
   std::size_t count_results() const;
 
+  // Several writes applied together: atomically, with one sync (the
+  // coordinator groups the results that arrive together).
+  class Batch {
+   public:
+    void put_job(schema::JobRecord::Reader job);
+    void put_task(schema::TaskRecord::Reader task);
+    void put_result(std::string_view eval_key, schema::EvalResult::Reader result);
+    bool empty() const { return writes_.empty(); }
+    std::size_t size() const { return writes_.size(); }
+
+   private:
+    friend class Store;
+    struct Write {
+      int family;
+      std::string key;
+      std::string value;
+    };
+    std::vector<Write> writes_;
+  };
+  void write(Batch& batch);
+
   // Opaque registry and search state by key. Synced.
   enum class Area { Registry, Search };
   void put_raw(Area area, std::string_view key, std::string_view value);

@@ -67,6 +67,22 @@ struct EvalResult {
   seconds @10 :Float64;
 }
 
+# What a worker learned about a job's model and calibration data (the job's
+# "describe" step): fixes the fingerprints its evaluation keys are built from.
+struct ModelInfo {
+  name @0 :Text;
+  architecture @1 :Text;
+  synthetic @2 :Bool;
+  layers @3 :UInt32;
+  kvHeads @4 :UInt32;
+  headDim @5 :UInt32;
+  vocabSize @6 :UInt32;
+  fingerprint @7 :Text;
+  dataFingerprint @8 :Text;
+  sequences @9 :UInt32;
+  tokens @10 :UInt64;
+}
+
 struct JobRecord {
   enum State {
     queued @0;
@@ -81,6 +97,7 @@ struct JobRecord {
   createdMs @3 :Int64;
   updatedMs @4 :Int64;
   error @5 :Text;
+  model @6 :ModelInfo;  # set once the job has been described
 }
 
 struct TaskRecord {
@@ -97,6 +114,7 @@ struct TaskRecord {
   state @4 :State;
   attempts @5 :UInt32;
   errors @6 :List(Text);
+  config @7 :Text;  # the configuration as the job named it
 }
 
 # Worker -> coordinator.
@@ -128,6 +146,11 @@ struct WorkerMessage {
     goodbye :group {
       handBackTaskId @13 :Text;  # empty when no task is handed back
     }
+    described :group {
+      taskId @14 :Text;
+      describeKey @15 :Data;
+      model @16 :ModelInfo;
+    }
   }
 }
 
@@ -142,6 +165,16 @@ struct CoordinatorMessage {
     heartbeat @3 :Void;
     reject :group {
       reason @4 :Text;
+    }
+    # Load a model and its calibration data and report what they are (the
+    # fingerprints evaluation keys are built from); answered by `described`
+    # or `failure`.
+    describe :group {
+      taskId @5 :Text;
+      describeKey @6 :Data;
+      modelSpec @7 :Text;
+      dataSpec @8 :Text;
+      seqLen @9 :UInt32;
     }
   }
 }

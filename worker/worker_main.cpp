@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "daemon.h"
 #include "kvtune/kernels/quant.h"
 
 int main(int argc, char** argv) {
@@ -19,12 +20,21 @@ int main(int argc, char** argv) {
     if (command == "generate") return kvtune::worker::generate_command(args);
     if (command == "eval") return kvtune::worker::eval_command(args);
     if (command == "inspect") return kvtune::worker::inspect_command(args);
+    if (command == "worker") {
+#if KVTUNE_WORKER_DAEMON
+      return kvtune::worker::worker_command(args);
+#else
+      std::cerr << "kvtune worker: this build has no cluster support (ZeroMQ and Cap'n Proto "
+                   "were not found, or cmake ran with -DKVTUNE_WITH_CLUSTER=OFF)\n";
+      return 2;
+#endif
+    }
   } catch (const std::exception& e) {
     std::cerr << "kvtune " << command << ": " << e.what() << "\n";
     return 1;
   }
   std::cerr << "kvtune-worker: command '" << command
             << "' is not available in this build; this build's worker supports: inspect, eval, "
-               "generate, version\n";
+               "generate, worker, version\n";
   return 2;
 }

@@ -15,4 +15,16 @@ int formats_command(const std::vector<std::string>& args);
 // Returns only on failure (exit code 127, with the reason on stderr).
 int exec_worker(const std::vector<std::string>& args);
 
+// The cluster: `kvtune coordinator` (serves until SIGINT/SIGTERM) and the
+// clients of its HTTP API.
+int coordinator_command(const std::vector<std::string>& args);
+int submit_command(const std::vector<std::string>& args);
+int jobs_command(const std::vector<std::string>& args);
+int status_command(const std::vector<std::string>& args);
+int cancel_command(const std::vector<std::string>& args);
+int workers_command(const std::vector<std::string>& args);
+
+// `kvtune keygen --out PATH`: a CURVE key pair for off-host workers.
+int keygen_command(const std::vector<std::string>& args);
+
 }  // namespace kvtune::cli

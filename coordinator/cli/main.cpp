@@ -17,7 +17,18 @@ commands:
   inspect     print a model's architecture and fingerprint        (runs kvtune-worker)
   eval        evaluate a per-layer KV config on a model           (runs kvtune-worker)
   generate    greedy decode with a quantized KV cache             (runs kvtune-worker)
-  worker      run a GPU/CPU worker of a cluster                   (runs kvtune-worker)
+
+cluster:
+  coordinator run the coordinator: job store, scheduler, HTTP API and worker socket
+  worker      run a GPU/CPU worker that connects to a coordinator (runs kvtune-worker)
+  submit      submit a job spec (JSON) to the coordinator; --wait prints its results
+  jobs        list the coordinator's jobs
+  status      show a job's state, progress and results
+  cancel      cancel a job
+  workers     list the connected workers
+  keygen      write a CURVE key pair (coordinator or worker, for off-host workers)
+
+other:
   version     print the version and build features
 
 `kvtune <command> --help` describes a command's options.
@@ -40,6 +51,13 @@ int main(int argc, char** argv) {
       return kvtune::cli::exec_worker(args);
     }
     if (command == "formats") return kvtune::cli::formats_command(args);
+    if (command == "coordinator") return kvtune::cli::coordinator_command(args);
+    if (command == "submit") return kvtune::cli::submit_command(args);
+    if (command == "jobs") return kvtune::cli::jobs_command(args);
+    if (command == "status") return kvtune::cli::status_command(args);
+    if (command == "cancel") return kvtune::cli::cancel_command(args);
+    if (command == "workers") return kvtune::cli::workers_command(args);
+    if (command == "keygen") return kvtune::cli::keygen_command(args);
     if (command == "version" || command == "--version") {
       std::cout << "kvtune " << KVTUNE_VERSION << "\n";
       return 0;

@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -18,6 +19,14 @@ int exec_worker(const std::vector<std::string>& args) {
     return 127;
   }
   const std::string worker = (self.parent_path() / "kvtune-worker").string();
+  // A worker told to use N threads must not also run a BLAS pool sized for
+  // the whole machine: its library reads these before kvtune-worker's main.
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[0] == "worker" && args[i] == "--threads" && args[i + 1] != "0") {
+      ::setenv("OPENBLAS_NUM_THREADS", args[i + 1].c_str(), 0);
+      ::setenv("OMP_NUM_THREADS", args[i + 1].c_str(), 0);
+    }
+  }
   std::vector<std::string> storage;
   storage.push_back(worker);
   storage.insert(storage.end(), args.begin(), args.end());

@@ -285,3 +285,32 @@ TEST(SchedulerResults, ResultForQueuedKeyCompletesItWithoutDispatch) {
 
 }  // namespace
 }  // namespace kvtune
+
+namespace kvtune {
+namespace {
+
+TEST(SchedulerCancel, DropsTheJobsTasksButKeepsSharedEvaluations) {
+  Scheduler s;
+  s.add(task("a1", "k1", "job-a"));
+  s.add(task("a2", "k2", "job-a"));
+  s.add(task("b1", "k2", "job-b"));  // shares k2 with job-a
+  s.add(task("a3", "k3", "job-a"));
+  s.worker_seen("w1", t0);
+  s.credit("w1", 1, t0);
+  expect_assignment(s, t0, "w1", "k1");  // k1 is leased when job-a is cancelled
+  EXPECT_EQ(s.cancel_job("job-a"), 3u);
+  EXPECT_EQ(s.queued(), 1u);
+  EXPECT_EQ(s.leased(), 0u);
+  EXPECT_EQ(s.state("k1"), State::kUnknown);
+  EXPECT_EQ(s.state("k3"), State::kUnknown);
+  s.credit("w1", 5, t0);
+  auto a = s.next_assignment(t0);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->task.id, "b1");
+  EXPECT_FALSE(s.next_assignment(t0).has_value());
+  EXPECT_TRUE(s.complete("w1", "k1", t0).empty());  // the cancelled lease's late result
+  EXPECT_EQ(ids(s.complete("w1", "k2", t0)), std::vector<std::string>{"b1"});
+}
+
+}  // namespace
+}  // namespace kvtune

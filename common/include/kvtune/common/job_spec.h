@@ -1,0 +1,69 @@
+// A job as users submit it (`POST /v1/jobs`, `kvtune submit FILE`): JSON,
+// validated field by field so that a bad spec is refused with every wrong
+// field named, before anything runs.
+//
+//   {"kind": "evaluate" | "profile" | "search",
+//    "model": "models/stories260K.bin",       required
+//    "data": "sample:8:128:0",                 default
+//    "seq_len": 256,                           default
+//    "scheme": {"name": "per-token-asym" | "kivi", "group_size": 32,
+//               "residual": 32, "zero_point": "int" | "float"},
+//    "metric": "kl",
+//    "configs": ["KV4", "K8V4,KV4,..."],       evaluate: required
+//    "candidates": ["KV8", "K8V4", ...],       profile: default the nine of {8,4,2}^2
+//    "search": {...},                          search options (kept as given)
+//    "name": "free-form label"}
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kvtune/common/error.h"
+#include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
+
+namespace kvtune {
+
+struct FieldError {
+  std::string field;  // JSON path, e.g. "scheme.group_size" or "configs[2]"
+  std::string message;
+};
+
+// A spec that failed validation: what() lists every field error.
+class JobSpecError : public Error {
+ public:
+  explicit JobSpecError(std::vector<FieldError> fields);
+  const std::vector<FieldError>& fields() const { return fields_; }
+
+ private:
+  std::vector<FieldError> fields_;
+};
+
+struct JobSpec {
+  enum class Kind { Evaluate, Profile, Search };
+
+  Kind kind = Kind::Evaluate;
+  std::string name;
+  std::string model;
+  std::string data = "sample:8:128:0";
+  int seq_len = 256;
+  Scheme scheme;
+  std::string metric = "kl";
+  std::vector<std::string> configs;        // evaluate: one entry per configuration
+  std::vector<PrecisionPair> candidates;   // profile: the pairs tried on each layer
+  nlohmann::json search = nlohmann::json::object();
+
+  // Validates `spec`; throws JobSpecError naming every bad field.
+  static JobSpec parse(const nlohmann::json& spec);
+  // Parses JSON text first (a syntax error is a JobSpecError on field "").
+  static JobSpec parse_text(const std::string& text);
+  // The spec with every default filled in (parse(to_json()) gives it back).
+  nlohmann::json to_json() const;
+  std::string kind_name() const;
+};
+
+// "evaluate", "profile", "search".
+std::string to_string(JobSpec::Kind kind);
+
+}  // namespace kvtune

@@ -1,0 +1,275 @@
+#include "kvtune/common/job_spec.h"
+
+#include <algorithm>
+#include <optional>
+#include <set>
+
+namespace kvtune {
+namespace {
+
+using json = nlohmann::json;
+
+std::string describe(const std::vector<FieldError>& fields) {
+  std::string out = "invalid job spec:";
+  for (const FieldError& f : fields) {
+    out += "\n  " + (f.field.empty() ? std::string("(spec)") : f.field) + ": " + f.message;
+  }
+  return out;
+}
+
+std::string type_name(const json& value) { return value.type_name(); }
+
+// Collects field errors while reading a JSON object.
+class Reader {
+ public:
+  explicit Reader(std::vector<FieldError>& errors) : errors_(errors) {}
+
+  void fail(const std::string& field, const std::string& message) {
+    errors_.push_back({field, message});
+  }
+
+  // The string at `obj[key]`, or nullopt (with an error when it is there but
+  // not a string, or missing and required).
+  std::optional<std::string> string(const json& obj, const std::string& key,
+                                    const std::string& path, bool required) {
+    if (!obj.contains(key)) {
+      if (required) fail(path, "is required");
+      return std::nullopt;
+    }
+    const json& v = obj.at(key);
+    if (!v.is_string()) {
+      fail(path, "must be a string, not " + type_name(v));
+      return std::nullopt;
+    }
+    return v.get<std::string>();
+  }
+
+  std::optional<int> integer(const json& obj, const std::string& key, const std::string& path,
+                             int min, int max) {
+    if (!obj.contains(key)) return std::nullopt;
+    const json& v = obj.at(key);
+    if (!v.is_number_integer()) {
+      fail(path, "must be an integer, not " + (v.is_number() ? v.dump() : type_name(v)));
+      return std::nullopt;
+    }
+    const auto n = v.get<int64_t>();
+    if (n < min || n > max) {
+      fail(path, std::to_string(n) + " is out of range [" + std::to_string(min) + ", " +
+                     std::to_string(max) + "]");
+      return std::nullopt;
+    }
+    return static_cast<int>(n);
+  }
+
+  // Every key of `obj` must be in `known`.
+  void only(const json& obj, const std::set<std::string>& known, const std::string& prefix) {
+    for (const auto& [key, value] : obj.items()) {
+      if (!known.contains(key)) {
+        std::string list;
+        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+        fail(prefix + key, "unknown field (known: " + list + ")");
+      }
+    }
+  }
+
+ private:
+  std::vector<FieldError>& errors_;
+};
+
+void read_scheme(const json& obj, Reader& r, Scheme& scheme) {
+  if (!obj.is_object()) {
+    r.fail("scheme", "must be an object, not " + type_name(obj));
+    return;
+  }
+  r.only(obj, {"name", "group_size", "residual", "zero_point"}, "scheme.");
+  if (auto name = r.string(obj, "name", "scheme.name", false)) {
+    if (*name == "kivi") {
+      scheme.grouping = kernels::Grouping::Kivi;
+    } else if (*name == "per-token-asym") {
+      scheme.grouping = kernels::Grouping::PerToken;
+    } else {
+      r.fail("scheme.name", "'" + *name + "' is not one of per-token-asym, kivi");
+    }
+  }
+  if (auto zp = r.string(obj, "zero_point", "scheme.zero_point", false)) {
+    if (*zp == "int") {
+      scheme.zero_point = kernels::ZeroPoint::Int;
+    } else if (*zp == "float") {
+      scheme.zero_point = kernels::ZeroPoint::Float;
+    } else {
+      r.fail("scheme.zero_point", "'" + *zp + "' is not one of int, float");
+    }
+  }
+  const std::optional<int> g = r.integer(obj, "group_size", "scheme.group_size", 1, 1 << 16);
+  const std::optional<int> res = r.integer(obj, "residual", "scheme.residual", 1, 1 << 20);
+  if (g) scheme.group_size = *g;
+  scheme.residual = res ? *res : scheme.group_size;
+  if ((g || !obj.contains("group_size")) && (res || !obj.contains("residual")) &&
+      scheme.residual % scheme.group_size != 0) {
+    r.fail("scheme.residual", std::to_string(scheme.residual) +
+                                  " must be a multiple of group_size " +
+                                  std::to_string(scheme.group_size));
+  }
+}
+
+// Calls use(path, text) for each string of the array obj[key], in order.
+template <class Use>
+void for_each_string(const json& obj, const std::string& key, Reader& r, Use use) {
+  const json& v = obj.at(key);
+  if (!v.is_array()) {
+    r.fail(key, "must be an array of strings, not " + type_name(v));
+    return;
+  }
+  for (size_t i = 0; i < v.size(); ++i) {
+    const std::string path = key + "[" + std::to_string(i) + "]";
+    if (!v[i].is_string()) {
+      r.fail(path, "must be a string, not " + type_name(v[i]));
+    } else {
+      use(path, v[i].get<std::string>());
+    }
+  }
+}
+
+}  // namespace
+
+JobSpecError::JobSpecError(std::vector<FieldError> fields)
+    : Error(describe(fields)), fields_(std::move(fields)) {}
+
+std::string to_string(JobSpec::Kind kind) {
+  switch (kind) {
+    case JobSpec::Kind::Evaluate:
+      return "evaluate";
+    case JobSpec::Kind::Profile:
+      return "profile";
+    case JobSpec::Kind::Search:
+      return "search";
+  }
+  return "?";
+}
+
+std::string JobSpec::kind_name() const { return to_string(kind); }
+
+JobSpec JobSpec::parse_text(const std::string& text) {
+  json spec;
+  try {
+    spec = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw JobSpecError({{"", std::string("not valid JSON: ") + e.what()}});
+  }
+  return parse(spec);
+}
+
+JobSpec JobSpec::parse(const json& spec) {
+  std::vector<FieldError> errors;
+  Reader r(errors);
+  JobSpec out;
+  if (!spec.is_object()) throw JobSpecError({{"", "must be a JSON object, not " + type_name(spec)}});
+  r.only(spec,
+         {"kind", "name", "model", "data", "seq_len", "scheme", "metric", "configs", "candidates",
+          "search"},
+         "");
+
+  if (auto kind = r.string(spec, "kind", "kind", true)) {
+    if (*kind == "evaluate") {
+      out.kind = Kind::Evaluate;
+    } else if (*kind == "profile") {
+      out.kind = Kind::Profile;
+    } else if (*kind == "search") {
+      out.kind = Kind::Search;
+    } else {
+      r.fail("kind", "'" + *kind + "' is not one of evaluate, profile, search");
+    }
+  }
+  if (auto name = r.string(spec, "name", "name", false)) out.name = *name;
+  if (auto model = r.string(spec, "model", "model", true)) {
+    if (model->empty()) {
+      r.fail("model", "must not be empty");
+    } else {
+      out.model = *model;
+    }
+  }
+  if (auto data = r.string(spec, "data", "data", false)) {
+    if (data->empty()) {
+      r.fail("data", "must not be empty");
+    } else {
+      out.data = *data;
+    }
+  }
+  if (auto seq_len = r.integer(spec, "seq_len", "seq_len", 2, 1 << 20)) out.seq_len = *seq_len;
+  if (spec.contains("scheme")) read_scheme(spec.at("scheme"), r, out.scheme);
+  if (auto metric = r.string(spec, "metric", "metric", false)) {
+    if (*metric != "kl") {
+      r.fail("metric", "'" + *metric + "' is not supported (kl)");
+    } else {
+      out.metric = *metric;
+    }
+  }
+
+  if (spec.contains("configs")) {
+    for_each_string(spec, "configs", r, [&](const std::string& path, const std::string& c) {
+      try {
+        const auto count = static_cast<int>(std::count(c.begin(), c.end(), ',') + 1);
+        parse_layer_config(c, count);
+        out.configs.push_back(c);
+      } catch (const Error& e) {
+        r.fail(path, e.what());
+      }
+    });
+    if (spec.at("configs").is_array() && spec.at("configs").empty()) {
+      r.fail("configs", "must list at least one configuration");
+    }
+  } else if (out.kind == Kind::Evaluate && spec.contains("kind")) {
+    r.fail("configs", "is required for an evaluate job");
+  }
+
+  if (spec.contains("candidates")) {
+    for_each_string(spec, "candidates", r, [&](const std::string& path, const std::string& c) {
+      try {
+        const PrecisionPair p = PrecisionPair::parse(c);
+        if (std::find(out.candidates.begin(), out.candidates.end(), p) != out.candidates.end()) {
+          r.fail(path, p.name() + " is listed twice");
+        }
+        out.candidates.push_back(p);
+      } catch (const Error& e) {
+        r.fail(path, e.what());
+      }
+    });
+    if (spec.at("candidates").is_array() && spec.at("candidates").empty()) {
+      r.fail("candidates", "must list at least one pair");
+    }
+  } else {
+    out.candidates = kvtuner_candidates();
+  }
+
+  if (spec.contains("search")) {
+    if (!spec.at("search").is_object()) {
+      r.fail("search", "must be an object, not " + type_name(spec.at("search")));
+    } else {
+      out.search = spec.at("search");
+    }
+  }
+  if (!errors.empty()) throw JobSpecError(std::move(errors));
+  return out;
+}
+
+json JobSpec::to_json() const {
+  json candidate_names = json::array();
+  for (const PrecisionPair& p : candidates) candidate_names.push_back(p.name());
+  json out = {{"kind", kind_name()},
+              {"model", model},
+              {"data", data},
+              {"seq_len", seq_len},
+              {"scheme",
+               {{"name", scheme.name()},
+                {"group_size", scheme.group_size},
+                {"residual", scheme.residual},
+                {"zero_point", scheme.zero_point == kernels::ZeroPoint::Int ? "int" : "float"}}},
+              {"metric", metric},
+              {"candidates", candidate_names}};
+  if (!name.empty()) out["name"] = name;
+  if (kind == Kind::Evaluate) out["configs"] = configs;
+  if (kind == Kind::Search) out["search"] = search;
+  return out;
+}
+
+}  // namespace kvtune

@@ -1,0 +1,345 @@
+// The cluster's commands: `kvtune coordinator` (the server) and the API
+// clients `submit`, `jobs`, `status`, `cancel`, `workers`.
+#include <signal.h>
+
+#include <atomic>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+#include "coordinator.h"
+#include "http.h"
+#include "kvtune/common/error.h"
+#include "kvtune/common/job_spec.h"
+
+namespace kvtune::cli {
+namespace {
+
+namespace po = boost::program_options;
+using json = nlohmann::json;
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+// Parses args; returns false when --help was printed.
+bool parse(const std::vector<std::string>& args, const po::options_description& opts,
+           po::variables_map& vm, const po::positional_options_description* positional = nullptr) {
+  po::command_line_parser parser(args);
+  parser.options(opts);
+  if (positional != nullptr) parser.positional(*positional);
+  po::store(parser.run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts;
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.starts_with("127.");
+}
+
+// Options every API client takes.
+struct ClientOptions {
+  std::string api = env_or("KVTUNE_API", "127.0.0.1:8470");
+  std::string token = env_or("KVTUNE_API_TOKEN", "");
+  bool json_output = false;
+
+  void add_to(po::options_description& opts) {
+    opts.add_options()("api", po::value(&api)->default_value(api),
+                       "coordinator API HOST:PORT (env KVTUNE_API)")(
+        "token", po::value(&token), "bearer token (env KVTUNE_API_TOKEN)")(
+        "json", po::bool_switch(&json_output), "print the API's JSON");
+  }
+
+  // The response body as JSON; a non-2xx status is an error with the API's message.
+  json call(const std::string& method, const std::string& target,
+            const std::string& body = {}) const {
+    const http::ClientResponse r = http::request(api, method, target, body, token);
+    json parsed;
+    try {
+      parsed = json::parse(r.body);
+    } catch (const json::parse_error&) {
+      throw Error("the coordinator at " + api + " answered " + std::to_string(r.status) +
+                  " with a body that is not JSON: " + r.body.substr(0, 200));
+    }
+    if (r.status < 200 || r.status >= 300) {
+      std::string message = parsed.value("error", r.body);
+      if (parsed.contains("fields")) {
+        for (const auto& f : parsed["fields"]) {
+          message += "\n  " + f.value("field", std::string()) + ": " +
+                     f.value("message", std::string());
+        }
+      }
+      throw Error("HTTP " + std::to_string(r.status) + ": " + message);
+    }
+    return parsed;
+  }
+};
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+void print_job(const json& job) {
+  const json& p = job["progress"];
+  std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
+            << "state     " << job.value("state", "") << "\n"
+            << "model     " << job.value("model", "") << "\n"
+            << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
+  if (p.value("failed", 0) > 0) std::cout << ", " << p.value("failed", 0) << " failed";
+  std::cout << "\n";
+  if (job.contains("error")) std::cout << "error     " << job["error"].get<std::string>() << "\n";
+  if (!job.contains("results") || job["results"].empty()) return;
+  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", "config", "avg bits", "bytes/tok", "KL", "dNLL",
+              "top-1");
+  for (const auto& r : job["results"]) {
+    std::string name = r.value("config", "");
+    if (name.size() > 32) name = name.substr(0, 29) + "...";
+    const json& m = r["metrics"];
+    std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),
+                fixed(m.value("avg_bits", 0.0), 3).c_str(),
+                fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
+                fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
+                fixed(m.value("top1_agreement", 0.0), 4).c_str());
+  }
+  for (const auto& f : job.value("failures", json::array())) {
+    std::cout << "failed " << f.value("config", "") << ":";
+    for (const auto& e : f["errors"]) std::cout << "\n  " << e.get<std::string>();
+    std::cout << "\n";
+  }
+}
+
+// A path the spec names, made absolute when it exists here (workers resolve
+// relative paths in their own working directory, which is rarely the same).
+void absolutize(json& spec, const char* field) {
+  if (!spec.contains(field) || !spec[field].is_string()) return;
+  const std::string value = spec[field].get<std::string>();
+  if (value.empty() || value.starts_with("builtin:") || value.starts_with("sample:")) return;
+  std::error_code ec;
+  if (std::filesystem::path(value).is_relative() && std::filesystem::exists(value, ec)) {
+    spec[field] = std::filesystem::absolute(value).lexically_normal().string();
+  }
+}
+
+bool finished(const std::string& state) {
+  return state == "done" || state == "failed" || state == "cancelled";
+}
+
+}  // namespace
+
+int coordinator_command(const std::vector<std::string>& args) {
+  CoordinatorOptions o;
+  o.db = "kvtune.db";
+  o.api_token = env_or("KVTUNE_API_TOKEN", "");
+  std::string db = o.db.string(), secret, authorized;
+  double lease_s = 600, silence_s = 10;
+  int attempts = 3;
+  po::options_description opts("kvtune coordinator [options]");
+  opts.add_options()("help,h", "show this help")(
+      "db", po::value(&db)->default_value(db), "RocksDB directory (created when missing)")(
+      "api", po::value(&o.api)->default_value(o.api), "HTTP API address HOST:PORT")(
+      "bind", po::value(&o.bind)->default_value(o.bind), "ZeroMQ endpoint for workers")(
+      "api-token", po::value(&o.api_token),
+      "bearer token the API requires (env KVTUNE_API_TOKEN)")(
+      "curve-secret", po::value(&secret),
+      "CURVE key pair file of the coordinator (kvtune keygen): workers must use CURVE")(
+      "curve-authorized", po::value(&authorized),
+      "file of authorized worker public keys, one per line (with --curve-secret)")(
+      "lease-seconds", po::value(&lease_s)->default_value(lease_s),
+      "longest time one evaluation may take before it is re-leased")(
+      "heartbeat-timeout-seconds", po::value(&silence_s)->default_value(silence_s),
+      "a worker silent this long is presumed dead and its lease re-queued")(
+      "max-attempts", po::value(&attempts)->default_value(attempts),
+      "workers an evaluation may fail on before it fails");
+  po::variables_map vm;
+  if (!parse(args, opts, vm)) return 0;
+  if (lease_s <= 0 || silence_s <= 0) throw Error("--lease-seconds and --heartbeat-timeout-seconds must be positive");
+  o.db = db;
+  o.curve_secret_file = secret;
+  o.curve_authorized = authorized;
+  if (!secret.empty() && authorized.empty()) {
+    throw Error("--curve-secret needs --curve-authorized (the workers' public keys)");
+  }
+  o.scheduler.lease = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(lease_s));
+  o.scheduler.heartbeat_timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(silence_s));
+  o.scheduler.max_attempts = attempts;
+  if (!is_loopback(http::parse_host_port(o.api).first) && o.api_token.empty()) {
+    std::cerr << "kvtune coordinator: warning: the API listens on " << o.api
+              << " without --api-token: anyone who can reach it can submit and cancel jobs\n";
+  }
+
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  Coordinator coordinator(o);
+  std::cout << "kvtune coordinator: API http://" << coordinator.api_address() << ", workers "
+            << coordinator.worker_endpoint() << std::endl;
+  coordinator.run(g_stop);
+  return 0;
+}
+
+int submit_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string file;
+  bool wait = false;
+  po::options_description opts("kvtune submit FILE [options]   (FILE: a JSON job spec, - for stdin)");
+  opts.add_options()("help,h", "show this help")("file", po::value(&file)->required(),
+                                                 "job spec")(
+      "wait", po::bool_switch(&wait), "wait for the job to finish and print its results");
+  client.add_to(opts);
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map vm;
+  if (!parse(args, opts, vm, &positional)) return 0;
+
+  std::stringstream text;
+  if (file == "-") {
+    text << std::cin.rdbuf();
+  } else {
+    std::ifstream in(file);
+    if (!in) throw Error("cannot read job spec " + file);
+    text << in.rdbuf();
+  }
+  json spec;
+  try {
+    spec = json::parse(text.str());
+  } catch (const json::parse_error& e) {
+    throw Error("job spec " + file + " is not valid JSON: " + e.what());
+  }
+  absolutize(spec, "model");
+  absolutize(spec, "data");
+  try {
+    JobSpec::parse(spec);  // the same checks the coordinator makes, before the round trip
+  } catch (const JobSpecError& e) {
+    throw Error(file + ": " + e.what());
+  }
+  const json created = client.call("POST", "/v1/jobs", spec.dump());
+  const std::string id = created.value("id", "");
+  if (!wait) {
+    if (client.json_output) {
+      std::cout << created.dump() << "\n";
+    } else {
+      std::cout << id << "\n";
+    }
+    return 0;
+  }
+  while (true) {
+    const json job = client.call("GET", "/v1/jobs/" + id);
+    if (finished(job.value("state", ""))) {
+      if (client.json_output) {
+        std::cout << job.dump() << "\n";
+      } else {
+        print_job(job);
+      }
+      return job.value("state", "") == "done" ? 0 : 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+int jobs_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  po::options_description opts("kvtune jobs [options]");
+  opts.add_options()("help,h", "show this help");
+  client.add_to(opts);
+  po::variables_map vm;
+  if (!parse(args, opts, vm)) return 0;
+  const json jobs = client.call("GET", "/v1/jobs");
+  if (client.json_output) {
+    std::cout << jobs.dump() << "\n";
+    return 0;
+  }
+  std::printf("%-24s %-9s %-10s %-11s %s\n", "id", "kind", "state", "progress", "model");
+  for (const auto& j : jobs["jobs"]) {
+    const std::string progress = std::to_string(j["progress"].value("done", 0)) + "/" +
+                                 std::to_string(j["progress"].value("total", 0));
+    std::printf("%-24s %-9s %-10s %-11s %s\n", j.value("id", "").c_str(),
+                j.value("kind", "").c_str(), j.value("state", "").c_str(), progress.c_str(),
+                j.value("model", "").c_str());
+  }
+  return 0;
+}
+
+int status_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string id;
+  po::options_description opts("kvtune status JOB_ID [options]");
+  opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
+  client.add_to(opts);
+  po::positional_options_description positional;
+  positional.add("id", 1);
+  po::variables_map vm;
+  if (!parse(args, opts, vm, &positional)) return 0;
+  const json job = client.call("GET", "/v1/jobs/" + id);
+  if (client.json_output) {
+    std::cout << job.dump() << "\n";
+  } else {
+    print_job(job);
+  }
+  return 0;
+}
+
+int cancel_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string id;
+  po::options_description opts("kvtune cancel JOB_ID [options]");
+  opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
+  client.add_to(opts);
+  po::positional_options_description positional;
+  positional.add("id", 1);
+  po::variables_map vm;
+  if (!parse(args, opts, vm, &positional)) return 0;
+  const json r = client.call("POST", "/v1/jobs/" + id + "/cancel");
+  std::cout << (client.json_output ? r.dump() : id + " cancelled") << "\n";
+  return 0;
+}
+
+int workers_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  po::options_description opts("kvtune workers [options]");
+  opts.add_options()("help,h", "show this help");
+  client.add_to(opts);
+  po::variables_map vm;
+  if (!parse(args, opts, vm)) return 0;
+  const json workers = client.call("GET", "/v1/workers");
+  if (client.json_output) {
+    std::cout << workers.dump() << "\n";
+    return 0;
+  }
+  std::printf("%-28s %-8s %7s %7s %8s %s\n", "id", "device", "threads", "leases", "results",
+              "loaded models");
+  for (const auto& w : workers["workers"]) {
+    std::string models;
+    for (const auto& m : w.value("loaded_models", json::array())) {
+      models += (models.empty() ? "" : ", ") + m.get<std::string>();
+    }
+    std::printf("%-28s %-8s %7d %7d %8d %s\n", w.value("id", "").c_str(),
+                w.value("device", "?").c_str(), w.value("threads", 0), w.value("leases", 0),
+                w.value("results", 0), models.c_str());
+  }
+  return 0;
+}
+
+}  // namespace kvtune::cli

@@ -1,0 +1,100 @@
+// Job specs: what POST /v1/jobs and `kvtune submit` accept, and the field
+// named for each thing they refuse.
+#include <gtest/gtest.h>
+
+#include "kvtune/common/job_spec.h"
+
+namespace kvtune {
+namespace {
+
+using json = nlohmann::json;
+
+// The field errors a spec gives, as "field: message" lines.
+std::vector<std::string> errors_of(const json& spec) {
+  try {
+    JobSpec::parse(spec);
+  } catch (const JobSpecError& e) {
+    std::vector<std::string> out;
+    for (const FieldError& f : e.fields()) out.push_back(f.field);
+    return out;
+  }
+  return {};
+}
+
+TEST(JobSpec, DefaultsAreFilledIn) {
+  const JobSpec s = JobSpec::parse({{"kind", "evaluate"}, {"model", "m.bin"}, {"configs", {"KV4"}}});
+  EXPECT_EQ(s.kind, JobSpec::Kind::Evaluate);
+  EXPECT_EQ(s.data, "sample:8:128:0");
+  EXPECT_EQ(s.seq_len, 256);
+  EXPECT_EQ(s.scheme.key(), "per-token-asym/zp=int");
+  EXPECT_EQ(s.candidates.size(), 9u);
+  EXPECT_EQ(s.configs, std::vector<std::string>{"KV4"});
+}
+
+TEST(JobSpec, ReadsEveryField) {
+  const JobSpec s = JobSpec::parse(json::parse(R"({
+    "kind": "profile", "model": "/m", "data": "toks.u16", "seq_len": 64, "name": "x",
+    "scheme": {"name": "kivi", "group_size": 8, "residual": 16, "zero_point": "float"},
+    "candidates": ["KV8", "Kfp8Vnvfp4"], "metric": "kl"})"));
+  EXPECT_EQ(s.kind, JobSpec::Kind::Profile);
+  EXPECT_EQ(s.scheme.key(), "kivi/G=8/R=16/zp=float");
+  ASSERT_EQ(s.candidates.size(), 2u);
+  EXPECT_EQ(s.candidates[1].name(), "Kfp8Vnvfp4");
+  EXPECT_EQ(s.seq_len, 64);
+  EXPECT_EQ(s.name, "x");
+}
+
+TEST(JobSpec, ResidualDefaultsToGroupSize) {
+  const JobSpec s = JobSpec::parse(
+      {{"kind", "profile"}, {"model", "m"}, {"scheme", {{"name", "kivi"}, {"group_size", 16}}}});
+  EXPECT_EQ(s.scheme.residual, 16);
+}
+
+TEST(JobSpec, RoundTripsThroughItsJson) {
+  const JobSpec s = JobSpec::parse(json::parse(R"({"kind": "evaluate", "model": "/m",
+    "configs": ["KV4", "K8V4,KV2"], "scheme": {"name": "kivi", "group_size": 4, "residual": 8}})"));
+  const JobSpec t = JobSpec::parse(s.to_json());
+  EXPECT_EQ(t.to_json(), s.to_json());
+  EXPECT_EQ(t.configs, s.configs);
+}
+
+TEST(JobSpec, NamesEveryWrongField) {
+  const auto fields = errors_of(json::parse(R"({
+    "kind": "evaluat", "data": 3, "seq_len": -1, "colour": "red",
+    "scheme": {"name": "kivi", "group_size": 8, "residual": 12, "zp": 1},
+    "configs": ["KV4", "K9V4", 7], "candidates": ["KV8", "KV8"], "metric": "mse"})"));
+  const std::vector<std::string> expected = {
+      "colour", "kind", "model", "data", "seq_len", "scheme.zp", "scheme.residual", "metric",
+      "configs[1]", "configs[2]", "candidates[1]"};
+  EXPECT_EQ(fields, expected);
+}
+
+TEST(JobSpec, ErrorMessagesSayWhatIsWrong) {
+  try {
+    JobSpec::parse({{"kind", "evaluate"}, {"model", "m"}, {"configs", {"K8V4,KV3,KVx"}}});
+    FAIL() << "accepted a bad config";
+  } catch (const JobSpecError& e) {
+    ASSERT_EQ(e.fields().size(), 1u);
+    EXPECT_EQ(e.fields()[0].field, "configs[0]");
+    EXPECT_NE(e.fields()[0].message.find("KVx"), std::string::npos) << e.fields()[0].message;
+    EXPECT_NE(std::string(e.what()).find("configs[0]"), std::string::npos);
+  }
+}
+
+TEST(JobSpec, EvaluateNeedsConfigs) {
+  EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}}), std::vector<std::string>{"configs"});
+  EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}, {"configs", json::array()}}),
+            std::vector<std::string>{"configs"});
+  EXPECT_TRUE(errors_of({{"kind", "profile"}, {"model", "m"}}).empty());
+}
+
+TEST(JobSpec, RefusesNonObjectsAndBadJson) {
+  EXPECT_THROW(JobSpec::parse(json::array()), JobSpecError);
+  EXPECT_THROW(JobSpec::parse_text("{\"kind\": "), JobSpecError);
+  EXPECT_EQ(errors_of({{"kind", "profile"}, {"model", "m"}, {"scheme", "kivi"}}),
+            std::vector<std::string>{"scheme"});
+  EXPECT_EQ(errors_of({{"kind", "profile"}, {"model", ""}}), std::vector<std::string>{"model"});
+}
+
+}  // namespace
+}  // namespace kvtune

@@ -1,0 +1,373 @@
+// The cluster as users run it: a coordinator process and worker processes on
+// loopback, jobs submitted over HTTP, processes killed with SIGKILL.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <boost/asio.hpp>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <zmq.hpp>
+
+#include "../support/cluster.h"
+#include "../support/temp_dir.h"
+
+namespace kvtune::testing {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::string kModel = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
+// Large enough that an evaluation takes a while (so kills land mid-task),
+// small enough for CI.
+const std::string kData = "sample:8:128:0";
+
+#define REQUIRE_MODEL()                                                                    \
+  if (!std::filesystem::exists(kModel)) {                                                  \
+    GTEST_SKIP() << "needs " << kModel << " (the ../shared directory beside the project)"; \
+  }
+
+// 40 configurations of stories260K's 5 layers from KVTuner's five pairs: the
+// five uniform ones and 35 mixed ones drawn with a fixed seed.
+std::vector<std::string> forty_configs() {
+  const std::vector<std::string> pairs = {"KV8", "K8V4", "KV4", "K4V2", "KV2"};
+  std::vector<std::string> out(pairs.begin(), pairs.end());
+  std::mt19937 rng(7);
+  std::set<std::string> seen(out.begin(), out.end());
+  while (out.size() < 40) {
+    std::string c;
+    for (int l = 0; l < 5; ++l) c += (l ? "," : "") + pairs[rng() % pairs.size()];
+    if (seen.insert(c).second) out.push_back(c);
+  }
+  return out;
+}
+
+json evaluate_spec(const std::vector<std::string>& configs) {
+  return {{"kind", "evaluate"},
+          {"model", kModel},
+          {"data", kData},
+          {"scheme", {{"name", "kivi"}, {"group_size", 16}, {"residual", 32}}},
+          {"configs", configs}};
+}
+
+// `kvtune eval --json` of every config in one process: config -> metrics.
+std::map<std::string, json> single_process_eval(const std::vector<std::string>& configs) {
+  // One BLAS thread, as the test's workers run: float32 sums in the same order.
+  std::string cmd = "OPENBLAS_NUM_THREADS=1 " + build_path("kvtune") +
+                    " eval --threads 1 --json --model " + kModel + " --data " + kData +
+                    " --scheme kivi --group-size 16 --residual 32";
+  for (const std::string& c : configs) cmd += " --config " + c;
+  const CommandResult r = run_command(cmd);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::map<std::string, json> out;
+  std::istringstream lines(r.output);
+  std::string line;
+  size_t i = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    json m = json::parse(line);
+    for (const char* k : {"config", "scheme", "model", "synthetic", "device", "dtype"}) m.erase(k);
+    out[configs.at(i++)] = m;
+  }
+  EXPECT_EQ(out.size(), configs.size());
+  return out;
+}
+
+// Every result of a finished job equals the single-process evaluation.
+void expect_results_equal(const json& job, const std::map<std::string, json>& expected) {
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  ASSERT_EQ(job["results"].size(), expected.size());
+  for (const json& r : job["results"]) {
+    const std::string config = r["config"];
+    ASSERT_TRUE(expected.contains(config)) << config;
+    EXPECT_EQ(r["metrics"], expected.at(config)) << config;
+  }
+}
+
+std::set<std::string> result_keys(const json& job) {
+  std::set<std::string> keys;
+  for (const json& r : job["results"]) keys.insert(r["eval_key"].get<std::string>());
+  return keys;
+}
+
+// Keys the coordinator log says it dispatched, in order.
+std::vector<std::string> dispatched(const std::string& log) {
+  return captures(log, "dispatch ([0-9a-f]{32}) ");
+}
+
+class Cluster : public ::testing::Test {
+ protected:
+  TempDir dir{"kvtune-cluster"};
+  std::string db() const { return dir.file("db"); }
+  std::string log(const std::string& name) const { return dir.file(name + ".log"); }
+};
+
+TEST_F(Cluster, TwoWorkersEvaluateFortyConfigsAsOneProcessDoes) {
+  REQUIRE_MODEL();
+  const auto configs = forty_configs();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
+  const std::string id = coordinator.submit(evaluate_spec(configs));
+  const json job = coordinator.wait_job(id);
+  expect_results_equal(job, single_process_eval(configs));
+
+  // Both workers took part, each evaluation was dispatched once and stored once.
+  std::set<std::string> workers;
+  for (const json& r : job["results"]) workers.insert(r["worker"].get<std::string>());
+  EXPECT_EQ(workers, (std::set<std::string>{"w1", "w2"}));
+  EXPECT_EQ(dispatched(coordinator.process().log()).size(), 40u);
+  EXPECT_EQ(coordinator.metric("kvtune_evaluations_total"), 40);
+  EXPECT_EQ(job["progress"]["done"], 40);
+  EXPECT_EQ(job["model_info"]["layers"], 5);
+
+  const json listed = coordinator.get("/v1/workers");
+  EXPECT_EQ(listed["workers"].size(), 2u);
+}
+
+TEST_F(Cluster, KilledWorkersTaskIsReleasedAndNothingIsStoredTwice) {
+  REQUIRE_MODEL();
+  const auto configs = forty_configs();
+  CoordinatorProcess coordinator(db(), log("coordinator"), {"--heartbeat-timeout-seconds", "1"});
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
+  const std::string id = coordinator.submit(evaluate_spec(configs));
+
+  // Kill w1 in the middle of an evaluation: after it said "evaluating" and
+  // before it said "done".
+  std::string victim_key;
+  ASSERT_TRUE(eventually([&] {
+    const std::string text = w1->log();
+    const auto started = captures(text, "evaluating ([0-9a-f]{32})");
+    const auto finished = captures(text, "done ([0-9a-f]{32})");
+    if (started.size() < 3 || started.size() != finished.size() + 1) return false;
+    w1->kill(SIGKILL);
+    victim_key = started.back();
+    return true;
+  })) << w1->log();
+  w1->wait();
+
+  const json job = coordinator.wait_job(id);
+  expect_results_equal(job, single_process_eval(configs));
+  const std::string log_text = coordinator.process().log();
+  EXPECT_NE(log_text.find("worker w1 went silent"), std::string::npos) << log_text;
+  // The evaluation w1 was working on went to w2, and every result is stored once.
+  const auto sent = dispatched(log_text);
+  EXPECT_EQ(std::count(sent.begin(), sent.end(), victim_key), 2) << victim_key;
+  EXPECT_EQ(coordinator.metric("kvtune_evaluations_total"), 40);
+  EXPECT_EQ(result_keys(job).size(), 40u);
+  for (const json& r : job["results"]) {
+    if (r["eval_key"] == victim_key) {
+      EXPECT_EQ(r["worker"], "w2");
+    }
+  }
+}
+
+TEST_F(Cluster, CoordinatorKilledMidJobResumesWithoutRedispatching) {
+  REQUIRE_MODEL();
+  const auto configs = forty_configs();
+  std::string api, endpoint, id;
+  std::set<std::string> stored_before;
+  {
+    CoordinatorProcess first(db(), log("coordinator-1"));
+    api = first.api();
+    endpoint = first.endpoint();
+    auto w1 = start_worker(endpoint, "w1", log("w1"));
+    auto w2 = start_worker(endpoint, "w2", log("w2"));
+    id = first.submit(evaluate_spec(configs));
+    ASSERT_TRUE(eventually([&] {
+      const json job = first.get("/v1/jobs/" + id);
+      if (job["progress"]["done"].get<int>() < 12) return false;
+      stored_before = result_keys(job);
+      first.process().kill(SIGKILL);
+      return true;
+    }));
+    first.process().wait();
+    ASSERT_LT(stored_before.size(), 40u);
+
+    // Same database, same addresses: the workers reconnect by themselves.
+    CoordinatorProcess second(db(), log("coordinator-2"), {}, api, endpoint);
+    const json job = second.wait_job(id);
+    expect_results_equal(job, single_process_eval(configs));
+    const auto sent_after = dispatched(second.process().log());
+    for (const std::string& key : sent_after) {
+      EXPECT_FALSE(stored_before.contains(key)) << key << " was stored before the kill";
+    }
+    EXPECT_LE(sent_after.size(), 40u - stored_before.size());
+    EXPECT_NE(second.process().log().find("resumed 1 unfinished job"), std::string::npos);
+  }
+}
+
+TEST_F(Cluster, SecondJobReusesTheFirstJobsEvaluations) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  const std::vector<std::string> first = {"KV8", "KV4", "KV2"};
+  const json job1 = coordinator.wait_job(coordinator.submit(evaluate_spec(first)));
+  ASSERT_EQ(job1["state"], "done");
+  const double dispatched_after_first = coordinator.metric("kvtune_dispatched_total");
+
+  // Same model and data: two of three are stored already ("KV4" spelled per layer).
+  const std::vector<std::string> second = {"KV8", "KV4,KV4,KV4,KV4,KV4", "K8V4"};
+  const json job2 = coordinator.wait_job(coordinator.submit(evaluate_spec(second)));
+  ASSERT_EQ(job2["state"], "done");
+  EXPECT_EQ(coordinator.metric("kvtune_dispatched_total") - dispatched_after_first, 1);
+  EXPECT_EQ(coordinator.metric("kvtune_cache_hits_total"), 2);
+  EXPECT_EQ(job2["results"][0]["metrics"], job1["results"][0]["metrics"]);
+  EXPECT_EQ(job2["results"][1]["metrics"], job1["results"][1]["metrics"]);
+  EXPECT_EQ(job2["results"][1]["eval_key"], job1["results"][1]["eval_key"]);
+
+  // Other data: nothing is shared.
+  json other = evaluate_spec({"KV8"});
+  other["data"] = "sample:2:32:1";
+  ASSERT_EQ(coordinator.wait_job(coordinator.submit(other))["state"], "done");
+  EXPECT_EQ(coordinator.metric("kvtune_dispatched_total") - dispatched_after_first, 2);
+}
+
+TEST_F(Cluster, ProfileGivesTheSensitivityTable) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
+  const json job = coordinator.wait_job(coordinator.submit(
+      {{"kind", "profile"}, {"model", kModel}, {"data", "sample:4:64:0"},
+       {"candidates", {"KV8", "KV4", "KV2"}}}));
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  ASSERT_EQ(job["results"].size(), 15u);
+  const json& layers = job["sensitivity"]["layers"];
+  ASSERT_EQ(layers.size(), 5u);
+  for (const json& row : layers) {
+    // Fewer bits, more damage, on every layer.
+    EXPECT_LT(row["kl"]["KV8"].get<double>(), row["kl"]["KV4"].get<double>());
+    EXPECT_LT(row["kl"]["KV4"].get<double>(), row["kl"]["KV2"].get<double>());
+    EXPECT_GT(row["attn_rel_err"]["KV2"].get<double>(), 0);
+  }
+  // stories260K's first layer is far more sensitive than its last.
+  EXPECT_GT(layers[0]["kl"]["KV2"].get<double>(), 3 * layers[4]["kl"]["KV2"].get<double>());
+  // Each profile evaluation quantizes exactly one layer.
+  for (const json& r : job["results"]) {
+    const std::string layers_text = r["layers"];
+    EXPECT_EQ(std::count(layers_text.begin(), layers_text.end(), '6'), 4) << layers_text;
+  }
+}
+
+TEST_F(Cluster, GarbageIsRefusedAndTheCoordinatorKeepsServing) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  {
+    // Garbage frames and a malformed Cap'n Proto message on the worker socket.
+    zmq::context_t context;
+    zmq::socket_t dealer(context, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::linger, 0);
+    dealer.connect(coordinator.endpoint());
+    dealer.send(zmq::buffer(std::string("hello?")), zmq::send_flags::none);
+    std::string bad_capnp = "K\x01";
+    bad_capnp += std::string("\x00\x00\x00\x00\xff\xff\x00\x00garbage!", 16);
+    dealer.send(zmq::message_t(), zmq::send_flags::sndmore);
+    dealer.send(zmq::buffer(bad_capnp), zmq::send_flags::none);
+    ASSERT_TRUE(eventually([&] { return coordinator.metric("kvtune_refused_messages_total") >= 2; },
+                           10s));
+  }
+  {
+    // Malformed HTTP and malformed job bodies.
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket raw(io);
+    const auto [host, port] = http::parse_host_port(coordinator.api());
+    raw.connect({boost::asio::ip::make_address(host), port});
+    boost::asio::write(raw, boost::asio::buffer(std::string("\x01\x02 NOT HTTP\r\n\r\n")));
+    boost::system::error_code ec;
+    std::string reply(256, '\0');
+    reply.resize(raw.read_some(boost::asio::buffer(reply), ec));
+    EXPECT_NE(reply.find("400"), std::string::npos) << reply;
+  }
+  auto r = coordinator.call("POST", "/v1/jobs", "{\"kind\": \"evaluate\", ");
+  EXPECT_EQ(r.status, 400);
+  r = coordinator.call("POST", "/v1/jobs", R"({"kind": "evaluate", "model": "m", "configs": ["KV5"]})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(json::parse(r.body)["fields"][0]["field"], "configs[0]") << r.body;
+  r = coordinator.call("POST", "/v1/jobs", std::string(2 << 20, '{'));
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(coordinator.call("GET", "/v1/jobs/nope").status, 404);
+
+  // Still serving: a real job completes.
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  const json job = coordinator.wait_job(coordinator.submit(evaluate_spec({"KV4"})));
+  EXPECT_EQ(job["state"], "done");
+  const std::string text = coordinator.process().log();
+  EXPECT_NE(text.find("refused"), std::string::npos) << text;
+  EXPECT_GE(coordinator.metric("kvtune_refused_http_requests_total"), 1);
+}
+
+TEST_F(Cluster, BadModelFailsTheJobWithTheWorkersMessage) {
+  CoordinatorProcess coordinator(db(), log("coordinator"), {"--max-attempts", "2"});
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  const std::string missing = dir.file("no-such-model.bin");
+  const json job = coordinator.wait_job(coordinator.submit(
+      {{"kind", "evaluate"}, {"model", missing}, {"configs", {"KV4"}}}));
+  EXPECT_EQ(job["state"], "failed");
+  EXPECT_NE(job["error"].get<std::string>().find(missing), std::string::npos) << job.dump(1);
+  EXPECT_NE(job["error"].get<std::string>().find("w1"), std::string::npos) << job.dump(1);
+}
+
+TEST_F(Cluster, CancelStopsAJobAndBearerTokenGuardsTheApi) {
+  CoordinatorProcess coordinator(db(), log("coordinator"), {"--api-token", "s3cret"});
+  // No worker: the job stays queued until cancelled.
+  auto r = coordinator.call("POST", "/v1/jobs",
+                            evaluate_spec({"KV4"}).dump());
+  EXPECT_EQ(r.status, 401);
+  r = coordinator.call("POST", "/v1/jobs", evaluate_spec({"KV4"}).dump(), "s3cret");
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string id = json::parse(r.body)["id"];
+  EXPECT_EQ(coordinator.call("GET", "/healthz").status, 200);
+  EXPECT_EQ(coordinator.call("POST", "/v1/jobs/" + id + "/cancel", "", "s3cret").status, 200);
+  EXPECT_EQ(coordinator.call("POST", "/v1/jobs/" + id + "/cancel", "", "s3cret").status, 409);
+  r = coordinator.call("GET", "/v1/jobs/" + id, "", "s3cret");
+  EXPECT_EQ(json::parse(r.body)["state"], "cancelled");
+}
+
+TEST_F(Cluster, CliClientSubmitsWaitsAndLists) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  const std::string spec = dir.file("job.json");
+  std::ofstream(spec) << evaluate_spec({"KV8", "KV2"}).dump();
+  const std::string api = " --api " + coordinator.api();
+  CommandResult r = run_command(build_path("kvtune") + " submit " + spec + " --wait" + api, true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("state     done"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("KV2"), std::string::npos) << r.output;
+
+  r = run_command(build_path("kvtune") + " jobs" + api, true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("done"), std::string::npos) << r.output;
+  r = run_command(build_path("kvtune") + " workers --json" + api, true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(json::parse(r.output)["workers"][0]["id"], "w1");
+
+  std::ofstream(spec) << R"({"kind": "evaluate", "model": "x", "configs": ["KV4"], "seq_len": 1})";
+  r = run_command(build_path("kvtune") + " submit " + spec + api, true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("seq_len"), std::string::npos) << r.output;
+  r = run_command(build_path("kvtune") + " status nope" + api, true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("404"), std::string::npos) << r.output;
+}
+
+TEST_F(Cluster, SigtermedWorkerSaysGoodbye) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  const std::string id = coordinator.submit(evaluate_spec({"KV8", "KV4"}));
+  ASSERT_EQ(coordinator.wait_job(id)["state"], "done");
+  w1->kill(SIGTERM);
+  EXPECT_EQ(w1->wait(), 0) << w1->log();
+  EXPECT_TRUE(eventually(
+      [&] { return coordinator.process().log().find("w1 says goodbye") != std::string::npos; },
+      10s));
+  EXPECT_EQ(coordinator.get("/v1/workers")["workers"].size(), 0u);
+}
+
+}  // namespace
+}  // namespace kvtune::testing
