@@ -512,7 +512,7 @@ class Coordinator::Impl {
         info.loaded_models.clear();
         for (auto m : h.getLoadedModels()) info.loaded_models.push_back(text(m));
         if (info.connected_ms == 0) info.connected_ms = wall_ms();
-        scheduler_.worker_seen(worker, now);
+        scheduler_.hello(worker, now);
         log("worker " + worker + " says hello (" + info.device + ", " +
             std::to_string(info.threads) + " threads)");
         return;

@@ -43,6 +43,11 @@ void Scheduler::worker_seen(const std::string& worker_id, Clock::time_point now)
   if (inserted || now > it->second.last_seen) it->second.last_seen = now;
 }
 
+void Scheduler::hello(const std::string& worker_id, Clock::time_point now) {
+  worker_seen(worker_id, now);
+  workers_[worker_id].credit = 0;
+}
+
 void Scheduler::touch(const std::string& worker_id, Clock::time_point now) {
   auto it = workers_.find(worker_id);
   if (it != workers_.end() && now > it->second.last_seen) it->second.last_seen = now;

@@ -95,6 +95,10 @@ class Scheduler {
 
   // A worker's hello or heartbeat: registers it (no credit) or refreshes it.
   void worker_seen(const std::string& worker_id, Clock::time_point now);
+  // A worker's hello: a new session. As worker_seen, and its credit restarts
+  // at zero (a worker says hello with the credit it then grants); its leases
+  // are kept (it may still deliver them).
+  void hello(const std::string& worker_id, Clock::time_point now);
   // The worker may take n more tasks. False (and ignored) for an unknown
   // worker, which must say hello first.
   bool credit(const std::string& worker_id, std::uint32_t n, Clock::time_point now);

@@ -68,8 +68,10 @@ struct DaemonOptions {
   double grace_seconds = 30;
   int cache_entries = 2;
   int64_t max_tasks = 0;
-  // CURVE (workers off-host): the server's public key and this worker's key
-  // pair go here and into WorkerSocket::Options in run_daemon().
+  // CURVE (workers off-host): the coordinator's public key file and this
+  // worker's key pair file (kvtune keygen); both or neither.
+  std::string curve_server_key;
+  std::string curve_keys;
 };
 
 // One log line to stderr, written whole (both threads log).
@@ -762,7 +764,14 @@ int run_daemon(DaemonOptions options) {
   transport::WorkerSocket::Options socket_options;
   socket_options.reconnect_interval = milliseconds(100);
   socket_options.reconnect_interval_max = milliseconds(5000);
-  // CURVE: set the client keys in socket_options here.
+  if (options.curve_server_key.empty() != options.curve_keys.empty()) {
+    throw Error("--curve-server-key and --curve-keys go together (CURVE needs both)");
+  }
+  if (!options.curve_keys.empty()) {
+    socket_options.curve =
+        transport::CurveClient{transport::load_curve_public_key(options.curve_server_key),
+                               transport::load_curve_keypair(options.curve_keys)};
+  }
   std::optional<transport::WorkerSocket> socket;
   try {
     socket.emplace(options.endpoint, id, socket_options);
@@ -800,8 +809,11 @@ int worker_command(const std::vector<std::string>& args) {
       "cache-entries", po::value(&o.cache_entries)->default_value(o.cache_entries),
       "loaded (model, data) pairs kept, with their reference logits")(
       "max-tasks", po::value(&o.max_tasks)->default_value(o.max_tasks),
-      "exit after this many evaluations (0: no limit)");
-  // CURVE options (--curve-server-key, ...) belong here.
+      "exit after this many evaluations (0: no limit)")(
+      "curve-server-key", po::value(&o.curve_server_key),
+      "the coordinator's CURVE public key file (COORD.key.pub): connect with CURVE")(
+      "curve-keys", po::value(&o.curve_keys),
+      "this worker's CURVE key pair file (kvtune keygen --out FILE)");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {

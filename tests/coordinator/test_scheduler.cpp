@@ -314,3 +314,25 @@ TEST(SchedulerCancel, DropsTheJobsTasksButKeepsSharedEvaluations) {
 
 }  // namespace
 }  // namespace kvtune
+
+namespace kvtune {
+namespace {
+
+TEST(SchedulerWorkers, HelloStartsANewSessionWithoutCreditButKeepsLeases) {
+  Scheduler s;
+  s.add(task("t1", "k1"));
+  s.add(task("t2", "k2"));
+  s.hello("w1", t0);
+  s.credit("w1", 1, t0);
+  expect_assignment(s, t0, "w1", "k1");
+  s.credit("w1", 1, t0);  // granted, not yet used
+  s.hello("w1", t0 + 1s);  // e.g. after the coordinator stalled: credit restarts
+  EXPECT_FALSE(s.next_assignment(t0 + 1s).has_value());
+  EXPECT_EQ(s.holder("k1"), "w1");
+  s.credit("w1", 1, t0 + 1s);
+  expect_assignment(s, t0 + 1s, "w1", "k2");
+  EXPECT_FALSE(s.next_assignment(t0 + 1s).has_value());
+}
+
+}  // namespace
+}  // namespace kvtune
