@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <sstream>
 #include <zmq.hpp>
 
 #include "../support/cluster.h"
@@ -367,6 +368,47 @@ TEST_F(Cluster, SigtermedWorkerSaysGoodbye) {
       [&] { return coordinator.process().log().find("w1 says goodbye") != std::string::npos; },
       10s));
   EXPECT_EQ(coordinator.get("/v1/workers")["workers"].size(), 0u);
+}
+
+TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
+  REQUIRE_MODEL();
+  const std::string kvtune = build_path("kvtune");
+  for (const char* name : {"coord", "good", "bad"}) {
+    const CommandResult r = run_command(kvtune + " keygen --out " + dir.file(std::string(name) + ".key"), true);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  std::ifstream good_pub(dir.file("good.key.pub"));
+  std::stringstream authorized;
+  authorized << good_pub.rdbuf();
+  // The authorized list holds bare keys, one per line.
+  const auto keys = captures(authorized.str(), "public-key = \"([^\"]+)\"");
+  ASSERT_EQ(keys.size(), 1u) << authorized.str();
+  std::ofstream(dir.file("workers")) << "# the one worker allowed\n" << keys[0] << " good\n";
+
+  CoordinatorProcess coordinator(db(), log("coordinator"),
+                                 {"--curve-secret", dir.file("coord.key"), "--curve-authorized",
+                                  dir.file("workers")});
+  const std::vector<std::string> server_key = {"--curve-server-key", dir.file("coord.key.pub")};
+  auto with = [&](const std::string& keys_file) {
+    std::vector<std::string> args = server_key;
+    args.insert(args.end(), {"--curve-keys", keys_file});
+    return args;
+  };
+  auto bad = start_worker(coordinator.endpoint(), "bad", log("bad"), with(dir.file("bad.key")));
+  auto plain = start_worker(coordinator.endpoint(), "plain", log("plain"));
+  const bool refused = eventually(
+      [&] { return coordinator.metric("kvtune_refused_handshakes_total") >= 1; }, 20s);
+  ASSERT_TRUE(refused) << coordinator.process().log() << bad->log() << plain->log();
+  const std::string id = coordinator.submit(evaluate_spec({"KV4"}));
+  std::this_thread::sleep_for(1s);
+  EXPECT_EQ(coordinator.get("/v1/jobs/" + id)["state"], "queued");  // nobody may describe it
+  EXPECT_EQ(coordinator.get("/v1/workers")["workers"].size(), 0u);
+
+  auto good = start_worker(coordinator.endpoint(), "good", log("good"), with(dir.file("good.key")));
+  const json job = coordinator.wait_job(id);
+  EXPECT_EQ(job["state"], "done");
+  EXPECT_EQ(job["results"][0]["worker"], "good");
+  EXPECT_NE(coordinator.process().log().find("not in the authorized keys"), std::string::npos);
 }
 
 }  // namespace
