@@ -1,5 +1,7 @@
 // kvtune-worker: the model runtime behind `kvtune inspect|eval|generate|worker`.
 // It is the only executable that links LibTorch.
+#include <malloc.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
@@ -9,6 +11,13 @@
 #include "kvtune/kernels/quant.h"
 
 int main(int argc, char** argv) {
+  // The runtime allocates and frees tensors of megabytes per operation; by
+  // default glibc maps and unmaps each one, and the page faults cost more than
+  // the arithmetic on small models (and serialize workers sharing a VM).
+  // Keep freed memory for reuse instead.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
   const std::string command = argc > 1 ? argv[1] : "";
   const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   try {
