@@ -130,9 +130,10 @@ int main(int argc, char** argv) {
     run_job(c, spec(configs(4, 1), "sample:1:4:0"));  // both workers load the model
     const std::size_t n = quick ? 200 : 1000;
     const double s = run_job(c, spec(configs(n, 2), "sample:1:4:0"));
-    std::printf("1a dispatch+persist, 2 kvtune workers, stories260K, 1x4 tokens: %zu evaluations "
-                "in %.2f s = %.0f /s\n",
-                n, s, n / s);
+    std::printf(
+        "1a dispatch+persist, 2 kvtune workers, stories260K, 1x4 tokens: %zu evaluations "
+        "in %.2f s = %.0f /s\n",
+        n, s, n / s);
   }
   {  // 1b: the coordinator's ceiling.
     TempDir dir("bench-cluster");
@@ -147,9 +148,10 @@ int main(int argc, char** argv) {
     const double s = run_job(c, spec(configs(n, 3), "sample:1:4:0"));
     stop = true;
     for (auto& t : workers) t.join();
-    std::printf("1b dispatch+persist, 4 instant protocol workers: %zu evaluations in %.2f s = "
-                "%.0f /s (goal >= 2000 /s)\n",
-                n, s, n / s);
+    std::printf(
+        "1b dispatch+persist, 4 instant protocol workers: %zu evaluations in %.2f s = "
+        "%.0f /s (goal >= 2000 /s)\n",
+        n, s, n / s);
   }
   {  // 2: speed-up from 1 to 2 workers.
     const std::size_t n = quick ? 16 : 80;

@@ -39,9 +39,13 @@ int64_t wall_ms() {
       .count();
 }
 
-void log(const std::string& line) { std::cerr << "kvtune coordinator: " << line << std::endl; }
+void log(const std::string& line) {
+  std::cerr << "kvtune coordinator: " << line << std::endl;
+}
 
-std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+std::string text(capnp::Text::Reader t) {
+  return std::string(t.cStr(), t.size());
+}
 std::string bytes(capnp::Data::Reader d) {
   return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
 }
@@ -65,7 +69,9 @@ std::string state_name(JobState s) {
   return "unknown";
 }
 
-bool active(JobState s) { return s == JobState::QUEUED || s == JobState::RUNNING; }
+bool active(JobState s) {
+  return s == JobState::QUEUED || s == JobState::RUNNING;
+}
 
 // Sortable, unique job ids: creation time, then randomness.
 std::string new_job_id() {
@@ -104,10 +110,17 @@ struct ModelInfo {
   uint64_t tokens = 0;
 
   static ModelInfo read(schema::ModelInfo::Reader r) {
-    return {text(r.getName()),      text(r.getArchitecture()), text(r.getFingerprint()),
-            text(r.getDataFingerprint()), r.getSynthetic(),   r.getLayers(),
-            r.getKvHeads(),         r.getHeadDim(),            r.getVocabSize(),
-            r.getSequences(),       r.getTokens()};
+    return {text(r.getName()),
+            text(r.getArchitecture()),
+            text(r.getFingerprint()),
+            text(r.getDataFingerprint()),
+            r.getSynthetic(),
+            r.getLayers(),
+            r.getKvHeads(),
+            r.getHeadDim(),
+            r.getVocabSize(),
+            r.getSequences(),
+            r.getTokens()};
   }
   void write(schema::ModelInfo::Builder b) const {
     b.setName(name);
@@ -123,18 +136,23 @@ struct ModelInfo {
     b.setTokens(tokens);
   }
   json to_json() const {
-    return {{"name", name},           {"architecture", architecture},
-            {"synthetic", synthetic}, {"layers", layers},
-            {"kv_heads", kv_heads},   {"head_dim", head_dim},
-            {"vocab_size", vocab_size}, {"fingerprint", fingerprint},
-            {"data_fingerprint", data_fingerprint}, {"sequences", sequences},
+    return {{"name", name},
+            {"architecture", architecture},
+            {"synthetic", synthetic},
+            {"layers", layers},
+            {"kv_heads", kv_heads},
+            {"head_dim", head_dim},
+            {"vocab_size", vocab_size},
+            {"fingerprint", fingerprint},
+            {"data_fingerprint", data_fingerprint},
+            {"sequences", sequences},
             {"tokens", tokens}};
   }
 };
 
 struct TaskEntry {
-  std::string config;   // as the job names it
-  std::string layers;   // one pair per layer
+  std::string config;  // as the job names it
+  std::string layers;  // one pair per layer
   std::string eval_key;
   std::string request;  // the EvalRequest, a flat Cap'n Proto message
   TaskState state = TaskState::PENDING;
@@ -195,8 +213,9 @@ class Coordinator::Impl {
         store_(options.db),
         scheduler_(options.scheduler),
         socket_(bind_socket(options)),
-        http_(io_, options.api, [this](const http::Request& r) { return handle_http(r); },
-              http_options(options)) {
+        http_(
+            io_, options.api, [this](const http::Request& r) { return handle_http(r); },
+            http_options(options)) {
     resume();
   }
 
@@ -209,8 +228,8 @@ class Coordinator::Impl {
     auto next_heartbeat = Clock::now();
     while (!stop.load()) {
       // Everything that has arrived, then one synced write for all of it.
-      std::chrono::milliseconds wait = batch_.empty() ? std::chrono::milliseconds(2)
-                                                      : std::chrono::milliseconds(0);
+      std::chrono::milliseconds wait =
+          batch_.empty() ? std::chrono::milliseconds(2) : std::chrono::milliseconds(0);
       for (int i = 0; i < 4096; ++i) {
         std::optional<transport::CoordinatorSocket::Incoming> incoming;
         try {
@@ -434,8 +453,7 @@ class Coordinator::Impl {
         ++cache_hits_;
         continue;
       }
-      scheduler_.add(
-          Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+      scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
       ++queued;
     }
     return queued;
@@ -542,10 +560,10 @@ class Coordinator::Impl {
         const std::string task_id = text(msg.getGoodbye().getHandBackTaskId());
         if (!task_id.empty()) {
           const auto [job, index] = locate(task_id);
-          const std::string key =
-              job == nullptr ? ""
-              : index < 0    ? kDescribePrefix + job->id
-                             : job->tasks[static_cast<std::size_t>(index)].eval_key;
+          const std::string key = job == nullptr ? ""
+                                  : index < 0
+                                      ? kDescribePrefix + job->id
+                                      : job->tasks[static_cast<std::size_t>(index)].eval_key;
           if (!key.empty() && scheduler_.hand_back(worker, key, now)) {
             log("worker " + worker + " handed back " + key);
           }
@@ -724,12 +742,12 @@ class Coordinator::Impl {
       return json_response(400, {{"error", "invalid job spec"}, {"fields", fields}});
     }
     if (spec.kind == JobSpec::Kind::Search) {
-      return json_response(
-          400, {{"error", "invalid job spec"},
-                {"fields",
-                 {{{"field", "kind"},
-                   {"message", "search jobs are not available in this coordinator yet; use "
-                               "evaluate or profile"}}}}});
+      return json_response(400, {{"error", "invalid job spec"},
+                                 {"fields",
+                                  {{{"field", "kind"},
+                                    {"message",
+                                     "search jobs are not available in this coordinator yet; use "
+                                     "evaluate or profile"}}}}});
     }
     const std::string id = submit(spec);
     return json_response(201, {{"id", id}, {"state", "queued"}});
@@ -921,8 +939,14 @@ transport::CoordinatorSocket Coordinator::Impl::bind_socket(const CoordinatorOpt
 Coordinator::Coordinator(const CoordinatorOptions& options)
     : impl_(std::make_unique<Impl>(options)) {}
 Coordinator::~Coordinator() = default;
-std::string Coordinator::api_address() const { return impl_->api_address(); }
-std::string Coordinator::worker_endpoint() const { return impl_->worker_endpoint(); }
-void Coordinator::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+std::string Coordinator::api_address() const {
+  return impl_->api_address();
+}
+std::string Coordinator::worker_endpoint() const {
+  return impl_->worker_endpoint();
+}
+void Coordinator::run(const std::atomic<bool>& stop) {
+  impl_->run(stop);
+}
 
 }  // namespace kvtune

@@ -26,8 +26,8 @@ struct CoordinatorOptions {
   std::string bind = "tcp://127.0.0.1:8471";  // worker endpoint (port 0: ephemeral)
   std::string api_token;                      // bearer token; empty: none
   std::size_t max_request_bytes = 1 << 20;
-  std::filesystem::path curve_secret_file;    // coordinator key pair; empty: plaintext
-  std::filesystem::path curve_authorized;     // workers' public keys (with CURVE)
+  std::filesystem::path curve_secret_file;  // coordinator key pair; empty: plaintext
+  std::filesystem::path curve_authorized;   // workers' public keys (with CURVE)
   Scheduler::Options scheduler;
   std::chrono::milliseconds heartbeat_interval{1000};
 };

@@ -17,7 +17,9 @@ std::string describe(const std::vector<FieldError>& fields) {
   return out;
 }
 
-std::string type_name(const json& value) { return value.type_name(); }
+std::string type_name(const json& value) {
+  return value.type_name();
+}
 
 // Collects field errors while reading a JSON object.
 class Reader {
@@ -147,7 +149,9 @@ std::string to_string(JobSpec::Kind kind) {
   return "?";
 }
 
-std::string JobSpec::kind_name() const { return to_string(kind); }
+std::string JobSpec::kind_name() const {
+  return to_string(kind);
+}
 
 JobSpec JobSpec::parse_text(const std::string& text) {
   json spec;
@@ -163,7 +167,8 @@ JobSpec JobSpec::parse(const json& spec) {
   std::vector<FieldError> errors;
   Reader r(errors);
   JobSpec out;
-  if (!spec.is_object()) throw JobSpecError({{"", "must be a JSON object, not " + type_name(spec)}});
+  if (!spec.is_object())
+    throw JobSpecError({{"", "must be a JSON object, not " + type_name(spec)}});
   r.only(spec,
          {"kind", "name", "model", "data", "seq_len", "scheme", "metric", "configs", "candidates",
           "search"},

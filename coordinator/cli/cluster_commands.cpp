@@ -27,26 +27,13 @@ namespace po = boost::program_options;
 using json = nlohmann::json;
 
 std::atomic<bool> g_stop{false};
-extern "C" void on_stop_signal(int) { g_stop.store(true); }
+extern "C" void on_stop_signal(int) {
+  g_stop.store(true);
+}
 
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? v : fallback;
-}
-
-// Parses args; returns false when --help was printed.
-bool parse(const std::vector<std::string>& args, const po::options_description& opts,
-           po::variables_map& vm, const po::positional_options_description* positional = nullptr) {
-  po::command_line_parser parser(args);
-  parser.options(opts);
-  if (positional != nullptr) parser.positional(*positional);
-  po::store(parser.run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts;
-    return false;
-  }
-  po::notify(vm);
-  return true;
 }
 
 bool is_loopback(const std::string& host) {
@@ -81,8 +68,8 @@ struct ClientOptions {
       std::string message = parsed.value("error", r.body);
       if (parsed.contains("fields")) {
         for (const auto& f : parsed["fields"]) {
-          message += "\n  " + f.value("field", std::string()) + ": " +
-                     f.value("message", std::string());
+          message +=
+              "\n  " + f.value("field", std::string()) + ": " + f.value("message", std::string());
         }
       }
       throw Error("HTTP " + std::to_string(r.status) + ": " + message);
@@ -152,12 +139,11 @@ int coordinator_command(const std::vector<std::string>& args) {
   double lease_s = 600, silence_s = 10;
   int attempts = 3;
   po::options_description opts("kvtune coordinator [options]");
-  opts.add_options()("help,h", "show this help")(
-      "db", po::value(&db)->default_value(db), "RocksDB directory (created when missing)")(
+  opts.add_options()("help,h", "show this help")("db", po::value(&db)->default_value(db),
+                                                 "RocksDB directory (created when missing)")(
       "api", po::value(&o.api)->default_value(o.api), "HTTP API address HOST:PORT")(
       "bind", po::value(&o.bind)->default_value(o.bind), "ZeroMQ endpoint for workers")(
-      "api-token", po::value(&o.api_token),
-      "bearer token the API requires (env KVTUNE_API_TOKEN)")(
+      "api-token", po::value(&o.api_token), "bearer token the API requires (env KVTUNE_API_TOKEN)")(
       "curve-secret", po::value(&secret),
       "CURVE key pair file of the coordinator (kvtune keygen): workers must use CURVE")(
       "curve-authorized", po::value(&authorized),
@@ -169,8 +155,9 @@ int coordinator_command(const std::vector<std::string>& args) {
       "max-attempts", po::value(&attempts)->default_value(attempts),
       "workers an evaluation may fail on before it fails");
   po::variables_map vm;
-  if (!parse(args, opts, vm)) return 0;
-  if (lease_s <= 0 || silence_s <= 0) throw Error("--lease-seconds and --heartbeat-timeout-seconds must be positive");
+  if (!parse_options(args, opts, vm)) return 0;
+  if (lease_s <= 0 || silence_s <= 0)
+    throw Error("--lease-seconds and --heartbeat-timeout-seconds must be positive");
   o.db = db;
   o.curve_secret_file = secret;
   o.curve_authorized = authorized;
@@ -204,15 +191,15 @@ int submit_command(const std::vector<std::string>& args) {
   ClientOptions client;
   std::string file;
   bool wait = false;
-  po::options_description opts("kvtune submit FILE [options]   (FILE: a JSON job spec, - for stdin)");
-  opts.add_options()("help,h", "show this help")("file", po::value(&file)->required(),
-                                                 "job spec")(
+  po::options_description opts(
+      "kvtune submit FILE [options]   (FILE: a JSON job spec, - for stdin)");
+  opts.add_options()("help,h", "show this help")("file", po::value(&file)->required(), "job spec")(
       "wait", po::bool_switch(&wait), "wait for the job to finish and print its results");
   client.add_to(opts);
   po::positional_options_description positional;
   positional.add("file", 1);
   po::variables_map vm;
-  if (!parse(args, opts, vm, &positional)) return 0;
+  if (!parse_options(args, opts, vm, &positional)) return 0;
 
   std::stringstream text;
   if (file == "-") {
@@ -265,7 +252,7 @@ int jobs_command(const std::vector<std::string>& args) {
   opts.add_options()("help,h", "show this help");
   client.add_to(opts);
   po::variables_map vm;
-  if (!parse(args, opts, vm)) return 0;
+  if (!parse_options(args, opts, vm)) return 0;
   const json jobs = client.call("GET", "/v1/jobs");
   if (client.json_output) {
     std::cout << jobs.dump() << "\n";
@@ -282,16 +269,27 @@ int jobs_command(const std::vector<std::string>& args) {
   return 0;
 }
 
-int status_command(const std::vector<std::string>& args) {
-  ClientOptions client;
-  std::string id;
-  po::options_description opts("kvtune status JOB_ID [options]");
+namespace {
+
+// The job id argument and client options of `status` and `cancel`; false
+// when --help was printed.
+bool parse_job_command(const std::vector<std::string>& args, const char* usage,
+                       ClientOptions& client, std::string& id) {
+  po::options_description opts(usage);
   opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
   client.add_to(opts);
   po::positional_options_description positional;
   positional.add("id", 1);
   po::variables_map vm;
-  if (!parse(args, opts, vm, &positional)) return 0;
+  return parse_options(args, opts, vm, &positional);
+}
+
+}  // namespace
+
+int status_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string id;
+  if (!parse_job_command(args, "kvtune status JOB_ID [options]", client, id)) return 0;
   const json job = client.call("GET", "/v1/jobs/" + id);
   if (client.json_output) {
     std::cout << job.dump() << "\n";
@@ -304,13 +302,7 @@ int status_command(const std::vector<std::string>& args) {
 int cancel_command(const std::vector<std::string>& args) {
   ClientOptions client;
   std::string id;
-  po::options_description opts("kvtune cancel JOB_ID [options]");
-  opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
-  client.add_to(opts);
-  po::positional_options_description positional;
-  positional.add("id", 1);
-  po::variables_map vm;
-  if (!parse(args, opts, vm, &positional)) return 0;
+  if (!parse_job_command(args, "kvtune cancel JOB_ID [options]", client, id)) return 0;
   const json r = client.call("POST", "/v1/jobs/" + id + "/cancel");
   std::cout << (client.json_output ? r.dump() : id + " cancelled") << "\n";
   return 0;
@@ -322,7 +314,7 @@ int workers_command(const std::vector<std::string>& args) {
   opts.add_options()("help,h", "show this help");
   client.add_to(opts);
   po::variables_map vm;
-  if (!parse(args, opts, vm)) return 0;
+  if (!parse_options(args, opts, vm)) return 0;
   const json workers = client.call("GET", "/v1/workers");
   if (client.json_output) {
     std::cout << workers.dump() << "\n";
@@ -340,6 +332,22 @@ int workers_command(const std::vector<std::string>& args) {
                 w.value("results", 0), models.c_str());
   }
   return 0;
+}
+
+bool parse_options(const std::vector<std::string>& args,
+                   const boost::program_options::options_description& opts,
+                   boost::program_options::variables_map& vm,
+                   const boost::program_options::positional_options_description* positional) {
+  po::command_line_parser parser(args);
+  parser.options(opts);
+  if (positional != nullptr) parser.positional(*positional);
+  po::store(parser.run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts;
+    return false;
+  }
+  po::notify(vm);
+  return true;
 }
 
 }  // namespace kvtune::cli

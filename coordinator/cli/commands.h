@@ -2,10 +2,17 @@
 // and returns the process exit code.
 #pragma once
 
+#include <boost/program_options.hpp>
 #include <string>
 #include <vector>
 
 namespace kvtune::cli {
+
+// Parses `args` into `vm`; prints the options and returns false for --help.
+bool parse_options(
+    const std::vector<std::string>& args, const boost::program_options::options_description& opts,
+    boost::program_options::variables_map& vm,
+    const boost::program_options::positional_options_description* positional = nullptr);
 
 // `kvtune formats`: every KV format's storage cost and error on a synthetic cache.
 int formats_command(const std::vector<std::string>& args);

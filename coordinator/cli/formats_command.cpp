@@ -108,12 +108,7 @@ int formats_command(const std::vector<std::string>& args) {
       "comma-separated KV formats")("seed", po::value(&seed)->default_value(0), "random seed")(
       "json", "print one JSON object");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts;
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
 
   const Scheme scheme = Scheme::parse(scheme_name, group_size, residual, zero_point);
   const kk::CacheShape shape{tokens, heads, head_dim};

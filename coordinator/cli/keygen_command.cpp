@@ -27,12 +27,7 @@ int keygen_command(const std::vector<std::string>& args) {
       "out,o", po::value(&out)->value_name("PATH"),
       "secret key file to create; the public key goes to PATH.pub");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts;
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   if (out.empty()) throw Error("--out PATH is required (see kvtune keygen --help)");
 
   const transport::CurveKeyPair keys = transport::generate_curve_keypair();

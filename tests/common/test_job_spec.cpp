@@ -22,7 +22,8 @@ std::vector<std::string> errors_of(const json& spec) {
 }
 
 TEST(JobSpec, DefaultsAreFilledIn) {
-  const JobSpec s = JobSpec::parse({{"kind", "evaluate"}, {"model", "m.bin"}, {"configs", {"KV4"}}});
+  const JobSpec s =
+      JobSpec::parse({{"kind", "evaluate"}, {"model", "m.bin"}, {"configs", {"KV4"}}});
   EXPECT_EQ(s.kind, JobSpec::Kind::Evaluate);
   EXPECT_EQ(s.data, "sample:8:128:0");
   EXPECT_EQ(s.seq_len, 256);
@@ -64,8 +65,8 @@ TEST(JobSpec, NamesEveryWrongField) {
     "scheme": {"name": "kivi", "group_size": 8, "residual": 12, "zp": 1},
     "configs": ["KV4", "K9V4", 7], "candidates": ["KV8", "KV8"], "metric": "mse"})"));
   const std::vector<std::string> expected = {
-      "colour", "kind", "model", "data", "seq_len", "scheme.zp", "scheme.residual", "metric",
-      "configs[1]", "configs[2]", "candidates[1]"};
+      "colour",          "kind",   "model",      "data",       "seq_len",      "scheme.zp",
+      "scheme.residual", "metric", "configs[1]", "configs[2]", "candidates[1]"};
   EXPECT_EQ(fields, expected);
 }
 

@@ -325,7 +325,7 @@ TEST(SchedulerWorkers, HelloStartsANewSessionWithoutCreditButKeepsLeases) {
   s.hello("w1", t0);
   s.credit("w1", 1, t0);
   expect_assignment(s, t0, "w1", "k1");
-  s.credit("w1", 1, t0);  // granted, not yet used
+  s.credit("w1", 1, t0);   // granted, not yet used
   s.hello("w1", t0 + 1s);  // e.g. after the coordinator stalled: credit restarts
   EXPECT_FALSE(s.next_assignment(t0 + 1s).has_value());
   EXPECT_EQ(s.holder("k1"), "w1");

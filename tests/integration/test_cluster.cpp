@@ -232,9 +232,11 @@ TEST_F(Cluster, ProfileGivesTheSensitivityTable) {
   CoordinatorProcess coordinator(db(), log("coordinator"));
   auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
   auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
-  const json job = coordinator.wait_job(coordinator.submit(
-      {{"kind", "profile"}, {"model", kModel}, {"data", "sample:4:64:0"},
-       {"candidates", {"KV8", "KV4", "KV2"}}}));
+  const json job =
+      coordinator.wait_job(coordinator.submit({{"kind", "profile"},
+                                               {"model", kModel},
+                                               {"data", "sample:4:64:0"},
+                                               {"candidates", {"KV8", "KV4", "KV2"}}}));
   ASSERT_EQ(job["state"], "done") << job.dump(1);
   ASSERT_EQ(job["results"].size(), 15u);
   const json& layers = job["sensitivity"]["layers"];
@@ -268,8 +270,8 @@ TEST_F(Cluster, GarbageIsRefusedAndTheCoordinatorKeepsServing) {
     bad_capnp += std::string("\x00\x00\x00\x00\xff\xff\x00\x00garbage!", 16);
     dealer.send(zmq::message_t(), zmq::send_flags::sndmore);
     dealer.send(zmq::buffer(bad_capnp), zmq::send_flags::none);
-    ASSERT_TRUE(eventually([&] { return coordinator.metric("kvtune_refused_messages_total") >= 2; },
-                           10s));
+    ASSERT_TRUE(
+        eventually([&] { return coordinator.metric("kvtune_refused_messages_total") >= 2; }, 10s));
   }
   {
     // Malformed HTTP and malformed job bodies.
@@ -285,7 +287,8 @@ TEST_F(Cluster, GarbageIsRefusedAndTheCoordinatorKeepsServing) {
   }
   auto r = coordinator.call("POST", "/v1/jobs", "{\"kind\": \"evaluate\", ");
   EXPECT_EQ(r.status, 400);
-  r = coordinator.call("POST", "/v1/jobs", R"({"kind": "evaluate", "model": "m", "configs": ["KV5"]})");
+  r = coordinator.call("POST", "/v1/jobs",
+                       R"({"kind": "evaluate", "model": "m", "configs": ["KV5"]})");
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(json::parse(r.body)["fields"][0]["field"], "configs[0]") << r.body;
   r = coordinator.call("POST", "/v1/jobs", std::string(2 << 20, '{'));
@@ -305,8 +308,8 @@ TEST_F(Cluster, BadModelFailsTheJobWithTheWorkersMessage) {
   CoordinatorProcess coordinator(db(), log("coordinator"), {"--max-attempts", "2"});
   auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
   const std::string missing = dir.file("no-such-model.bin");
-  const json job = coordinator.wait_job(coordinator.submit(
-      {{"kind", "evaluate"}, {"model", missing}, {"configs", {"KV4"}}}));
+  const json job = coordinator.wait_job(
+      coordinator.submit({{"kind", "evaluate"}, {"model", missing}, {"configs", {"KV4"}}}));
   EXPECT_EQ(job["state"], "failed");
   EXPECT_NE(job["error"].get<std::string>().find(missing), std::string::npos) << job.dump(1);
   EXPECT_NE(job["error"].get<std::string>().find("w1"), std::string::npos) << job.dump(1);
@@ -315,8 +318,7 @@ TEST_F(Cluster, BadModelFailsTheJobWithTheWorkersMessage) {
 TEST_F(Cluster, CancelStopsAJobAndBearerTokenGuardsTheApi) {
   CoordinatorProcess coordinator(db(), log("coordinator"), {"--api-token", "s3cret"});
   // No worker: the job stays queued until cancelled.
-  auto r = coordinator.call("POST", "/v1/jobs",
-                            evaluate_spec({"KV4"}).dump());
+  auto r = coordinator.call("POST", "/v1/jobs", evaluate_spec({"KV4"}).dump());
   EXPECT_EQ(r.status, 401);
   r = coordinator.call("POST", "/v1/jobs", evaluate_spec({"KV4"}).dump(), "s3cret");
   ASSERT_EQ(r.status, 201) << r.body;
@@ -374,7 +376,8 @@ TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
   REQUIRE_MODEL();
   const std::string kvtune = build_path("kvtune");
   for (const char* name : {"coord", "good", "bad"}) {
-    const CommandResult r = run_command(kvtune + " keygen --out " + dir.file(std::string(name) + ".key"), true);
+    const CommandResult r =
+        run_command(kvtune + " keygen --out " + dir.file(std::string(name) + ".key"), true);
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   std::ifstream good_pub(dir.file("good.key.pub"));
@@ -385,9 +388,9 @@ TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
   ASSERT_EQ(keys.size(), 1u) << authorized.str();
   std::ofstream(dir.file("workers")) << "# the one worker allowed\n" << keys[0] << " good\n";
 
-  CoordinatorProcess coordinator(db(), log("coordinator"),
-                                 {"--curve-secret", dir.file("coord.key"), "--curve-authorized",
-                                  dir.file("workers")});
+  CoordinatorProcess coordinator(
+      db(), log("coordinator"),
+      {"--curve-secret", dir.file("coord.key"), "--curve-authorized", dir.file("workers")});
   const std::vector<std::string> server_key = {"--curve-server-key", dir.file("coord.key.pub")};
   auto with = [&](const std::string& keys_file) {
     std::vector<std::string> args = server_key;
@@ -396,8 +399,8 @@ TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
   };
   auto bad = start_worker(coordinator.endpoint(), "bad", log("bad"), with(dir.file("bad.key")));
   auto plain = start_worker(coordinator.endpoint(), "plain", log("plain"));
-  const bool refused = eventually(
-      [&] { return coordinator.metric("kvtune_refused_handshakes_total") >= 1; }, 20s);
+  const bool refused =
+      eventually([&] { return coordinator.metric("kvtune_refused_handshakes_total") >= 1; }, 20s);
   ASSERT_TRUE(refused) << coordinator.process().log() << bad->log() << plain->log();
   const std::string id = coordinator.submit(evaluate_spec({"KV4"}));
   std::this_thread::sleep_for(1s);

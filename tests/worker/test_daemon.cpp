@@ -88,64 +88,11 @@ TEST(LruCache, HoldsAtLeastOneValue) {
 
 // --- a worker process and a scripted coordinator ----------------------------
 
-// kvtune-worker with stderr in a log file; SIGKILLed if still running.
-class WorkerProcess {
- public:
-  WorkerProcess(std::vector<std::string> args, std::string log) : log_(std::move(log)) {
-    args.insert(args.begin(), {testing::build_path("kvtune-worker"), "worker"});
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-  }
-  ~WorkerProcess() {
-    if (!exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status_, 0);
-    }
-  }
-  void signal(int sig) { ::kill(pid_, sig); }
-  // The exit code (128 + signal when killed), or -1 after `timeout`.
-  int wait(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!exited_) {
-      if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
-        exited_ = true;
-        break;
-      }
-      if (std::chrono::steady_clock::now() > deadline) return -1;
-      std::this_thread::sleep_for(10ms);
-    }
-    return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
-  }
-  std::string log() const {
-    std::ifstream in(log_);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-  bool wait_for_log(const std::string& text, std::chrono::milliseconds timeout) const {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (log().find(text) == std::string::npos) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(10ms);
-    }
-    return true;
-  }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int status_ = 0;
-};
+// The argv of `kvtune-worker worker ARGS...`.
+std::vector<std::string> worker_argv(std::vector<std::string> args) {
+  args.insert(args.begin(), {testing::build_path("kvtune-worker"), "worker"});
+  return args;
+}
 
 std::size_t count(const std::string& text, const std::string& what) {
   std::size_t n = 0;
@@ -282,7 +229,7 @@ TEST(WorkerDaemon, DescribesEvaluatesLikeTheEvaluatorAndSaysGoodbye) {
   testing::TempDir dir("kvtune-daemon");
   CoordinatorSocket socket("tcp://127.0.0.1:0");
   const std::string id = "daemon-test-1";
-  WorkerProcess worker(worker_args(socket.endpoint(), id), dir.file("worker.log"));
+  testing::Process worker(worker_argv(worker_args(socket.endpoint(), id)), dir.file("worker.log"));
   expect_hello_and_credit(socket, id);
 
   // The same model and data, evaluated here.
@@ -371,7 +318,7 @@ TEST(WorkerDaemon, DescribesEvaluatesLikeTheEvaluatorAndSaysGoodbye) {
   missing.layers = parse_layer_config("KV4", 5);
   expect_failure("job-1/missing", missing, "missing.bin");
 
-  worker.signal(SIGTERM);
+  worker.kill(SIGTERM);
   auto goodbye = next(socket);
   ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE);
   EXPECT_EQ(text(goodbye.message.get().getGoodbye().getHandBackTaskId()), "");
@@ -401,8 +348,9 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
   {  // --grace-seconds 0: the running task is handed back at once.
     CoordinatorSocket socket("tcp://127.0.0.1:0");
     const std::string id = "daemon-test-2";
-    WorkerProcess worker(worker_args(socket.endpoint(), id, {"--grace-seconds", "0"}),
-                         dir.file("a.log"));
+    testing::Process worker(
+        worker_argv(worker_args(socket.endpoint(), id, {"--grace-seconds", "0"})),
+        dir.file("a.log"));
     expect_hello_and_credit(socket, id);
     send_task(socket, id, "job-2/0", slow);
     ASSERT_TRUE(worker.wait_for_log(": evaluating ", 30s)) << worker.log();
@@ -417,7 +365,7 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
     }
     EXPECT_EQ(busy, "job-2/0");
     const auto start = std::chrono::steady_clock::now();
-    worker.signal(SIGTERM);
+    worker.kill(SIGTERM);
     auto goodbye = next(socket, 10s);
     ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE) << worker.log();
     EXPECT_EQ(text(goodbye.message.get().getGoodbye().getHandBackTaskId()), "job-2/0");
@@ -428,11 +376,11 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
   {  // A long grace period: the task finishes (here: fails) and is reported first.
     CoordinatorSocket socket("tcp://127.0.0.1:0");
     const std::string id = "daemon-test-3";
-    WorkerProcess worker(worker_args(socket.endpoint(), id), dir.file("b.log"));
+    testing::Process worker(worker_argv(worker_args(socket.endpoint(), id)), dir.file("b.log"));
     expect_hello_and_credit(socket, id);
     const std::string key = send_task(socket, id, "job-3/0", slow);
     ASSERT_TRUE(worker.wait_for_log(": evaluating ", 30s)) << worker.log();
-    worker.signal(SIGTERM);
+    worker.kill(SIGTERM);
     auto failure = next(socket);
     ASSERT_EQ(failure.message.get().which(), schema::WorkerMessage::FAILURE) << worker.log();
     EXPECT_EQ(bytes(failure.message.get().getFailure().getEvalKey()), key);
@@ -450,7 +398,7 @@ TEST(WorkerDaemon, SaysHelloAgainWhenTheCoordinatorAsks) {
   testing::TempDir dir("kvtune-daemon");
   CoordinatorSocket socket("tcp://127.0.0.1:0");
   const std::string id = "daemon-test-4";
-  WorkerProcess worker(worker_args(socket.endpoint(), id), dir.file("worker.log"));
+  testing::Process worker(worker_argv(worker_args(socket.endpoint(), id)), dir.file("worker.log"));
   expect_hello_and_credit(socket, id);
   // "unknown worker: say hello" gets a hello, and credit as the worker is
   // idle; at most once a second.
@@ -465,7 +413,7 @@ TEST(WorkerDaemon, SaysHelloAgainWhenTheCoordinatorAsks) {
     if (in && in->message.get().which() == schema::WorkerMessage::HELLO) ++hellos;
   }
   EXPECT_EQ(hellos, 0) << "the second rejection must not get a second hello within a second";
-  worker.signal(SIGINT);
+  worker.kill(SIGINT);
   auto goodbye = next(socket);
   EXPECT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE);
   EXPECT_EQ(worker.wait(10s), 0) << worker.log();
@@ -489,8 +437,9 @@ TEST(WorkerDaemon, SaysHelloAgainToARestartedCoordinator) {
 
   auto socket = std::make_unique<CoordinatorSocket>("tcp://127.0.0.1:0");
   const std::string endpoint = socket->endpoint();
-  WorkerProcess worker(
-      worker_args(endpoint, id, {"--coordinator-timeout-ms", "700", "--max-tasks", "1"}),
+  testing::Process worker(
+      worker_argv(
+          worker_args(endpoint, id, {"--coordinator-timeout-ms", "700", "--max-tasks", "1"})),
       dir.file("worker.log"));
   expect_hello_and_credit(*socket, id);
   // The coordinator restarts on the same endpoint: it hears nothing useful

@@ -50,8 +50,8 @@ struct JobSpec {
   int seq_len = 256;
   Scheme scheme;
   std::string metric = "kl";
-  std::vector<std::string> configs;        // evaluate: one entry per configuration
-  std::vector<PrecisionPair> candidates;   // profile: the pairs tried on each layer
+  std::vector<std::string> configs;       // evaluate: one entry per configuration
+  std::vector<PrecisionPair> candidates;  // profile: the pairs tried on each layer
   nlohmann::json search = nlohmann::json::object();
 
   // Validates `spec`; throws JobSpecError naming every bad field.

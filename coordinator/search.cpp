@@ -1,0 +1,877 @@
+#include "search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "kvtune/common/error.h"
+
+namespace kvtune::search {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+bool dominates(Point a, Point b) {
+  return a.bits <= b.bits && a.error <= b.error && (a.bits < b.bits || a.error < b.error);
+}
+
+int pair_cost(const PrecisionPair& pair) { return pair.key.bits + pair.value.bits; }
+
+void check_profile(const std::vector<PrecisionPair>& candidates, const Profile& profile) {
+  if (candidates.empty()) throw Error("search: no candidate pairs");
+  for (std::size_t l = 0; l < profile.size(); ++l) {
+    if (profile[l].size() != candidates.size()) {
+      throw Error("search: profile of layer " + std::to_string(l) + " has " +
+                  std::to_string(profile[l].size()) + " errors for " +
+                  std::to_string(candidates.size()) + " candidates");
+    }
+  }
+}
+
+}  // namespace
+
+double log_error(double error) { return std::log10(std::max(error, kErrorFloor)); }
+
+// ---------------------------------------------------------------------------
+// Pareto utilities
+
+std::vector<std::size_t> pareto_front(const std::vector<Point>& points) {
+  std::vector<std::size_t> order(points.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (points[a].bits != points[b].bits) return points[a].bits < points[b].bits;
+    return points[a].error < points[b].error;
+  });
+  // In this order a point is non-dominated exactly when its error is below
+  // that of every point before it.
+  std::vector<std::size_t> front;
+  double best = kInf;
+  for (std::size_t i : order) {
+    if (points[i].error < best) {
+      front.push_back(i);
+      best = points[i].error;
+    }
+  }
+  return front;
+}
+
+double hypervolume(const std::vector<Point>& points, Point reference) {
+  std::vector<Point> inside;
+  for (const Point& p : points) {
+    if (p.bits < reference.bits && p.error < reference.error) inside.push_back(p);
+  }
+  const std::vector<std::size_t> front = pareto_front(inside);
+  double area = 0;
+  for (std::size_t k = 0; k < front.size(); ++k) {
+    const Point& p = inside[front[k]];
+    const double next = k + 1 < front.size() ? inside[front[k + 1]].bits : reference.bits;
+    area += (next - p.bits) * (reference.error - p.error);
+  }
+  return area;
+}
+
+// ---------------------------------------------------------------------------
+// Pruning and clustering
+
+std::vector<std::vector<int>> prune_pairs(const std::vector<PrecisionPair>& candidates,
+                                          const Profile& profile) {
+  check_profile(candidates, profile);
+  std::vector<std::vector<int>> surviving;
+  for (const auto& errors : profile) {
+    std::vector<Point> points;
+    for (std::size_t p = 0; p < candidates.size(); ++p) {
+      points.push_back({candidates[p].equivalent_bits(), errors[p]});
+    }
+    std::vector<int> kept;
+    for (std::size_t i : pareto_front(points)) kept.push_back(static_cast<int>(i));
+    std::sort(kept.begin(), kept.end());
+    surviving.push_back(std::move(kept));
+  }
+  return surviving;
+}
+
+std::vector<Group> singleton_groups(const std::vector<std::vector<int>>& surviving) {
+  std::vector<Group> groups;
+  for (std::size_t l = 0; l < surviving.size(); ++l) {
+    groups.push_back({{static_cast<int>(l)}, surviving[l]});
+  }
+  return groups;
+}
+
+std::vector<Group> cluster_layers(const Profile& profile,
+                                  const std::vector<std::vector<int>>& surviving,
+                                  double tolerance) {
+  if (surviving.size() != profile.size()) {
+    throw Error("search: " + std::to_string(surviving.size()) + " pruned layers for a profile of " +
+                std::to_string(profile.size()));
+  }
+  if (!(tolerance >= 0)) throw Error("search: cluster_tolerance must be >= 0");
+  auto close = [&](std::size_t a, std::size_t b) {
+    for (int p : surviving[a]) {
+      const auto pi = static_cast<std::size_t>(p);
+      if (std::abs(log_error(profile[a][pi]) - log_error(profile[b][pi])) > tolerance) {
+        return false;
+      }
+    }
+    return true;
+  };
+  std::vector<Group> groups;
+  for (std::size_t l = 0; l < surviving.size(); ++l) {
+    bool placed = false;
+    for (Group& group : groups) {
+      if (group.pairs != surviving[l]) continue;
+      const bool all_close = std::all_of(group.layers.begin(), group.layers.end(),
+                                         [&](int m) { return close(l, static_cast<std::size_t>(m)); });
+      if (all_close) {
+        group.layers.push_back(static_cast<int>(l));
+        placed = true;
+        break;
+      }
+    }
+    if (!placed) groups.push_back({{static_cast<int>(l)}, surviving[l]});
+  }
+  return groups;
+}
+
+// ---------------------------------------------------------------------------
+// The additive model
+
+std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& candidates,
+                                          const Profile& profile,
+                                          const std::vector<Group>& groups) {
+  check_profile(candidates, profile);
+  std::size_t num_layers = 0;
+  std::vector<std::vector<int>> cost(groups.size());
+  std::vector<std::vector<double>> error(groups.size());
+  int max_total = 0;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const Group& group = groups[g];
+    if (group.layers.empty() || group.pairs.empty()) {
+      throw Error("search: group " + std::to_string(g) + " has no layers or no pairs");
+    }
+    num_layers += group.layers.size();
+    int group_max = 0;
+    for (int p : group.pairs) {
+      if (p < 0 || static_cast<std::size_t>(p) >= candidates.size()) {
+        throw Error("search: group " + std::to_string(g) + " names candidate " +
+                    std::to_string(p));
+      }
+      int c = 0;
+      double e = 0;
+      for (int l : group.layers) {
+        if (l < 0 || static_cast<std::size_t>(l) >= profile.size()) {
+          throw Error("search: group " + std::to_string(g) + " names layer " + std::to_string(l));
+        }
+        c += pair_cost(candidates[static_cast<std::size_t>(p)]);
+        e += profile[static_cast<std::size_t>(l)][static_cast<std::size_t>(p)];
+      }
+      cost[g].push_back(c);
+      error[g].push_back(e);
+      group_max = std::max(group_max, c);
+    }
+    max_total += group_max;
+  }
+  if (groups.empty()) return {};
+
+  // best[t]: least error of the groups so far with total cost t;
+  // choice[g][t]: the choice of group g that reached best[t] after group g.
+  const auto totals = static_cast<std::size_t>(max_total) + 1;
+  std::vector<double> best(totals, kInf);
+  best[0] = 0;
+  std::vector<std::vector<int>> choice(groups.size(), std::vector<int>(totals, -1));
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    std::vector<double> next(totals, kInf);
+    for (std::size_t t = 0; t < totals; ++t) {
+      if (best[t] == kInf) continue;
+      for (std::size_t c = 0; c < cost[g].size(); ++c) {
+        const std::size_t nt = t + static_cast<std::size_t>(cost[g][c]);
+        const double e = best[t] + error[g][c];
+        if (e < next[nt]) {
+          next[nt] = e;
+          choice[g][nt] = static_cast<int>(c);
+        }
+      }
+    }
+    best = std::move(next);
+  }
+
+  std::vector<Assignment> frontier;
+  double least = kInf;
+  for (std::size_t t = 0; t < totals; ++t) {
+    if (!(best[t] < least)) continue;
+    least = best[t];
+    Assignment a;
+    a.choice.assign(groups.size(), 0);
+    std::size_t rest = t;
+    for (std::size_t g = groups.size(); g-- > 0;) {
+      const int c = choice[g][rest];
+      a.choice[g] = c;
+      rest -= static_cast<std::size_t>(cost[g][static_cast<std::size_t>(c)]);
+    }
+    a.predicted = {static_cast<double>(t) / (2.0 * static_cast<double>(num_layers)), best[t]};
+    frontier.push_back(std::move(a));
+  }
+  return frontier;
+}
+
+// ---------------------------------------------------------------------------
+// NSGA-II
+
+double violation(Point point, const Budget& budget) {
+  double v = 0;
+  if (point.bits > budget.max_bits) v += (point.bits - budget.max_bits) / budget.max_bits;
+  if (budget.max_error && point.error > *budget.max_error) {
+    v += (point.error - *budget.max_error) / *budget.max_error;
+  }
+  return v;
+}
+
+bool constrained_dominates(const Objectives& a, const Objectives& b) {
+  const bool fa = a.violation <= 0;
+  const bool fb = b.violation <= 0;
+  if (fa != fb) return fa;
+  if (!fa) return a.violation < b.violation;
+  return dominates({a.bits, a.error}, {b.bits, b.error});
+}
+
+std::vector<int> nondominated_ranks(const std::vector<Objectives>& solutions) {
+  const std::size_t n = solutions.size();
+  std::vector<std::vector<std::size_t>> beats(n);
+  std::vector<int> beaten_by(n, 0);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = i + 1; j < n; ++j) {
+      if (constrained_dominates(solutions[i], solutions[j])) {
+        beats[i].push_back(j);
+        ++beaten_by[j];
+      } else if (constrained_dominates(solutions[j], solutions[i])) {
+        beats[j].push_back(i);
+        ++beaten_by[i];
+      }
+    }
+  }
+  std::vector<int> rank(n, -1);
+  std::vector<std::size_t> front;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (beaten_by[i] == 0) front.push_back(i);
+  }
+  for (int r = 0; !front.empty(); ++r) {
+    std::vector<std::size_t> next;
+    for (std::size_t i : front) {
+      rank[i] = r;
+      for (std::size_t j : beats[i]) {
+        if (--beaten_by[j] == 0) next.push_back(j);
+      }
+    }
+    std::sort(next.begin(), next.end());
+    front = std::move(next);
+  }
+  return rank;
+}
+
+std::vector<double> crowding_distances(const std::vector<Objectives>& solutions,
+                                       const std::vector<int>& ranks) {
+  const std::size_t n = solutions.size();
+  std::vector<double> distance(n, 0);
+  const int max_rank = n == 0 ? -1 : *std::max_element(ranks.begin(), ranks.end());
+  for (int r = 0; r <= max_rank; ++r) {
+    std::vector<std::size_t> members;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ranks[i] == r) members.push_back(i);
+    }
+    if (members.size() <= 2) {
+      for (std::size_t i : members) distance[i] = kInf;
+      continue;
+    }
+    for (int objective = 0; objective < 2; ++objective) {
+      auto value = [&](std::size_t i) {
+        return objective == 0 ? solutions[i].bits : log_error(solutions[i].error);
+      };
+      std::vector<std::size_t> order = members;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](std::size_t a, std::size_t b) { return value(a) < value(b); });
+      distance[order.front()] = kInf;
+      distance[order.back()] = kInf;
+      const double range = value(order.back()) - value(order.front());
+      if (range <= 0) continue;
+      for (std::size_t k = 1; k + 1 < order.size(); ++k) {
+        distance[order[k]] += (value(order[k + 1]) - value(order[k - 1])) / range;
+      }
+    }
+  }
+  return distance;
+}
+
+// ---------------------------------------------------------------------------
+// Strategy names and options
+
+std::string_view strategy_name(Strategy strategy) {
+  switch (strategy) {
+    case Strategy::kKvtune:
+      return "kvtune";
+    case Strategy::kNsga2:
+      return "nsga2";
+    case Strategy::kRandom:
+      return "random";
+  }
+  return "kvtune";
+}
+
+Strategy parse_strategy(std::string_view text) {
+  if (text == "kvtune") return Strategy::kKvtune;
+  if (text == "nsga2") return Strategy::kNsga2;
+  if (text == "random") return Strategy::kRandom;
+  throw Error("search: unknown strategy \"" + std::string(text) +
+              "\" (expected kvtune, nsga2 or random)");
+}
+
+namespace {
+
+std::vector<PrecisionPair> hardware_candidates() {
+  const KvFormat formats[] = {KvFormat::full(), KvFormat::fp8(), KvFormat::nvfp4()};
+  std::vector<PrecisionPair> pairs;
+  for (const KvFormat& k : formats) {
+    for (const KvFormat& v : formats) pairs.push_back({k, v});
+  }
+  return pairs;
+}
+
+template <typename T>
+T field(const nlohmann::json& spec, const char* key, T fallback) {
+  if (!spec.contains(key) || spec.at(key).is_null()) return fallback;
+  try {
+    return spec.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(std::string("search: field \"") + key + "\" has the wrong type: " +
+                spec.at(key).dump());
+  }
+}
+
+}  // namespace
+
+Search::Options options_from_json(const nlohmann::json& spec) {
+  if (!spec.is_object()) throw Error("search: the search spec must be a JSON object");
+  static const std::set<std::string> known = {
+      "candidates", "max_bits", "max_error",         "max_evaluations", "population", "seed",
+      "strategy",   "cluster",  "cluster_tolerance", "patience"};
+  for (const auto& item : spec.items()) {
+    if (!known.count(item.key())) throw Error("search: unknown field \"" + item.key() + "\"");
+  }
+  Search::Options o;
+  if (spec.contains("candidates")) {
+    const auto& c = spec.at("candidates");
+    if (c.is_string() && c.get<std::string>() == "kvtuner") {
+      o.candidates = kvtuner_candidates();
+    } else if (c.is_string() && c.get<std::string>() == "hardware") {
+      o.candidates = hardware_candidates();
+    } else if (c.is_array()) {
+      o.candidates.clear();
+      for (const auto& name : c) {
+        if (!name.is_string()) throw Error("search: candidate " + name.dump() + " is not a name");
+        o.candidates.push_back(PrecisionPair::parse(name.get<std::string>()));
+      }
+    } else {
+      throw Error("search: \"candidates\" must be a list of pair names, \"kvtuner\" or "
+                  "\"hardware\", not " +
+                  c.dump());
+    }
+  }
+  o.max_bits = field(spec, "max_bits", o.max_bits);
+  if (spec.contains("max_error") && !spec.at("max_error").is_null()) {
+    o.max_error = field(spec, "max_error", 0.0);
+  }
+  o.max_evaluations = field(spec, "max_evaluations", o.max_evaluations);
+  o.population = field(spec, "population", o.population);
+  o.seed = field(spec, "seed", o.seed);
+  o.strategy = parse_strategy(field(spec, "strategy", std::string(strategy_name(o.strategy))));
+  o.cluster = field(spec, "cluster", o.cluster);
+  o.cluster_tolerance = field(spec, "cluster_tolerance", o.cluster_tolerance);
+  o.patience = field(spec, "patience", o.patience);
+  return o;
+}
+
+nlohmann::json options_to_json(const Search::Options& o) {
+  nlohmann::json names = nlohmann::json::array();
+  for (const auto& pair : o.candidates) names.push_back(pair.name());
+  return {{"candidates", names},
+          {"max_bits", o.max_bits},
+          {"max_error", o.max_error ? nlohmann::json(*o.max_error) : nlohmann::json()},
+          {"max_evaluations", o.max_evaluations},
+          {"population", o.population},
+          {"seed", o.seed},
+          {"strategy", std::string(strategy_name(o.strategy))},
+          {"cluster", o.cluster},
+          {"cluster_tolerance", o.cluster_tolerance},
+          {"patience", o.patience}};
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+
+Search::Search(Options options, int num_layers)
+    : options_(std::move(options)), num_layers_(num_layers), rng_(options_.seed) {
+  validate();
+  if (options_.strategy == Strategy::kKvtune) {
+    stage_ = Stage::kProfile;
+  } else {
+    std::vector<int> all(options_.candidates.size());
+    std::iota(all.begin(), all.end(), 0);
+    groups_ = singleton_groups(std::vector<std::vector<int>>(static_cast<std::size_t>(num_layers_), all));
+    stage_ = Stage::kSearch;
+  }
+}
+
+void Search::validate() const {
+  const Options& o = options_;
+  if (num_layers_ < 1) throw Error("search: the model must have at least one layer");
+  if (o.candidates.empty()) throw Error("search: \"candidates\" is empty");
+  for (std::size_t i = 0; i < o.candidates.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (o.candidates[i] == o.candidates[j]) {
+        throw Error("search: candidate " + o.candidates[i].name() + " is listed twice");
+      }
+    }
+  }
+  if (!(o.max_bits > 0) || !std::isfinite(o.max_bits)) {
+    throw Error("search: \"max_bits\" must be a positive number");
+  }
+  if (o.max_error && (!(*o.max_error > 0) || !std::isfinite(*o.max_error))) {
+    throw Error("search: \"max_error\" must be a positive number");
+  }
+  if (o.max_evaluations < 1) throw Error("search: \"max_evaluations\" must be >= 1");
+  if (o.population < 2) throw Error("search: \"population\" must be >= 2");
+  if (!(o.cluster_tolerance >= 0)) throw Error("search: \"cluster_tolerance\" must be >= 0");
+  if (o.patience < 1) throw Error("search: \"patience\" must be >= 1");
+  if (o.strategy == Strategy::kKvtune) {
+    const long long profile =
+        static_cast<long long>(num_layers_) * static_cast<long long>(o.candidates.size());
+    if (o.max_evaluations <= profile) {
+      throw Error("search: \"max_evaluations\" (" + std::to_string(o.max_evaluations) +
+                  ") must exceed the profile's " + std::to_string(num_layers_) + " layers x " +
+                  std::to_string(o.candidates.size()) + " candidates = " +
+                  std::to_string(profile) + " evaluations");
+    }
+  }
+}
+
+std::uint64_t Search::draw_below(std::uint64_t n) {
+  // Rejection sampling: uniform and the same with every standard library.
+  const std::uint64_t limit = (std::numeric_limits<std::uint64_t>::max() / n) * n;
+  std::uint64_t x = 0;
+  do {
+    x = rng_();
+  } while (x >= limit);
+  return x % n;
+}
+
+double Search::draw_unit() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+
+std::string Search::genome_key(const Genome& genome) {
+  std::string key;
+  for (int g : genome) {
+    key += std::to_string(g);
+    key += ',';
+  }
+  return key;
+}
+
+std::vector<int> Search::layers_of(const Genome& genome) const {
+  std::vector<int> layers(static_cast<std::size_t>(num_layers_), -1);
+  for (std::size_t g = 0; g < groups_.size(); ++g) {
+    const int pair = groups_[g].pairs[static_cast<std::size_t>(genome[g])];
+    for (int l : groups_[g].layers) layers[static_cast<std::size_t>(l)] = pair;
+  }
+  return layers;
+}
+
+std::vector<PrecisionPair> Search::pairs_of(const std::vector<int>& layers) const {
+  std::vector<PrecisionPair> pairs;
+  for (int p : layers) {
+    pairs.push_back(p < 0 ? PrecisionPair{KvFormat::full(), KvFormat::full()}
+                          : options_.candidates[static_cast<std::size_t>(p)]);
+  }
+  return pairs;
+}
+
+double Search::bits_of(const std::vector<int>& layers) const {
+  return average_bits(pairs_of(layers));
+}
+
+Objectives Search::objectives_of(const Record& record) const {
+  const Budget budget{options_.max_bits, options_.max_error};
+  return {record.bits, record.error, violation({record.bits, record.error}, budget)};
+}
+
+bool Search::is_new(const Genome& genome) const {
+  if (index_.count(genome_key(genome))) return false;
+  return std::find(pending_.begin(), pending_.end(), genome) == pending_.end();
+}
+
+void Search::add_pending(Genome genome) { pending_.push_back(std::move(genome)); }
+
+Search::Genome Search::random_genome() {
+  Genome genome(groups_.size());
+  for (std::size_t g = 0; g < groups_.size(); ++g) {
+    genome[g] = static_cast<int>(draw_below(groups_[g].pairs.size()));
+  }
+  return genome;
+}
+
+std::vector<std::vector<PrecisionPair>> Search::ask() {
+  if (stage_ == Stage::kDone) return {};
+  if (pending_.empty() && !pending_profile_) prepare();
+  std::vector<std::vector<PrecisionPair>> configs;
+  if (pending_profile_) {
+    for (int l = 0; l < num_layers_; ++l) {
+      for (std::size_t p = 0; p < options_.candidates.size(); ++p) {
+        std::vector<int> layers(static_cast<std::size_t>(num_layers_), -1);
+        layers[static_cast<std::size_t>(l)] = static_cast<int>(p);
+        configs.push_back(pairs_of(layers));
+      }
+    }
+    return configs;
+  }
+  for (const Genome& genome : pending_) configs.push_back(pairs_of(layers_of(genome)));
+  return configs;
+}
+
+void Search::prepare() {
+  if (stage_ == Stage::kProfile) {
+    pending_profile_ = true;
+    return;
+  }
+  if (options_.strategy == Strategy::kRandom || generation_ == 0) {
+    initial_generation();
+  } else {
+    offspring_generation();
+  }
+  if (pending_.empty()) stage_ = Stage::kDone;
+}
+
+void Search::initial_generation() {
+  const auto remaining = static_cast<std::size_t>(options_.max_evaluations - evaluations_);
+  const auto population = static_cast<std::size_t>(options_.population);
+  if (options_.strategy == Strategy::kKvtune) {
+    const Budget budget{options_.max_bits, options_.max_error};
+    std::vector<Genome> seeds;
+    for (const Assignment& a : additive_) {
+      if (violation(a.predicted, budget) <= 0) seeds.push_back(a.choice);
+    }
+    const std::size_t cap = std::max(population, remaining / 2);
+    if (seeds.size() > cap) {
+      // Evenly spaced, both ends included.
+      std::vector<Genome> picked;
+      const std::size_t n = seeds.size();
+      for (std::size_t i = 0; i < cap; ++i) {
+        const std::size_t at = cap == 1 ? 0 : (i * (n - 1) + (cap - 1) / 2) / (cap - 1);
+        picked.push_back(seeds[at]);
+      }
+      seeds = std::move(picked);
+    }
+    for (Genome& seed : seeds) {
+      if (pending_.size() >= remaining) break;
+      if (is_new(seed)) add_pending(std::move(seed));
+    }
+  }
+  const std::size_t target = std::min(population, remaining);
+  for (std::size_t tries = 0; pending_.size() < target && tries < 100 * population; ++tries) {
+    Genome genome = random_genome();
+    if (is_new(genome)) add_pending(std::move(genome));
+  }
+}
+
+void Search::offspring_generation() {
+  const auto remaining = static_cast<std::size_t>(options_.max_evaluations - evaluations_);
+  const auto population = static_cast<std::size_t>(options_.population);
+  std::vector<Objectives> objectives;
+  for (std::size_t i : population_) objectives.push_back(objectives_of(records_[i]));
+  const std::vector<int> ranks = nondominated_ranks(objectives);
+  const std::vector<double> crowding = crowding_distances(objectives, ranks);
+  auto tournament = [&]() -> const Genome& {
+    const auto a = static_cast<std::size_t>(draw_below(population_.size()));
+    const auto b = static_cast<std::size_t>(draw_below(population_.size()));
+    const bool b_wins = ranks[b] < ranks[a] || (ranks[b] == ranks[a] && crowding[b] > crowding[a]);
+    return records_[population_[b_wins ? b : a]].genome;
+  };
+  const double mutation = 1.0 / static_cast<double>(groups_.size());
+  const std::size_t target = std::min(population, remaining);
+  for (std::size_t tries = 0; pending_.size() < target && tries < 100 * population; ++tries) {
+    const Genome& mother = tournament();
+    const Genome& father = tournament();
+    Genome child(groups_.size());
+    for (std::size_t g = 0; g < child.size(); ++g) {
+      child[g] = draw_unit() < 0.5 ? mother[g] : father[g];
+    }
+    for (std::size_t g = 0; g < child.size(); ++g) {
+      const std::size_t options = groups_[g].pairs.size();
+      if (options < 2 || !(draw_unit() < mutation)) continue;
+      const auto other = static_cast<int>(draw_below(options - 1));
+      child[g] = other >= child[g] ? other + 1 : other;
+    }
+    if (is_new(child)) add_pending(std::move(child));
+  }
+}
+
+void Search::tell(const std::vector<double>& errors) {
+  if (stage_ == Stage::kDone || (pending_.empty() && !pending_profile_)) {
+    throw Error("search: tell() without a pending ask()");
+  }
+  const std::size_t expected =
+      pending_profile_
+          ? static_cast<std::size_t>(num_layers_) * options_.candidates.size()
+          : pending_.size();
+  if (errors.size() != expected) {
+    throw Error("search: tell() got " + std::to_string(errors.size()) + " errors for " +
+                std::to_string(expected) + " asked configs");
+  }
+  for (std::size_t i = 0; i < errors.size(); ++i) {
+    if (!std::isfinite(errors[i])) {
+      throw Error("search: the error of asked config " + std::to_string(i) + " is not finite");
+    }
+  }
+  if (pending_profile_) {
+    tell_profile(errors);
+  } else {
+    tell_generation(errors);
+  }
+}
+
+void Search::tell_profile(const std::vector<double>& errors) {
+  const std::size_t pairs = options_.candidates.size();
+  profile_.assign(static_cast<std::size_t>(num_layers_), std::vector<double>(pairs));
+  for (std::size_t l = 0; l < profile_.size(); ++l) {
+    for (std::size_t p = 0; p < pairs; ++p) profile_[l][p] = errors[l * pairs + p];
+  }
+  evaluations_ += static_cast<int>(errors.size());
+  pending_profile_ = false;
+  const auto surviving = prune_pairs(options_.candidates, profile_);
+  groups_ = options_.cluster ? cluster_layers(profile_, surviving, options_.cluster_tolerance)
+                             : singleton_groups(surviving);
+  additive_ = additive_frontier(options_.candidates, profile_, groups_);
+  stage_ = evaluations_ >= options_.max_evaluations ? Stage::kDone : Stage::kSearch;
+}
+
+void Search::tell_generation(const std::vector<double>& errors) {
+  const std::size_t before = records_.size();
+  std::vector<std::size_t> fresh;
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    Record record;
+    record.genome = pending_[i];
+    record.bits = bits_of(layers_of(record.genome));
+    record.error = errors[i];
+    index_[genome_key(record.genome)] = records_.size();
+    fresh.push_back(records_.size());
+    records_.push_back(std::move(record));
+  }
+  evaluations_ += static_cast<int>(errors.size());
+  pending_.clear();
+  ++generation_;
+
+  // Did this generation improve the frontier?
+  bool improved = false;
+  double least_violation_before = kInf;
+  bool feasible_before = false;
+  for (std::size_t i = 0; i < before; ++i) {
+    const double v = objectives_of(records_[i]).violation;
+    least_violation_before = std::min(least_violation_before, v);
+    feasible_before = feasible_before || v <= 0;
+  }
+  for (std::size_t n : fresh) {
+    const Objectives o = objectives_of(records_[n]);
+    if (o.violation > 0) {
+      if (!feasible_before && o.violation < least_violation_before) improved = true;
+      continue;
+    }
+    bool covered = false;
+    for (std::size_t i = 0; i < before && !covered; ++i) {
+      const Objectives p = objectives_of(records_[i]);
+      covered = p.violation <= 0 && p.bits <= o.bits && p.error <= o.error;
+    }
+    if (!covered) improved = true;
+  }
+  stall_ = improved ? 0 : stall_ + 1;
+
+  if (options_.strategy != Strategy::kRandom) {
+    std::vector<std::size_t> pool = population_;
+    pool.insert(pool.end(), fresh.begin(), fresh.end());
+    survive(pool);
+  }
+  const bool stalled = options_.strategy != Strategy::kRandom && stall_ >= options_.patience;
+  if (evaluations_ >= options_.max_evaluations || stalled) stage_ = Stage::kDone;
+}
+
+void Search::survive(const std::vector<std::size_t>& pool) {
+  std::vector<Objectives> objectives;
+  for (std::size_t i : pool) objectives.push_back(objectives_of(records_[i]));
+  const std::vector<int> ranks = nondominated_ranks(objectives);
+  const std::vector<double> crowding = crowding_distances(objectives, ranks);
+  std::vector<std::size_t> order(pool.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (ranks[a] != ranks[b]) return ranks[a] < ranks[b];
+    return crowding[a] > crowding[b];
+  });
+  const std::size_t keep = std::min(pool.size(), static_cast<std::size_t>(options_.population));
+  population_.clear();
+  for (std::size_t k = 0; k < keep; ++k) population_.push_back(pool[order[k]]);
+}
+
+std::vector<Evaluated> Search::evaluated() const {
+  std::vector<Evaluated> out;
+  for (const Record& r : records_) {
+    out.push_back({pairs_of(layers_of(r.genome)), r.bits, r.error});
+  }
+  return out;
+}
+
+std::vector<Evaluated> Search::frontier() const {
+  std::vector<Point> points;
+  std::vector<std::size_t> feasible;
+  for (std::size_t i = 0; i < records_.size(); ++i) {
+    if (objectives_of(records_[i]).violation > 0) continue;
+    points.push_back({records_[i].bits, records_[i].error});
+    feasible.push_back(i);
+  }
+  std::vector<Evaluated> out;
+  for (std::size_t k : pareto_front(points)) {
+    const Record& r = records_[feasible[k]];
+    out.push_back({pairs_of(layers_of(r.genome)), r.bits, r.error});
+  }
+  return out;
+}
+
+std::vector<Evaluated> Search::additive_frontier() const {
+  std::vector<Evaluated> out;
+  for (const Assignment& a : additive_) {
+    out.push_back({pairs_of(layers_of(a.choice)), a.predicted.bits, a.predicted.error});
+  }
+  return out;
+}
+
+void Search::rebuild_index() {
+  index_.clear();
+  for (std::size_t i = 0; i < records_.size(); ++i) index_[genome_key(records_[i].genome)] = i;
+}
+
+// ---------------------------------------------------------------------------
+// Persistence
+
+namespace {
+
+const char* stage_name(int stage) {
+  static const char* names[] = {"profile", "search", "done"};
+  return names[stage];
+}
+
+nlohmann::json groups_json(const std::vector<Group>& groups) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Group& g : groups) out.push_back({{"layers", g.layers}, {"pairs", g.pairs}});
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json Search::to_json() const {
+  std::ostringstream rng;
+  rng << rng_;
+  nlohmann::json additive = nlohmann::json::array();
+  for (const Assignment& a : additive_) {
+    additive.push_back(
+        {{"choice", a.choice}, {"bits", a.predicted.bits}, {"error", a.predicted.error}});
+  }
+  nlohmann::json records = nlohmann::json::array();
+  for (const Record& r : records_) {
+    records.push_back({{"genome", r.genome}, {"bits", r.bits}, {"error", r.error}});
+  }
+  return {{"version", 1},
+          {"options", options_to_json(options_)},
+          {"num_layers", num_layers_},
+          {"stage", stage_name(static_cast<int>(stage_))},
+          {"rng", rng.str()},
+          {"profile", profile_},
+          {"groups", groups_json(groups_)},
+          {"additive", additive},
+          {"records", records},
+          {"population", population_},
+          {"pending", pending_},
+          {"pending_profile", pending_profile_},
+          {"evaluations", evaluations_},
+          {"generation", generation_},
+          {"stall", stall_}};
+}
+
+Search Search::from_json(const nlohmann::json& state) {
+  Search s;
+  try {
+    if (state.at("version").get<int>() != 1) throw Error("search: unknown state version");
+    s.options_ = options_from_json(state.at("options"));
+    s.num_layers_ = state.at("num_layers").get<int>();
+    s.validate();
+    const std::string stage = state.at("stage").get<std::string>();
+    if (stage == "profile") {
+      s.stage_ = Stage::kProfile;
+    } else if (stage == "search") {
+      s.stage_ = Stage::kSearch;
+    } else if (stage == "done") {
+      s.stage_ = Stage::kDone;
+    } else {
+      throw Error("search: unknown stage \"" + stage + "\"");
+    }
+    std::istringstream rng(state.at("rng").get<std::string>());
+    rng >> s.rng_;
+    if (!rng) throw Error("search: malformed random engine state");
+    s.profile_ = state.at("profile").get<Profile>();
+    for (const auto& g : state.at("groups")) {
+      s.groups_.push_back(
+          {g.at("layers").get<std::vector<int>>(), g.at("pairs").get<std::vector<int>>()});
+    }
+    for (const auto& a : state.at("additive")) {
+      s.additive_.push_back({a.at("choice").get<std::vector<int>>(),
+                             {a.at("bits").get<double>(), a.at("error").get<double>()}});
+    }
+    for (const auto& r : state.at("records")) {
+      s.records_.push_back(
+          {r.at("genome").get<Genome>(), r.at("bits").get<double>(), r.at("error").get<double>()});
+    }
+    s.population_ = state.at("population").get<std::vector<std::size_t>>();
+    s.pending_ = state.at("pending").get<std::vector<Genome>>();
+    s.pending_profile_ = state.at("pending_profile").get<bool>();
+    s.evaluations_ = state.at("evaluations").get<int>();
+    s.generation_ = state.at("generation").get<int>();
+    s.stall_ = state.at("stall").get<int>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("search: malformed search state: ") + e.what());
+  }
+  // Genomes must index the groups they are decoded with.
+  auto check_genome = [&](const Genome& genome) {
+    if (genome.size() != s.groups_.size()) throw Error("search: state genome of the wrong length");
+    for (std::size_t g = 0; g < genome.size(); ++g) {
+      if (genome[g] < 0 || static_cast<std::size_t>(genome[g]) >= s.groups_[g].pairs.size()) {
+        throw Error("search: state genome out of range");
+      }
+    }
+  };
+  for (const Group& g : s.groups_) {
+    for (int l : g.layers) {
+      if (l < 0 || l >= s.num_layers_) throw Error("search: state group names a bad layer");
+    }
+    for (int p : g.pairs) {
+      if (p < 0 || static_cast<std::size_t>(p) >= s.options_.candidates.size()) {
+        throw Error("search: state group names a bad candidate");
+      }
+    }
+  }
+  for (const Record& r : s.records_) check_genome(r.genome);
+  for (const Genome& g : s.pending_) check_genome(g);
+  for (const Assignment& a : s.additive_) check_genome(a.choice);
+  for (std::size_t i : s.population_) {
+    if (i >= s.records_.size()) throw Error("search: state population names a bad record");
+  }
+  s.rebuild_index();
+  return s;
+}
+
+}  // namespace kvtune::search

@@ -1,0 +1,322 @@
+// The search of a layer-wise KV precision configuration (DESIGN.md, "Search
+// pipeline", steps 2-5) as pure, deterministic logic: no sockets, no store, no
+// model. The coordinator drives a `Search` generation by generation: ask()
+// gives the per-layer configs to evaluate, the cluster measures each one's
+// error (mean KL, nats/token, by default: whatever the job's metric is, lower
+// is better), tell() hands the errors back, and the state is persisted with
+// to_json() after each call. A driver restored with from_json() continues
+// with bit-identical asks.
+//
+// The building blocks are free functions so that each can be tested alone:
+// - Pareto utilities over (bits, error) points, both minimized;
+// - intra-layer pruning: per layer, the pairs on that layer's (bits, error)
+//   front of the profile;
+// - inter-layer clustering: layers with the same surviving pairs and similar
+//   profiles share one pair;
+// - the exact Pareto frontier of the additive model (per-layer errors summed)
+//   by a multiple-choice-knapsack dynamic program over integer bit totals;
+// - NSGA-II ranking with Deb's constrained domination for the budgets.
+//
+// Errors span decades (KL from 1e-4 to 1), so wherever a distance between
+// errors matters (crowding distance, clustering similarity, hypervolume
+// reports) the search uses log10(error), floored at kErrorFloor so that an
+// exact 0 stays finite. Domination and sorting are unaffected by that
+// monotone transform.
+//
+// Randomness: std::mt19937_64 with integers and doubles drawn by this file's
+// own code (not std::uniform_*_distribution, whose output differs between
+// standard libraries), so a seed gives the same search everywhere.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvtune/common/precision.h"
+
+namespace kvtune::search {
+
+// Errors below this are treated as this in log10 space (and log10 of it is
+// the value used for errors <= 0).
+inline constexpr double kErrorFloor = 1e-12;
+double log_error(double error);
+
+// ---------------------------------------------------------------------------
+// Pareto utilities. Both coordinates are minimized.
+
+struct Point {
+  double bits = 0;
+  double error = 0;
+};
+
+// Indices of the non-dominated points (a dominates b when it is no worse in
+// both coordinates and better in one), ordered by increasing bits (hence
+// decreasing error). Of several identical non-dominated points only the one
+// with the lowest index is kept.
+std::vector<std::size_t> pareto_front(const std::vector<Point>& points);
+
+// 2-D hypervolume: the area dominated by the set and bounded by `reference`
+// (the union of the boxes [p.bits, reference.bits] x [p.error,
+// reference.error]). A point with bits >= reference.bits or error >=
+// reference.error contributes nothing. Callers that want log-scaled errors
+// pass log_error() values.
+double hypervolume(const std::vector<Point>& points, Point reference);
+
+// ---------------------------------------------------------------------------
+// Profile, pruning and clustering.
+
+// profile[layer][candidate]: the error when only that layer is quantized with
+// that candidate pair (every other layer KV16).
+using Profile = std::vector<std::vector<double>>;
+
+// Per layer, the indices (ascending) of the candidates on that layer's
+// (equivalent bits, error) Pareto front. Ties as in pareto_front: of several
+// candidates with identical bits and error the lowest index survives. Throws
+// kvtune::Error when the profile's shape does not match the candidates.
+std::vector<std::vector<int>> prune_pairs(const std::vector<PrecisionPair>& candidates,
+                                          const Profile& profile);
+
+// Layers that share one pair. `pairs` are candidate indices (ascending).
+struct Group {
+  std::vector<int> layers;  // ascending
+  std::vector<int> pairs;
+
+  friend bool operator==(const Group&, const Group&) = default;
+};
+
+// One group per layer, with its surviving pairs.
+std::vector<Group> singleton_groups(const std::vector<std::vector<int>>& surviving);
+
+// Greedy complete-linkage clustering in layer order: layer l joins the first
+// group (in order of creation) whose layers all have exactly l's surviving
+// pairs and a profile within `tolerance` of l's, i.e. |log_error(profile[l][p])
+// - log_error(profile[m][p])| <= tolerance for every surviving pair p and
+// every member m; otherwise it starts a new group. Deterministic. Groups are
+// ordered by their first layer. tolerance must be >= 0 (0 groups only layers
+// with identical profiles over their pairs).
+std::vector<Group> cluster_layers(const Profile& profile,
+                                  const std::vector<std::vector<int>>& surviving, double tolerance);
+
+// ---------------------------------------------------------------------------
+// The additive model.
+
+// One choice per group (an index into that group's `pairs`) and the model's
+// prediction for it: bits = average equivalent bits over layers, error = the
+// sum over layers of profile[layer][pair].
+struct Assignment {
+  std::vector<int> choice;
+  Point predicted;
+};
+
+// The exact Pareto frontier of the additive model over the groups'
+// assignments, ordered by increasing bits (strictly decreasing error). A
+// multiple-choice knapsack: the cost of a layer is key bits + value bits (an
+// integer), so the dynamic program keeps, for every reachable integer total,
+// the least predicted error. Of assignments with equal total and equal error
+// the one found first (lower choice indices, earlier groups) is kept.
+std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& candidates,
+                                          const Profile& profile, const std::vector<Group>& groups);
+
+// ---------------------------------------------------------------------------
+// NSGA-II with constraints.
+
+struct Budget {
+  double max_bits = 16;             // max average equivalent bits
+  std::optional<double> max_error;  // optional max error
+};
+
+// Deb's constraint violation: the sum of normalized excesses,
+// max(0, bits - max_bits) / max_bits + max(0, error - max_error) / max_error.
+// Zero means feasible.
+double violation(Point point, const Budget& budget);
+
+struct Objectives {
+  double bits = 0;
+  double error = 0;
+  double violation = 0;
+};
+
+// Deb's constrained domination: a feasible solution dominates an infeasible
+// one; of two infeasible ones the smaller violation dominates; of two
+// feasible ones ordinary Pareto domination on (bits, error).
+bool constrained_dominates(const Objectives& a, const Objectives& b);
+
+// Non-dominated sorting under constrained domination: rank 0 is the first
+// front.
+std::vector<int> nondominated_ranks(const std::vector<Objectives>& solutions);
+
+// NSGA-II crowding distance within each rank, on (bits, log_error(error)),
+// each coordinate normalized by its range within the front; the extremes of a
+// front get +infinity.
+std::vector<double> crowding_distances(const std::vector<Objectives>& solutions,
+                                       const std::vector<int>& ranks);
+
+// ---------------------------------------------------------------------------
+// The driver.
+
+enum class Strategy {
+  kKvtune,  // profile, prune, cluster, additive-frontier seeding, NSGA-II
+  kNsga2,   // plain NSGA-II on per-layer genes, random initial population
+  kRandom,  // uniform random configurations
+};
+std::string_view strategy_name(Strategy strategy);  // "kvtune", "nsga2", "random"
+Strategy parse_strategy(std::string_view text);     // throws kvtune::Error
+
+// One evaluated (or predicted) configuration.
+struct Evaluated {
+  std::vector<PrecisionPair> layers;
+  double bits = 0;   // average_bits(layers)
+  double error = 0;  // measured (or, for additive_frontier(), predicted)
+};
+
+// Generation-synchronous ask/tell search (see the file comment).
+//
+// Stages:
+// 1. Profile (strategy kvtune only): the first ask() returns, layer-major,
+//    every candidate on every layer alone with the other layers KV16
+//    (num_layers x candidates configs). Its tell() prunes, clusters (unless
+//    `cluster` is false) and computes the additive frontier.
+// 2. Generations. Genome = one choice per group (kvtune) or per layer (nsga2,
+//    random, whose genes range over every candidate). The first kvtune
+//    generation is the additive frontier's assignments whose prediction
+//    meets the budgets (evenly subsampled to at most max(population, half the
+//    remaining evaluations) when there are more), completed to `population`
+//    with random genomes; the first nsga2 generation is `population` random
+//    genomes. Later generations: `population` offspring by binary tournament
+//    (rank, then crowding), uniform crossover and per-gene mutation with
+//    probability 1/genes, then elitist (mu + lambda) survival of the
+//    parents and offspring by rank and crowding. Random search asks
+//    `population` new random genomes per generation.
+//    A configuration is never asked twice: offspring equal to an evaluated
+//    or already asked genome are redrawn (up to a bounded number of tries,
+//    so a generation may be smaller), and a generation never asks more than
+//    the evaluations left.
+//
+// Stopping: done() when the evaluations told (profile included) reach
+// max_evaluations; when no new genome could be drawn; or (kvtune, nsga2)
+// after `patience` consecutive generations that did not improve the
+// frontier. A generation improves the frontier when one of its configs is
+// feasible and not weakly dominated by any config evaluated before it
+// (exactly: the hypervolume of the feasible evaluated set grows for every
+// reference point beyond all points), or, while nothing feasible has been
+// found, when it lowers the least constraint violation.
+class Search {
+ public:
+  struct Options {
+    std::vector<PrecisionPair> candidates = kvtuner_candidates();
+    double max_bits = 16;             // budget on average equivalent bits (> 0)
+    std::optional<double> max_error;  // optional error budget (> 0)
+    int max_evaluations = 500;        // profile included (>= 1)
+    int population = 20;              // NSGA-II mu = lambda (>= 2)
+    std::uint64_t seed = 0;
+    Strategy strategy = Strategy::kKvtune;
+    bool cluster = true;            // false: one group per layer
+    double cluster_tolerance = 0.05;  // log10 units, see cluster_layers()
+    int patience = 3;                 // generations without improvement (>= 1)
+  };
+
+  // Throws kvtune::Error for invalid options (naming the field), including a
+  // kvtune strategy whose max_evaluations does not exceed the profile's
+  // num_layers x candidates evaluations.
+  Search(Options options, int num_layers);
+
+  // The configs to evaluate next, each as one pair per layer. Repeated calls
+  // without tell() return the same configs. Empty when done().
+  std::vector<std::vector<PrecisionPair>> ask();
+
+  // The measured error of each config of the last ask(), in its order.
+  // Throws kvtune::Error when nothing is asked, the count differs, or an
+  // error is NaN or infinite.
+  void tell(const std::vector<double>& errors);
+
+  bool done() const { return stage_ == Stage::kDone; }
+
+  // Evaluations told so far, profile included.
+  int evaluations() const { return evaluations_; }
+  int generation() const { return generation_; }  // generations told
+  const Options& options() const { return options_; }
+  int num_layers() const { return num_layers_; }
+
+  // The feasible non-dominated evaluated configs by (bits, error), ordered by
+  // increasing bits. Profile configs are not part of it (they lie outside the
+  // search space).
+  std::vector<Evaluated> frontier() const;
+  // Every evaluated config of the search (profile excluded), in order.
+  std::vector<Evaluated> evaluated() const;
+  // The groups searched (after the profile for kvtune; one per layer with
+  // every candidate for nsga2 and random). Pairs are candidate indices.
+  const std::vector<Group>& grouping() const { return groups_; }
+  // The additive model's frontier with its predicted errors (kvtune, after
+  // the profile; empty otherwise), ordered by increasing bits.
+  std::vector<Evaluated> additive_frontier() const;
+  // The profile (kvtune, after its tell; empty otherwise).
+  const Profile& profile() const { return profile_; }
+
+  // The whole state; from_json(to_json()) continues identically. Throws
+  // kvtune::Error on a malformed document.
+  nlohmann::json to_json() const;
+  static Search from_json(const nlohmann::json& state);
+
+ private:
+  enum class Stage { kProfile, kSearch, kDone };
+  using Genome = std::vector<int>;  // one choice per group
+
+  struct Record {
+    Genome genome;
+    double bits = 0;
+    double error = 0;
+  };
+
+  Search() = default;
+  void validate() const;
+  void prepare();  // fills pending_ for the current stage
+  void tell_profile(const std::vector<double>& errors);
+  void tell_generation(const std::vector<double>& errors);
+  void initial_generation();
+  void offspring_generation();
+  Genome random_genome();
+  bool is_new(const Genome& genome) const;  // neither evaluated nor pending
+  void add_pending(Genome genome);
+  std::vector<int> layers_of(const Genome& genome) const;  // candidate indices
+  std::vector<PrecisionPair> pairs_of(const std::vector<int>& layers) const;
+  double bits_of(const std::vector<int>& layers) const;
+  Objectives objectives_of(const Record& record) const;
+  void survive(const std::vector<std::size_t>& pool);  // indices into records_
+  std::uint64_t draw_below(std::uint64_t n);
+  double draw_unit();
+  static std::string genome_key(const Genome& genome);
+  void rebuild_index();
+
+  Options options_;
+  int num_layers_ = 0;
+  Stage stage_ = Stage::kProfile;
+  std::mt19937_64 rng_;
+  Profile profile_;
+  std::vector<Group> groups_;
+  std::vector<Assignment> additive_;
+  std::vector<Record> records_;           // every evaluated genome, in order
+  std::vector<std::size_t> population_;  // indices into records_
+  std::vector<Genome> pending_;           // asked, not yet told (search stage)
+  bool pending_profile_ = false;          // pending_ is the profile
+  int evaluations_ = 0;
+  int generation_ = 0;
+  int stall_ = 0;
+  std::unordered_map<std::string, std::size_t> index_;  // genome_key -> records_
+};
+
+// The options as the job spec spells them ({"candidates": ["KV8", ...],
+// "max_bits": 4.0, "max_error": 0.1, "max_evaluations": 500, "population":
+// 20, "seed": 0, "strategy": "kvtune", "cluster": true, "cluster_tolerance":
+// 0.05, "patience": 3}); missing keys keep their defaults. Throws
+// kvtune::Error naming a bad field.
+Search::Options options_from_json(const nlohmann::json& spec);
+nlohmann::json options_to_json(const Search::Options& options);
+
+}  // namespace kvtune::search
