@@ -39,8 +39,11 @@ int64_t wall_ms() {
       .count();
 }
 
+std::atomic<bool> g_log{true};
 void log(const std::string& line) {
-  std::cerr << "kvtune coordinator: " << line << std::endl;
+  if (g_log.load(std::memory_order_relaxed)) {
+    std::cerr << "kvtune coordinator: " << line << std::endl;
+  }
 }
 
 std::string text(capnp::Text::Reader t) {
@@ -937,7 +940,7 @@ transport::CoordinatorSocket Coordinator::Impl::bind_socket(const CoordinatorOpt
 }
 
 Coordinator::Coordinator(const CoordinatorOptions& options)
-    : impl_(std::make_unique<Impl>(options)) {}
+    : impl_((g_log.store(options.log), std::make_unique<Impl>(options))) {}
 Coordinator::~Coordinator() = default;
 std::string Coordinator::api_address() const {
   return impl_->api_address();

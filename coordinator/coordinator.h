@@ -30,6 +30,7 @@ struct CoordinatorOptions {
   std::filesystem::path curve_authorized;   // workers' public keys (with CURVE)
   Scheduler::Options scheduler;
   std::chrono::milliseconds heartbeat_interval{1000};
+  bool log = true;  // one line per event on stderr
 };
 
 class Coordinator {

@@ -19,7 +19,9 @@ bool dominates(Point a, Point b) {
   return a.bits <= b.bits && a.error <= b.error && (a.bits < b.bits || a.error < b.error);
 }
 
-int pair_cost(const PrecisionPair& pair) { return pair.key.bits + pair.value.bits; }
+int pair_cost(const PrecisionPair& pair) {
+  return pair.key.bits + pair.value.bits;
+}
 
 void check_profile(const std::vector<PrecisionPair>& candidates, const Profile& profile) {
   if (candidates.empty()) throw Error("search: no candidate pairs");
@@ -34,7 +36,9 @@ void check_profile(const std::vector<PrecisionPair>& candidates, const Profile& 
 
 }  // namespace
 
-double log_error(double error) { return std::log10(std::max(error, kErrorFloor)); }
+double log_error(double error) {
+  return std::log10(std::max(error, kErrorFloor));
+}
 
 // ---------------------------------------------------------------------------
 // Pareto utilities
@@ -124,8 +128,9 @@ std::vector<Group> cluster_layers(const Profile& profile,
     bool placed = false;
     for (Group& group : groups) {
       if (group.pairs != surviving[l]) continue;
-      const bool all_close = std::all_of(group.layers.begin(), group.layers.end(),
-                                         [&](int m) { return close(l, static_cast<std::size_t>(m)); });
+      const bool all_close = std::all_of(group.layers.begin(), group.layers.end(), [&](int m) {
+        return close(l, static_cast<std::size_t>(m));
+      });
       if (all_close) {
         group.layers.push_back(static_cast<int>(l));
         placed = true;
@@ -157,8 +162,7 @@ std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& cand
     int group_max = 0;
     for (int p : group.pairs) {
       if (p < 0 || static_cast<std::size_t>(p) >= candidates.size()) {
-        throw Error("search: group " + std::to_string(g) + " names candidate " +
-                    std::to_string(p));
+        throw Error("search: group " + std::to_string(g) + " names candidate " + std::to_string(p));
       }
       int c = 0;
       double e = 0;
@@ -345,8 +349,8 @@ T field(const nlohmann::json& spec, const char* key, T fallback) {
   try {
     return spec.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
-    throw Error(std::string("search: field \"") + key + "\" has the wrong type: " +
-                spec.at(key).dump());
+    throw Error(std::string("search: field \"") + key +
+                "\" has the wrong type: " + spec.at(key).dump());
   }
 }
 
@@ -356,7 +360,7 @@ Search::Options options_from_json(const nlohmann::json& spec) {
   if (!spec.is_object()) throw Error("search: the search spec must be a JSON object");
   static const std::set<std::string> known = {
       "candidates", "max_bits", "max_error",         "max_evaluations", "population", "seed",
-      "strategy",   "cluster",  "cluster_tolerance", "patience"};
+      "strategy",   "cluster",  "cluster_tolerance", "patience",        "baselines"};
   for (const auto& item : spec.items()) {
     if (!known.count(item.key())) throw Error("search: unknown field \"" + item.key() + "\"");
   }
@@ -374,9 +378,10 @@ Search::Options options_from_json(const nlohmann::json& spec) {
         o.candidates.push_back(PrecisionPair::parse(name.get<std::string>()));
       }
     } else {
-      throw Error("search: \"candidates\" must be a list of pair names, \"kvtuner\" or "
-                  "\"hardware\", not " +
-                  c.dump());
+      throw Error(
+          "search: \"candidates\" must be a list of pair names, \"kvtuner\" or "
+          "\"hardware\", not " +
+          c.dump());
     }
   }
   o.max_bits = field(spec, "max_bits", o.max_bits);
@@ -390,6 +395,7 @@ Search::Options options_from_json(const nlohmann::json& spec) {
   o.cluster = field(spec, "cluster", o.cluster);
   o.cluster_tolerance = field(spec, "cluster_tolerance", o.cluster_tolerance);
   o.patience = field(spec, "patience", o.patience);
+  o.baselines = field(spec, "baselines", o.baselines);
   return o;
 }
 
@@ -405,7 +411,8 @@ nlohmann::json options_to_json(const Search::Options& o) {
           {"strategy", std::string(strategy_name(o.strategy))},
           {"cluster", o.cluster},
           {"cluster_tolerance", o.cluster_tolerance},
-          {"patience", o.patience}};
+          {"patience", o.patience},
+          {"baselines", o.baselines}};
 }
 
 // ---------------------------------------------------------------------------
@@ -419,7 +426,8 @@ Search::Search(Options options, int num_layers)
   } else {
     std::vector<int> all(options_.candidates.size());
     std::iota(all.begin(), all.end(), 0);
-    groups_ = singleton_groups(std::vector<std::vector<int>>(static_cast<std::size_t>(num_layers_), all));
+    groups_ =
+        singleton_groups(std::vector<std::vector<int>>(static_cast<std::size_t>(num_layers_), all));
     stage_ = Stage::kSearch;
   }
 }
@@ -451,8 +459,8 @@ void Search::validate() const {
     if (o.max_evaluations <= profile) {
       throw Error("search: \"max_evaluations\" (" + std::to_string(o.max_evaluations) +
                   ") must exceed the profile's " + std::to_string(num_layers_) + " layers x " +
-                  std::to_string(o.candidates.size()) + " candidates = " +
-                  std::to_string(profile) + " evaluations");
+                  std::to_string(o.candidates.size()) + " candidates = " + std::to_string(profile) +
+                  " evaluations");
     }
   }
 }
@@ -467,11 +475,13 @@ std::uint64_t Search::draw_below(std::uint64_t n) {
   return x % n;
 }
 
-double Search::draw_unit() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+double Search::draw_unit() {
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
 
-std::string Search::genome_key(const Genome& genome) {
+std::string Search::config_key(const std::vector<int>& layers) {
   std::string key;
-  for (int g : genome) {
+  for (int g : layers) {
     key += std::to_string(g);
     key += ',';
   }
@@ -505,12 +515,29 @@ Objectives Search::objectives_of(const Record& record) const {
   return {record.bits, record.error, violation({record.bits, record.error}, budget)};
 }
 
-bool Search::is_new(const Genome& genome) const {
-  if (index_.count(genome_key(genome))) return false;
-  return std::find(pending_.begin(), pending_.end(), genome) == pending_.end();
+Search::Genome Search::genome_of(const std::vector<int>& layers) const {
+  Genome genome(groups_.size());
+  for (std::size_t g = 0; g < groups_.size(); ++g) {
+    const int pair = layers[static_cast<std::size_t>(groups_[g].layers.front())];
+    for (int l : groups_[g].layers) {
+      if (layers[static_cast<std::size_t>(l)] != pair) return {};
+    }
+    const auto& pairs = groups_[g].pairs;
+    const auto at = std::find(pairs.begin(), pairs.end(), pair);
+    if (at == pairs.end()) return {};
+    genome[g] = static_cast<int>(at - pairs.begin());
+  }
+  return genome;
 }
 
-void Search::add_pending(Genome genome) { pending_.push_back(std::move(genome)); }
+bool Search::is_new(const std::vector<int>& layers) const {
+  if (index_.count(config_key(layers))) return false;
+  return std::find(pending_.begin(), pending_.end(), layers) == pending_.end();
+}
+
+void Search::add_if_new(std::vector<int> layers) {
+  if (is_new(layers)) pending_.push_back(std::move(layers));
+}
 
 Search::Genome Search::random_genome() {
   Genome genome(groups_.size());
@@ -534,7 +561,7 @@ std::vector<std::vector<PrecisionPair>> Search::ask() {
     }
     return configs;
   }
-  for (const Genome& genome : pending_) configs.push_back(pairs_of(layers_of(genome)));
+  for (const auto& layers : pending_) configs.push_back(pairs_of(layers));
   return configs;
 }
 
@@ -554,6 +581,12 @@ void Search::prepare() {
 void Search::initial_generation() {
   const auto remaining = static_cast<std::size_t>(options_.max_evaluations - evaluations_);
   const auto population = static_cast<std::size_t>(options_.population);
+  if (options_.baselines && generation_ == 0) {
+    for (std::size_t p = 0; p < options_.candidates.size() && pending_.size() < remaining; ++p) {
+      if (options_.candidates[p].equivalent_bits() > options_.max_bits) continue;
+      add_if_new(std::vector<int>(static_cast<std::size_t>(num_layers_), static_cast<int>(p)));
+    }
+  }
   if (options_.strategy == Strategy::kKvtune) {
     const Budget budget{options_.max_bits, options_.max_error};
     std::vector<Genome> seeds;
@@ -571,21 +604,24 @@ void Search::initial_generation() {
       }
       seeds = std::move(picked);
     }
-    for (Genome& seed : seeds) {
+    for (const Genome& seed : seeds) {
       if (pending_.size() >= remaining) break;
-      if (is_new(seed)) add_pending(std::move(seed));
+      add_if_new(layers_of(seed));
     }
   }
-  const std::size_t target = std::min(population, remaining);
+  const std::size_t target = std::min(std::max(population, pending_.size()), remaining);
   for (std::size_t tries = 0; pending_.size() < target && tries < 100 * population; ++tries) {
-    Genome genome = random_genome();
-    if (is_new(genome)) add_pending(std::move(genome));
+    add_if_new(layers_of(random_genome()));
   }
 }
 
 void Search::offspring_generation() {
   const auto remaining = static_cast<std::size_t>(options_.max_evaluations - evaluations_);
   const auto population = static_cast<std::size_t>(options_.population);
+  if (population_.empty()) {  // only configs outside the space so far: start afresh
+    initial_generation();
+    return;
+  }
   std::vector<Objectives> objectives;
   for (std::size_t i : population_) objectives.push_back(objectives_of(records_[i]));
   const std::vector<int> ranks = nondominated_ranks(objectives);
@@ -611,7 +647,7 @@ void Search::offspring_generation() {
       const auto other = static_cast<int>(draw_below(options - 1));
       child[g] = other >= child[g] ? other + 1 : other;
     }
-    if (is_new(child)) add_pending(std::move(child));
+    add_if_new(layers_of(child));
   }
 }
 
@@ -620,9 +656,8 @@ void Search::tell(const std::vector<double>& errors) {
     throw Error("search: tell() without a pending ask()");
   }
   const std::size_t expected =
-      pending_profile_
-          ? static_cast<std::size_t>(num_layers_) * options_.candidates.size()
-          : pending_.size();
+      pending_profile_ ? static_cast<std::size_t>(num_layers_) * options_.candidates.size()
+                       : pending_.size();
   if (errors.size() != expected) {
     throw Error("search: tell() got " + std::to_string(errors.size()) + " errors for " +
                 std::to_string(expected) + " asked configs");
@@ -650,7 +685,7 @@ void Search::tell_profile(const std::vector<double>& errors) {
   const auto surviving = prune_pairs(options_.candidates, profile_);
   groups_ = options_.cluster ? cluster_layers(profile_, surviving, options_.cluster_tolerance)
                              : singleton_groups(surviving);
-  additive_ = additive_frontier(options_.candidates, profile_, groups_);
+  additive_ = search::additive_frontier(options_.candidates, profile_, groups_);
   stage_ = evaluations_ >= options_.max_evaluations ? Stage::kDone : Stage::kSearch;
 }
 
@@ -659,11 +694,12 @@ void Search::tell_generation(const std::vector<double>& errors) {
   std::vector<std::size_t> fresh;
   for (std::size_t i = 0; i < pending_.size(); ++i) {
     Record record;
-    record.genome = pending_[i];
-    record.bits = bits_of(layers_of(record.genome));
+    record.layers = pending_[i];
+    record.genome = genome_of(record.layers);
+    record.bits = bits_of(record.layers);
     record.error = errors[i];
-    index_[genome_key(record.genome)] = records_.size();
-    fresh.push_back(records_.size());
+    index_[config_key(record.layers)] = records_.size();
+    if (!record.genome.empty()) fresh.push_back(records_.size());
     records_.push_back(std::move(record));
   }
   evaluations_ += static_cast<int>(errors.size());
@@ -679,7 +715,7 @@ void Search::tell_generation(const std::vector<double>& errors) {
     least_violation_before = std::min(least_violation_before, v);
     feasible_before = feasible_before || v <= 0;
   }
-  for (std::size_t n : fresh) {
+  for (std::size_t n = before; n < records_.size(); ++n) {
     const Objectives o = objectives_of(records_[n]);
     if (o.violation > 0) {
       if (!feasible_before && o.violation < least_violation_before) improved = true;
@@ -722,7 +758,7 @@ void Search::survive(const std::vector<std::size_t>& pool) {
 std::vector<Evaluated> Search::evaluated() const {
   std::vector<Evaluated> out;
   for (const Record& r : records_) {
-    out.push_back({pairs_of(layers_of(r.genome)), r.bits, r.error});
+    out.push_back({pairs_of(r.layers), r.bits, r.error});
   }
   return out;
 }
@@ -738,7 +774,7 @@ std::vector<Evaluated> Search::frontier() const {
   std::vector<Evaluated> out;
   for (std::size_t k : pareto_front(points)) {
     const Record& r = records_[feasible[k]];
-    out.push_back({pairs_of(layers_of(r.genome)), r.bits, r.error});
+    out.push_back({pairs_of(r.layers), r.bits, r.error});
   }
   return out;
 }
@@ -753,7 +789,7 @@ std::vector<Evaluated> Search::additive_frontier() const {
 
 void Search::rebuild_index() {
   index_.clear();
-  for (std::size_t i = 0; i < records_.size(); ++i) index_[genome_key(records_[i].genome)] = i;
+  for (std::size_t i = 0; i < records_.size(); ++i) index_[config_key(records_[i].layers)] = i;
 }
 
 // ---------------------------------------------------------------------------
@@ -784,7 +820,8 @@ nlohmann::json Search::to_json() const {
   }
   nlohmann::json records = nlohmann::json::array();
   for (const Record& r : records_) {
-    records.push_back({{"genome", r.genome}, {"bits", r.bits}, {"error", r.error}});
+    records.push_back(
+        {{"layers", r.layers}, {"genome", r.genome}, {"bits", r.bits}, {"error", r.error}});
   }
   return {{"version", 1},
           {"options", options_to_json(options_)},
@@ -833,11 +870,11 @@ Search Search::from_json(const nlohmann::json& state) {
                              {a.at("bits").get<double>(), a.at("error").get<double>()}});
     }
     for (const auto& r : state.at("records")) {
-      s.records_.push_back(
-          {r.at("genome").get<Genome>(), r.at("bits").get<double>(), r.at("error").get<double>()});
+      s.records_.push_back({r.at("layers").get<std::vector<int>>(), r.at("genome").get<Genome>(),
+                            r.at("bits").get<double>(), r.at("error").get<double>()});
     }
     s.population_ = state.at("population").get<std::vector<std::size_t>>();
-    s.pending_ = state.at("pending").get<std::vector<Genome>>();
+    s.pending_ = state.at("pending").get<std::vector<std::vector<int>>>();
     s.pending_profile_ = state.at("pending_profile").get<bool>();
     s.evaluations_ = state.at("evaluations").get<int>();
     s.generation_ = state.at("generation").get<int>();
@@ -864,11 +901,25 @@ Search Search::from_json(const nlohmann::json& state) {
       }
     }
   }
-  for (const Record& r : s.records_) check_genome(r.genome);
-  for (const Genome& g : s.pending_) check_genome(g);
+  auto check_layers = [&](const std::vector<int>& layers) {
+    if (layers.size() != static_cast<std::size_t>(s.num_layers_)) {
+      throw Error("search: state config of the wrong length");
+    }
+    for (int p : layers) {
+      if (p < 0 || static_cast<std::size_t>(p) >= s.options_.candidates.size()) {
+        throw Error("search: state config names a bad candidate");
+      }
+    }
+  };
+  for (const Record& r : s.records_) {
+    check_layers(r.layers);
+    if (!r.genome.empty()) check_genome(r.genome);
+  }
+  for (const auto& layers : s.pending_) check_layers(layers);
   for (const Assignment& a : s.additive_) check_genome(a.choice);
   for (std::size_t i : s.population_) {
-    if (i >= s.records_.size()) throw Error("search: state population names a bad record");
+    if (i >= s.records_.size() || s.records_[i].genome.empty())
+      throw Error("search: state population names a bad record");
   }
   s.rebuild_index();
   return s;

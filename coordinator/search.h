@@ -30,14 +30,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "kvtune/common/precision.h"
 
@@ -120,7 +119,8 @@ struct Assignment {
 // multiple-choice knapsack: the cost of a layer is key bits + value bits (an
 // integer), so the dynamic program keeps, for every reachable integer total,
 // the least predicted error. Of assignments with equal total and equal error
-// the one found first (lower choice indices, earlier groups) is kept.
+// the one the program meets first (scanning totals, then choices, in
+// ascending order) is kept, so the result is deterministic.
 std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& candidates,
                                           const Profile& profile, const std::vector<Group>& groups);
 
@@ -198,6 +198,12 @@ struct Evaluated {
 //    or already asked genome are redrawn (up to a bounded number of tries,
 //    so a generation may be smaller), and a generation never asks more than
 //    the evaluations left.
+//    With `baselines` (the default) the first generation of every strategy
+//    starts with the uniform configs (one candidate on every layer) whose
+//    bits meet max_bits, in candidate order, so that no uniform config can
+//    dominate a reported frontier point. A uniform config outside the
+//    searched space (its pair pruned on some layer, or not shared by a
+//    group) is evaluated and reported but takes no part in NSGA-II.
 //
 // Stopping: done() when the evaluations told (profile included) reach
 // max_evaluations; when no new genome could be drawn; or (kvtune, nsga2)
@@ -217,9 +223,10 @@ class Search {
     int population = 20;              // NSGA-II mu = lambda (>= 2)
     std::uint64_t seed = 0;
     Strategy strategy = Strategy::kKvtune;
-    bool cluster = true;            // false: one group per layer
+    bool cluster = true;              // false: one group per layer
     double cluster_tolerance = 0.05;  // log10 units, see cluster_layers()
     int patience = 3;                 // generations without improvement (>= 1)
+    bool baselines = true;            // evaluate the uniform configs first (see above)
   };
 
   // Throws kvtune::Error for invalid options (naming the field), including a
@@ -269,7 +276,8 @@ class Search {
   using Genome = std::vector<int>;  // one choice per group
 
   struct Record {
-    Genome genome;
+    std::vector<int> layers;  // candidate index per layer
+    Genome genome;            // empty when not in the searched space
     double bits = 0;
     double error = 0;
   };
@@ -282,16 +290,17 @@ class Search {
   void initial_generation();
   void offspring_generation();
   Genome random_genome();
-  bool is_new(const Genome& genome) const;  // neither evaluated nor pending
-  void add_pending(Genome genome);
+  bool is_new(const std::vector<int>& layers) const;  // neither evaluated nor pending
+  void add_if_new(std::vector<int> layers);
   std::vector<int> layers_of(const Genome& genome) const;  // candidate indices
+  Genome genome_of(const std::vector<int>& layers) const;  // empty when not expressible
   std::vector<PrecisionPair> pairs_of(const std::vector<int>& layers) const;
   double bits_of(const std::vector<int>& layers) const;
   Objectives objectives_of(const Record& record) const;
   void survive(const std::vector<std::size_t>& pool);  // indices into records_
   std::uint64_t draw_below(std::uint64_t n);
   double draw_unit();
-  static std::string genome_key(const Genome& genome);
+  static std::string config_key(const std::vector<int>& layers);
   void rebuild_index();
 
   Options options_;
@@ -301,14 +310,14 @@ class Search {
   Profile profile_;
   std::vector<Group> groups_;
   std::vector<Assignment> additive_;
-  std::vector<Record> records_;           // every evaluated genome, in order
-  std::vector<std::size_t> population_;  // indices into records_
-  std::vector<Genome> pending_;           // asked, not yet told (search stage)
-  bool pending_profile_ = false;          // pending_ is the profile
+  std::vector<Record> records_;            // every evaluated genome, in order
+  std::vector<std::size_t> population_;    // indices into records_
+  std::vector<std::vector<int>> pending_;  // asked configs (candidate per layer), not told
+  bool pending_profile_ = false;           // pending_ is the profile
   int evaluations_ = 0;
   int generation_ = 0;
   int stall_ = 0;
-  std::unordered_map<std::string, std::size_t> index_;  // genome_key -> records_
+  std::unordered_map<std::string, std::size_t> index_;  // config_key -> records_
 };
 
 // The options as the job spec spells them ({"candidates": ["KV8", ...],

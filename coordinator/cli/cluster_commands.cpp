@@ -84,52 +84,11 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-void print_job(const json& job) {
-  const json& p = job["progress"];
-  std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
-            << "state     " << job.value("state", "") << "\n"
-            << "model     " << job.value("model", "") << "\n"
-            << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
-  if (p.value("failed", 0) > 0) std::cout << ", " << p.value("failed", 0) << " failed";
-  std::cout << "\n";
-  if (job.contains("error")) std::cout << "error     " << job["error"].get<std::string>() << "\n";
-  if (!job.contains("results") || job["results"].empty()) return;
-  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", "config", "avg bits", "bytes/tok", "KL", "dNLL",
-              "top-1");
-  for (const auto& r : job["results"]) {
-    std::string name = r.value("config", "");
-    if (name.size() > 32) name = name.substr(0, 29) + "...";
-    const json& m = r["metrics"];
-    std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),
-                fixed(m.value("avg_bits", 0.0), 3).c_str(),
-                fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
-                fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
-                fixed(m.value("top1_agreement", 0.0), 4).c_str());
-  }
-  for (const auto& f : job.value("failures", json::array())) {
-    std::cout << "failed " << f.value("config", "") << ":";
-    for (const auto& e : f["errors"]) std::cout << "\n  " << e.get<std::string>();
-    std::cout << "\n";
-  }
-}
+}  // namespace
 
-// A path the spec names, made absolute when it exists here (workers resolve
-// relative paths in their own working directory, which is rarely the same).
-void absolutize(json& spec, const char* field) {
-  if (!spec.contains(field) || !spec[field].is_string()) return;
-  const std::string value = spec[field].get<std::string>();
-  if (value.empty() || value.starts_with("builtin:") || value.starts_with("sample:")) return;
-  std::error_code ec;
-  if (std::filesystem::path(value).is_relative() && std::filesystem::exists(value, ec)) {
-    spec[field] = std::filesystem::absolute(value).lexically_normal().string();
-  }
-}
-
-bool finished(const std::string& state) {
+bool job_finished(const std::string& state) {
   return state == "done" || state == "failed" || state == "cancelled";
 }
-
-}  // namespace
 
 int coordinator_command(const std::vector<std::string>& args) {
   CoordinatorOptions o;
@@ -215,8 +174,8 @@ int submit_command(const std::vector<std::string>& args) {
   } catch (const json::parse_error& e) {
     throw Error("job spec " + file + " is not valid JSON: " + e.what());
   }
-  absolutize(spec, "model");
-  absolutize(spec, "data");
+  absolutize_path(spec, "model");
+  absolutize_path(spec, "data");
   try {
     JobSpec::parse(spec);  // the same checks the coordinator makes, before the round trip
   } catch (const JobSpecError& e) {
@@ -234,7 +193,7 @@ int submit_command(const std::vector<std::string>& args) {
   }
   while (true) {
     const json job = client.call("GET", "/v1/jobs/" + id);
-    if (finished(job.value("state", ""))) {
+    if (job_finished(job.value("state", ""))) {
       if (client.json_output) {
         std::cout << job.dump() << "\n";
       } else {
@@ -332,6 +291,51 @@ int workers_command(const std::vector<std::string>& args) {
                 w.value("results", 0), models.c_str());
   }
   return 0;
+}
+
+void print_job(const json& job) {
+  const json& p = job["progress"];
+  std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
+            << "state     " << job.value("state", "") << "\n"
+            << "model     " << job.value("model", "") << "\n"
+            << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
+  if (p.value("failed", 0) > 0) std::cout << ", " << p.value("failed", 0) << " failed";
+  std::cout << "\n";
+  if (job.contains("error")) std::cout << "error     " << job["error"].get<std::string>() << "\n";
+  if (!job.contains("results") || job["results"].empty()) return;
+  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", "config", "avg bits", "bytes/tok", "KL", "dNLL",
+              "top-1");
+  for (const auto& r : job["results"]) {
+    std::string name = r.value("config", "");
+    if (name.size() > 32) name = name.substr(0, 29) + "...";
+    const json& m = r["metrics"];
+    std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),
+                fixed(m.value("avg_bits", 0.0), 3).c_str(),
+                fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
+                fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
+                fixed(m.value("top1_agreement", 0.0), 4).c_str());
+  }
+  if (job.contains("model_info") && job["model_info"].value("synthetic", false)) {
+    std::cout << "note: " << job.value("model", "")
+              << " is a synthetic, generated model (not a trained LM)\n";
+  }
+  for (const auto& f : job.value("failures", json::array())) {
+    std::cout << "failed " << f.value("config", "") << ":";
+    for (const auto& e : f["errors"]) std::cout << "\n  " << e.get<std::string>();
+    std::cout << "\n";
+  }
+}
+
+// A path the spec names, made absolute when it exists here (workers resolve
+// relative paths in their own working directory, which is rarely the same).
+void absolutize_path(nlohmann::json& spec, const char* field) {
+  if (!spec.contains(field) || !spec[field].is_string()) return;
+  const std::string value = spec[field].get<std::string>();
+  if (value.empty() || value.starts_with("builtin:") || value.starts_with("sample:")) return;
+  std::error_code ec;
+  if (std::filesystem::path(value).is_relative() && std::filesystem::exists(value, ec)) {
+    spec[field] = std::filesystem::absolute(value).lexically_normal().string();
+  }
 }
 
 bool parse_options(const std::vector<std::string>& args,

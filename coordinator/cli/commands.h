@@ -3,6 +3,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,17 @@ int jobs_command(const std::vector<std::string>& args);
 int status_command(const std::vector<std::string>& args);
 int cancel_command(const std::vector<std::string>& args);
 int workers_command(const std::vector<std::string>& args);
+
+// `kvtune run`: a job on an embedded coordinator, store and local workers.
+int run_command(const std::vector<std::string>& args);
+
+// A job (GET /v1/jobs/{id}) as a summary and a results table.
+void print_job(const nlohmann::json& job);
+// True for the states a job does not leave: done, failed, cancelled.
+bool job_finished(const std::string& state);
+// Makes spec[field] absolute when it is a relative path that exists here
+// (workers open paths in their own working directory).
+void absolutize_path(nlohmann::json& spec, const char* field);
 
 // `kvtune keygen --out PATH`: a CURVE key pair for off-host workers.
 int keygen_command(const std::vector<std::string>& args);

@@ -19,6 +19,7 @@ commands:
   generate    greedy decode with a quantized KV cache             (runs kvtune-worker)
 
 cluster:
+  run         one job on this machine: embedded coordinator and store, local workers
   coordinator run the coordinator: job store, scheduler, HTTP API and worker socket
   worker      run a GPU/CPU worker that connects to a coordinator (runs kvtune-worker)
   submit      submit a job spec (JSON) to the coordinator; --wait prints its results
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
     }
     if (command == "formats") return kvtune::cli::formats_command(args);
     if (command == "coordinator") return kvtune::cli::coordinator_command(args);
+    if (command == "run") return kvtune::cli::run_command(args);
     if (command == "submit") return kvtune::cli::submit_command(args);
     if (command == "jobs") return kvtune::cli::jobs_command(args);
     if (command == "status") return kvtune::cli::status_command(args);

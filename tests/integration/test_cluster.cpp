@@ -372,6 +372,28 @@ TEST_F(Cluster, SigtermedWorkerSaysGoodbye) {
   EXPECT_EQ(coordinator.get("/v1/workers")["workers"].size(), 0u);
 }
 
+TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
+  const std::string store = dir.file("run-db");
+  const std::string cmd = build_path("kvtune") +
+                          " run --kind profile --model builtin:demo --data sample:2:32:0 "
+                          "--candidate KV8 --candidate KV2 --workers 2 --json --db " +
+                          store;
+  const CommandResult r = run_command(cmd);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json job = json::parse(r.output);
+  EXPECT_EQ(job["state"], "done");
+  EXPECT_EQ(job["model_info"]["synthetic"], true);
+  const auto layers = job["model_info"]["layers"].get<std::size_t>();
+  EXPECT_EQ(job["results"].size(), 2 * layers);
+  std::set<std::string> workers;
+  for (const json& res : job["results"]) workers.insert(res["worker"].get<std::string>());
+  EXPECT_EQ(workers, (std::set<std::string>{"local-0", "local-1"}));
+  // The store is kept: a second run of the same job evaluates nothing again.
+  const json again = json::parse(run_command(cmd).output);
+  EXPECT_EQ(again["results"], job["results"]);
+  EXPECT_TRUE(std::filesystem::exists(store + "/store"));
+}
+
 TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
   REQUIRE_MODEL();
   const std::string kvtune = build_path("kvtune");

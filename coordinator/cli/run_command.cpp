@@ -1,0 +1,242 @@
+// `kvtune run`: one job on this machine, with everything embedded: a
+// coordinator (its store in a temporary directory, or --db to keep it and
+// resume), local worker processes on loopback, the job, its results.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+#include "coordinator.h"
+#include "http.h"
+#include "kvtune/common/error.h"
+#include "kvtune/common/job_spec.h"
+
+namespace kvtune::cli {
+namespace {
+
+namespace po = boost::program_options;
+using json = nlohmann::json;
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_interrupt(int) {
+  g_interrupted.store(true);
+}
+
+// Local worker processes (`kvtune worker`), stopped with SIGTERM at the end.
+class LocalWorkers {
+ public:
+  LocalWorkers(int count, const std::string& endpoint, const std::filesystem::path& log_dir) {
+    const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
+    for (int i = 0; i < count; ++i) {
+      const std::string id = "local-" + std::to_string(i);
+      const std::string log = (log_dir / (id + ".log")).string();
+      std::vector<std::string> argv = {self.string(), "worker", "--connect", endpoint,
+                                       "--id",        id,       "--threads", "1"};
+      const pid_t pid = ::fork();
+      if (pid < 0) throw Error("cannot start a local worker: fork failed");
+      if (pid == 0) {
+        const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+          ::dup2(fd, 1);
+          ::dup2(fd, 2);
+        }
+        std::vector<char*> args;
+        for (std::string& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        ::execv(args[0], args.data());
+        ::_exit(127);
+      }
+      pids_.push_back(pid);
+    }
+  }
+  ~LocalWorkers() {
+    for (pid_t pid : pids_) ::kill(pid, SIGTERM);
+    for (pid_t pid : pids_) ::waitpid(pid, nullptr, 0);
+  }
+  LocalWorkers(const LocalWorkers&) = delete;
+  LocalWorkers& operator=(const LocalWorkers&) = delete;
+
+  // True when every worker is still running.
+  bool alive() const {
+    for (pid_t pid : pids_) {
+      if (::waitpid(pid, nullptr, WNOHANG) != 0) return false;
+    }
+    return true;
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// A fresh directory removed at the end, unless the user named one.
+class WorkDir {
+ public:
+  explicit WorkDir(const std::string& given) {
+    if (!given.empty()) {
+      path_ = given;
+      std::filesystem::create_directories(path_);
+      return;
+    }
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() /
+            ("kvtune-run-" + std::to_string(::getpid()) + "-" + std::to_string(rd() % 100000));
+    std::filesystem::create_directories(path_);
+    owned_ = true;
+  }
+  ~WorkDir() {
+    std::error_code ignored;
+    if (owned_) std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  bool owned_ = false;
+};
+
+}  // namespace
+
+int run_command(const std::vector<std::string>& args) {
+  std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
+                         scheme = "per-token-asym", zero_point = "int", db;
+  std::vector<std::string> configs, candidates;
+  int seq_len = 256, group_size = 32, residual = 0;
+  int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  bool json_output = false, verbose = false;
+  po::options_description opts(
+      "kvtune run [options]: one job on this machine, with an embedded coordinator and store and "
+      "local worker processes");
+  opts.add_options()("help,h", "show this help")(
+      "spec", po::value(&spec_file), "a job spec (JSON, as for kvtune submit); else the options:")(
+      "kind", po::value(&kind)->default_value(kind), "evaluate or profile")(
+      "model", po::value(&model)->default_value(model),
+      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+      "data", po::value(&data)->default_value(data), "calibration data")(
+      "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
+      "scheme", po::value(&scheme)->default_value(scheme), "per-token-asym or kivi")(
+      "group-size", po::value(&group_size)->default_value(group_size), "kivi group size G")(
+      "residual", po::value(&residual)->default_value(residual), "kivi window R (0: R = G)")(
+      "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
+      "config", po::value(&configs)->composing(), "a config to evaluate (repeatable)")(
+      "candidate", po::value(&candidates)->composing(),
+      "a pair to profile (repeatable; default the nine of {8,4,2}^2)")(
+      "workers", po::value(&workers)->default_value(workers), "local worker processes")(
+      "db", po::value(&db),
+      "keep the store in this directory (run again to resume); default: a temporary one")(
+      "json", po::bool_switch(&json_output), "print the job's JSON")(
+      "verbose", po::bool_switch(&verbose), "show the coordinator's log");
+  po::variables_map vm;
+  if (!parse_options(args, opts, vm)) return 0;
+  if (workers < 1) throw Error("--workers " + std::to_string(workers) + " must be at least 1");
+
+  json spec;
+  if (!spec_file.empty()) {
+    std::ifstream in(spec_file);
+    if (!in) throw Error("cannot read job spec " + spec_file);
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+      spec = json::parse(text.str());
+    } catch (const json::parse_error& e) {
+      throw Error("job spec " + spec_file + " is not valid JSON: " + e.what());
+    }
+  } else {
+    spec = {{"kind", kind},
+            {"model", model},
+            {"data", data},
+            {"seq_len", seq_len},
+            {"scheme",
+             {{"name", scheme},
+              {"group_size", group_size},
+              {"residual", residual == 0 ? group_size : residual},
+              {"zero_point", zero_point}}}};
+    if (!configs.empty()) spec["configs"] = configs;
+    if (!candidates.empty()) spec["candidates"] = candidates;
+  }
+  absolutize_path(spec, "model");
+  absolutize_path(spec, "data");
+  try {
+    JobSpec::parse(spec);
+  } catch (const JobSpecError& e) {
+    throw Error((spec_file.empty() ? std::string("the options give an ") : spec_file + ": ") +
+                e.what());
+  }
+
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  const WorkDir dir(db);
+  CoordinatorOptions options;
+  options.db = dir.path() / "store";
+  options.api = "127.0.0.1:0";
+  options.bind = "tcp://127.0.0.1:0";
+  options.log = verbose;
+  Coordinator coordinator(options);
+  std::atomic<bool> stop{false};
+  std::thread serving([&] { coordinator.run(stop); });
+  struct StopServing {
+    std::atomic<bool>& stop;
+    std::thread& serving;
+    ~StopServing() {
+      stop = true;
+      serving.join();
+    }
+  } stop_serving{stop, serving};
+
+  const LocalWorkers local(workers, coordinator.worker_endpoint(), dir.path());
+  const std::string api = coordinator.api_address();
+  const http::ClientResponse created = http::request(api, "POST", "/v1/jobs", spec.dump());
+  if (created.status != 201) throw Error("the job was refused: " + created.body);
+  const std::string id = json::parse(created.body)["id"];
+  std::cerr << "kvtune run: job " << id << " on " << workers << " local worker(s), store "
+            << options.db.string() << (db.empty() ? " (temporary)" : "") << "\n";
+
+  json job;
+  std::string last_progress;
+  const bool tty = ::isatty(2) != 0;
+  while (true) {
+    job = json::parse(http::request(api, "GET", "/v1/jobs/" + id).body);
+    if (job_finished(job.value("state", ""))) break;
+    if (g_interrupted.load()) {
+      std::cerr << "\nkvtune run: interrupted; "
+                << (db.empty() ? "nothing is kept" : "run again with the same --db to resume")
+                << "\n";
+      return 130;
+    }
+    if (!local.alive()) {
+      throw Error("a local worker exited; its log is in " + dir.path().string() +
+                  " (use --db DIR to keep it)");
+    }
+    const std::string progress = std::to_string(job["progress"].value("done", 0)) + "/" +
+                                 std::to_string(job["progress"].value("total", 0));
+    if (tty && progress != last_progress) {
+      std::cerr << "\r" << job.value("state", "") << " " << progress << "   " << std::flush;
+      last_progress = progress;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (tty) std::cerr << "\r";
+  if (json_output) {
+    std::cout << job.dump() << "\n";
+  } else {
+    print_job(job);
+  }
+  return job.value("state", "") == "done" ? 0 : 1;
+}
+
+}  // namespace kvtune::cli
