@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <cerrno>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "http.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
+#include "search.h"
 #include "store.h"
 #include "transport.h"
 
@@ -162,6 +164,7 @@ struct TaskEntry {
   std::vector<std::string> errors;
   int profile_layer = -1;  // profile jobs: the layer quantized alone
   std::string pair;        // profile jobs: its pair
+  double kl = 0;           // the result's KL once done (what a search is told)
 };
 
 struct Job {
@@ -173,6 +176,9 @@ struct Job {
   std::optional<ModelInfo> model;
   std::vector<TaskEntry> tasks;
   std::size_t done = 0, failed = 0;
+  // Search jobs: the driver, and where its pending generation starts in tasks.
+  std::optional<search::Search> search;
+  std::size_t generation_begin = 0;
 };
 
 struct WorkerInfo {
@@ -342,10 +348,25 @@ class Coordinator::Impl {
         job.tasks.push_back(std::move(entry));
       }
       Job& stored = jobs_[job.id] = std::move(job);
-      if (!active(stored.state)) continue;
+      if (!active(stored.state)) {
+        if (stored.spec.kind == JobSpec::Kind::Search && stored.model) {
+          if (auto state = store_.get_raw(Store::Area::Search, stored.id)) {
+            stored.tasks.clear();
+            stored.done = 0;
+            resume_search(stored, state, false);
+          }
+        }
+        continue;
+      }
       ++resumed;
       if (!stored.model) {
         queue_describe(stored);
+        continue;
+      }
+      if (stored.spec.kind == JobSpec::Kind::Search) {
+        stored.tasks.clear();
+        stored.done = stored.failed = 0;
+        resume_search(stored, store_.get_raw(Store::Area::Search, stored.id), true);
         continue;
       }
       requeued += queue_tasks(stored);
@@ -420,23 +441,167 @@ class Coordinator::Impl {
         }
       }
     }
-    for (TaskEntry& e : entries) {
-      EvalInputs in;
-      in.model_spec = job.spec.model;
-      in.model_fingerprint = job.model->fingerprint;
-      in.data_spec = job.spec.data;
-      in.data_fingerprint = job.model->data_fingerprint;
-      in.seq_len = job.spec.seq_len;
-      in.scheme = job.spec.scheme;
-      in.layers = parse_layer_config(e.layers, n);
-      in.metric = job.spec.metric;
-      capnp::MallocMessageBuilder message;
-      auto request = message.initRoot<schema::EvalRequest>();
-      build_eval_request(in, request);
-      e.eval_key = evaluation_key(request.asReader());
-      e.request = serialize_request(request.asReader());
-    }
+    for (TaskEntry& e : entries) address(job, parse_layer_config(e.layers, n), e);
     return entries;
+  }
+
+  // Fills the request and evaluation key of `e` for `layers` of the job's model.
+  static void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e) {
+    EvalInputs in;
+    in.model_spec = job.spec.model;
+    in.model_fingerprint = job.model->fingerprint;
+    in.data_spec = job.spec.data;
+    in.data_fingerprint = job.model->data_fingerprint;
+    in.seq_len = job.spec.seq_len;
+    in.scheme = job.spec.scheme;
+    in.layers = layers;
+    in.metric = job.spec.metric;
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<schema::EvalRequest>();
+    build_eval_request(in, request);
+    e.layers = format_layer_config(layers);
+    e.eval_key = evaluation_key(request.asReader());
+    e.request = serialize_request(request.asReader());
+  }
+
+  // --- search jobs: one generation of evaluations at a time --------------
+
+  void start_search(Job& job) {
+    try {
+      job.search.emplace(search::options_from_json(job.spec.search),
+                         static_cast<int>(job.model->layers));
+    } catch (const Error& e) {
+      fail_job(job, std::string("search: ") + e.what());
+      return;
+    }
+    job.state = JobState::RUNNING;
+    persist_job(job);
+    start_generation(job);
+  }
+
+  // Resumes a search from its stored state: what it evaluated is listed as
+  // done, and its pending generation (asked again: identical) is queued.
+  void resume_search(Job& job, const std::optional<std::string>& state, bool go_on) {
+    if (!state) {
+      if (!go_on) return;
+      start_search(job);
+      return;
+    }
+    try {
+      job.search.emplace(search::Search::from_json(json::parse(*state)));
+    } catch (const std::exception& e) {
+      throw Error("database " + store_.path().string() + ": the search state of job " + job.id +
+                  " cannot be read: " + e.what());
+    }
+    const search::Search& s = *job.search;
+    std::vector<std::pair<std::vector<PrecisionPair>, double>> done;
+    if (!s.profile().empty()) {
+      const auto& candidates = s.options().candidates;
+      for (std::size_t l = 0; l < s.profile().size(); ++l) {
+        for (std::size_t p = 0; p < candidates.size(); ++p) {
+          std::vector<PrecisionPair> layers(s.profile().size(),
+                                            PrecisionPair{KvFormat::full(), KvFormat::full()});
+          layers[l] = candidates[p];
+          done.emplace_back(layers, s.profile()[l][p]);
+        }
+      }
+    }
+    for (const auto& e : s.evaluated()) done.emplace_back(e.layers, e.error);
+    for (const auto& [layers, error] : done) {
+      TaskEntry e;
+      address(job, layers, e);
+      e.config = e.layers;
+      e.state = TaskState::DONE;
+      e.kl = error;
+      job.tasks.push_back(std::move(e));
+      ++job.done;
+    }
+    job.generation_begin = job.tasks.size();
+    if (go_on) start_generation(job);
+  }
+
+  // Asks the search for its next generation and queues it; tells it at once
+  // when every config is stored already.
+  void start_generation(Job& job) {
+    while (job.state == JobState::RUNNING) {
+      const auto configs =
+          job.search->done() ? std::vector<std::vector<PrecisionPair>>{} : job.search->ask();
+      batch_.put_search_state(job.id, job.search->to_json().dump());
+      if (configs.empty()) {
+        finish_search(job);
+        return;
+      }
+      job.generation_begin = job.tasks.size();
+      for (const auto& layers : configs) {
+        TaskEntry e;
+        address(job, layers, e);
+        e.config = e.layers;
+        job.tasks.push_back(std::move(e));
+      }
+      std::size_t queued = 0;
+      for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+        TaskEntry& t = job.tasks[i];
+        if (auto kl = stored_kl(t.eval_key)) {
+          t.state = TaskState::DONE;
+          t.kl = *kl;
+          ++job.done;
+          ++cache_hits_;
+          continue;
+        }
+        scheduler_.add(
+            Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+        ++queued;
+      }
+      log("job " + job.id + ": search generation " + std::to_string(job.search->generation()) +
+          ", " + std::to_string(configs.size()) + " configs, " + std::to_string(queued) +
+          " queued");
+      if (queued > 0) return;
+      if (!tell_generation(job)) return;
+    }
+  }
+
+  // After a task of the pending generation settled: when all have, tells the
+  // search and starts the next generation.
+  void search_task_settled(Job& job) {
+    for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+      if (job.tasks[i].state == TaskState::PENDING) return;
+    }
+    if (tell_generation(job)) start_generation(job);
+  }
+
+  // Tells the search the pending generation's errors; false when the job failed.
+  bool tell_generation(Job& job) {
+    std::vector<double> errors;
+    for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+      const TaskEntry& t = job.tasks[i];
+      if (t.state == TaskState::FAILED) {
+        fail_job(job, "the search's evaluation of " + t.layers +
+                          " failed: " + (t.errors.empty() ? std::string("?") : t.errors.back()));
+        return false;
+      }
+      errors.push_back(t.kl);
+    }
+    try {
+      job.search->tell(errors);
+    } catch (const Error& e) {
+      fail_job(job, std::string("search: ") + e.what());
+      return false;
+    }
+    return true;
+  }
+
+  void finish_search(Job& job) {
+    job.state = JobState::DONE;
+    persist_job(job);
+    log("job " + job.id + " done: search of " + std::to_string(job.search->evaluations()) +
+        " evaluations, " + std::to_string(job.search->frontier().size()) + " frontier configs");
+  }
+
+  // The KL of a stored (or just received) evaluation.
+  std::optional<double> stored_kl(const std::string& key) const {
+    if (auto it = unflushed_results_.find(key); it != unflushed_results_.end()) return it->second;
+    if (auto r = store_.get_result(key)) return r->get().getKl();
+    return std::nullopt;
   }
 
   // Adds the job's unfinished tasks to the scheduler; a stored result
@@ -464,6 +629,10 @@ class Coordinator::Impl {
 
   void described(Job& job, const ModelInfo& model) {
     job.model = model;
+    if (job.spec.kind == JobSpec::Kind::Search) {
+      start_search(job);
+      return;
+    }
     try {
       job.tasks = expand(job);
     } catch (const Error& e) {
@@ -609,7 +778,7 @@ class Coordinator::Impl {
       ++duplicate_results_;
     } else {
       batch_.put_result(key, r.getResult());
-      unflushed_results_.insert(key);
+      unflushed_results_[key] = r.getResult().getKl();
       ++evaluations_total_;
       recent_results_.push_back(now);
       if (auto w = workers_.find(worker); w != workers_.end()) ++w->second.results;
@@ -620,8 +789,13 @@ class Coordinator::Impl {
       TaskEntry& entry = job->tasks[static_cast<std::size_t>(index)];
       if (entry.state != TaskState::PENDING) continue;
       entry.state = TaskState::DONE;
+      entry.kl = r.getResult().getKl();
       ++job->done;
-      maybe_finish(*job);
+      if (job->search) {
+        search_task_settled(*job);
+      } else {
+        maybe_finish(*job);
+      }
     }
   }
 
@@ -641,6 +815,10 @@ class Coordinator::Impl {
       entry.state = TaskState::FAILED;
       entry.errors = failure.errors;
       ++job->failed;
+      if (job->search) {
+        search_task_settled(*job);
+        continue;
+      }
       persist_task(*job, static_cast<std::size_t>(index));
       maybe_finish(*job);
     }
@@ -745,12 +923,12 @@ class Coordinator::Impl {
       return json_response(400, {{"error", "invalid job spec"}, {"fields", fields}});
     }
     if (spec.kind == JobSpec::Kind::Search) {
-      return json_response(400, {{"error", "invalid job spec"},
-                                 {"fields",
-                                  {{{"field", "kind"},
-                                    {"message",
-                                     "search jobs are not available in this coordinator yet; use "
-                                     "evaluate or profile"}}}}});
+      try {
+        search::options_from_json(spec.search);
+      } catch (const Error& e) {
+        return json_response(400, {{"error", "invalid job spec"},
+                                   {"fields", {{{"field", "search"}, {"message", e.what()}}}}});
+      }
     }
     const std::string id = submit(spec);
     return json_response(201, {{"id", id}, {"state", "queued"}});
@@ -771,6 +949,9 @@ class Coordinator::Impl {
   json progress_json(const Job& job) const {
     std::size_t total = job.tasks.size();
     if (!job.model && job.spec.kind == JobSpec::Kind::Evaluate) total = job.spec.configs.size();
+    if (job.search && active(job.state)) {
+      total = std::max(total, static_cast<std::size_t>(job.search->options().max_evaluations));
+    }
     return {{"done", job.done}, {"failed", job.failed}, {"total", total}};
   }
 
@@ -817,6 +998,43 @@ class Coordinator::Impl {
         }
       }
       results.push_back(std::move(entry));
+    }
+    if (job.search) {
+      // The frontier and the uniform baselines, in the shape of "results".
+      std::map<std::string, json> by_layers;
+      for (const json& r : results) by_layers.emplace(r["layers"].get<std::string>(), r);
+      json frontier = json::array(), baselines = json::array();
+      for (const auto& f : job.search->frontier()) {
+        if (auto it = by_layers.find(format_layer_config(f.layers)); it != by_layers.end()) {
+          frontier.push_back(it->second);
+        }
+      }
+      for (const auto& [layers, r] : by_layers) {
+        const auto pairs = parse_layer_config(layers, static_cast<int>(job.model->layers));
+        if (std::all_of(pairs.begin(), pairs.end(), [&](const auto& p) { return p == pairs[0]; })) {
+          baselines.push_back(r);
+        }
+      }
+      const auto& candidates = job.search->options().candidates;
+      json grouping = json::array();
+      for (const auto& g : job.search->grouping()) {
+        json pairs = json::array();
+        for (int p : g.pairs) pairs.push_back(candidates[static_cast<std::size_t>(p)].name());
+        grouping.push_back({{"layers", g.layers}, {"pairs", pairs}});
+      }
+      json predicted = json::array();
+      for (const auto& a : job.search->additive_frontier()) {
+        predicted.push_back({{"layers", format_layer_config(a.layers)},
+                             {"avg_bits", a.bits},
+                             {"predicted_kl", a.error}});
+      }
+      out["frontier"] = std::move(frontier);
+      out["baselines"] = std::move(baselines);
+      out["search"] = {{"strategy", search::strategy_name(job.search->options().strategy)},
+                       {"evaluations", job.search->evaluations()},
+                       {"generation", job.search->generation()},
+                       {"grouping", grouping},
+                       {"additive_frontier", predicted}};
     }
     out["results"] = std::move(results);
     if (!failures.empty()) out["failures"] = std::move(failures);
@@ -915,7 +1133,7 @@ class Coordinator::Impl {
   boost::asio::io_context io_;
   http::Server http_;
   Store::Batch batch_;
-  std::set<std::string> unflushed_results_;
+  std::map<std::string, double> unflushed_results_;  // key -> KL
   std::map<std::string, Job> jobs_;
   std::map<std::string, WorkerInfo> workers_;
   std::deque<Clock::time_point> recent_results_;

@@ -297,6 +297,11 @@ void Store::Batch::put_result(std::string_view eval_key, schema::EvalResult::Rea
   writes_.push_back({kEvaluations, std::string(eval_key), serialize(result)});
 }
 
+void Store::Batch::put_search_state(std::string_view job_id, std::string_view state) {
+  check_id("job id", job_id);
+  writes_.push_back({kSearch, std::string(job_id), std::string(state)});
+}
+
 void Store::write(Batch& batch) {
   if (batch.empty()) return;
   rocksdb::WriteBatch rocks;

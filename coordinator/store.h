@@ -84,6 +84,7 @@ class Store {
     void put_job(schema::JobRecord::Reader job);
     void put_task(schema::TaskRecord::Reader task);
     void put_result(std::string_view eval_key, schema::EvalResult::Reader result);
+    void put_search_state(std::string_view job_id, std::string_view state);
     bool empty() const { return writes_.empty(); }
     std::size_t size() const { return writes_.size(); }
 

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <boost/asio.hpp>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -370,6 +371,139 @@ TEST_F(Cluster, SigtermedWorkerSaysGoodbye) {
       [&] { return coordinator.process().log().find("w1 says goodbye") != std::string::npos; },
       10s));
   EXPECT_EQ(coordinator.get("/v1/workers")["workers"].size(), 0u);
+}
+
+// --- search jobs ------------------------------------------------------------
+
+const std::vector<std::string> kFivePairs = {"KV8", "K8V4", "KV4", "K4V2", "KV2"};
+
+json search_spec(int max_evaluations) {
+  return {{"kind", "search"},
+          {"model", kModel},
+          {"data", "sample:2:64:0"},
+          {"search",
+           {{"candidates", kFivePairs},
+            {"max_bits", 8},
+            {"max_evaluations", max_evaluations},
+            {"seed", 0}}}};
+}
+
+struct BitsKl {
+  double bits, log_kl;
+};
+BitsKl point(const json& result) {
+  return {result["metrics"]["avg_bits"].get<double>(),
+          std::log10(std::max(result["metrics"]["kl"].get<double>(), 1e-12))};
+}
+
+// The area dominated by `points` (minimizing both) inside the box below `ref`,
+// computed independently of the search library: sweep by bits.
+double hypervolume(std::vector<BitsKl> points, BitsKl ref) {
+  std::sort(points.begin(), points.end(),
+            [](const BitsKl& a, const BitsKl& b) { return a.bits < b.bits; });
+  double area = 0, best = ref.log_kl;
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    best = std::min(best, points[i].log_kl);
+    const double next = i + 1 < points.size() ? std::min(points[i + 1].bits, ref.bits) : ref.bits;
+    if (points[i].bits < ref.bits && next > points[i].bits)
+      area += (next - points[i].bits) * (ref.log_kl - best);
+  }
+  return area;
+}
+
+std::vector<std::string> all_configs() {
+  std::vector<std::string> out;
+  for (int i = 0; i < 3125; ++i) {
+    std::string c;
+    for (int l = 0, x = i; l < 5; ++l, x /= 5) c += (l ? "," : "") + kFivePairs[x % 5];
+    out.push_back(c);
+  }
+  return out;
+}
+
+TEST_F(Cluster, SearchReachesTheBruteForceFrontierWithFivePercentOfItsEvaluations) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
+  const json search = coordinator.wait_job(coordinator.submit(search_spec(156)));
+  ASSERT_EQ(search["state"], "done") << search.dump(1);
+  const int used = search["search"]["evaluations"];
+  EXPECT_LE(used, 156);  // 5% of 3,125, the 25 profile evaluations included
+  EXPECT_EQ(search["progress"]["done"], used);
+
+  // The brute force, through the same cluster (reusing what the search evaluated).
+  json brute = evaluate_spec(all_configs());
+  brute["data"] = "sample:2:64:0";
+  brute.erase("scheme");
+  const json all = coordinator.wait_job(coordinator.submit(brute), std::chrono::minutes(10));
+  ASSERT_EQ(all["state"], "done");
+  ASSERT_EQ(all["results"].size(), 3125u);
+  // Every search evaluation but the 25 profile ones (one layer quantized,
+  // the others KV16) is one of the 3,125 and was not evaluated again.
+  EXPECT_EQ(coordinator.metric("kvtune_cache_hits_total"), used - 25);
+
+  std::vector<BitsKl> every, found;
+  double worst = -1e9;
+  for (const json& r : all["results"]) {
+    every.push_back(point(r));
+    worst = std::max(worst, every.back().log_kl);
+  }
+  for (const json& f : search["frontier"]) found.push_back(point(f));
+  const BitsKl ref{8.5, worst + 0.1};
+  const double share = hypervolume(found, ref) / hypervolume(every, ref);
+  std::printf("search: %d evaluations, %zu frontier configs, %.4f of the brute-force hypervolume\n",
+              used, found.size(), share);
+  EXPECT_GE(share, 0.99);
+
+  // No uniform baseline dominates a frontier point.
+  ASSERT_FALSE(search["baselines"].empty());
+  for (const json& b : search["baselines"]) {
+    const BitsKl p = point(b);
+    for (const BitsKl& f : found) {
+      EXPECT_FALSE(p.bits <= f.bits && p.log_kl <= f.log_kl &&
+                   (p.bits < f.bits || p.log_kl < f.log_kl))
+          << b["layers"] << " dominates a frontier point";
+    }
+  }
+}
+
+TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
+  REQUIRE_MODEL();
+  const auto frontier_of = [](const json& job) {
+    std::vector<std::pair<std::string, json>> out;
+    for (const json& f : job["frontier"]) out.emplace_back(f["layers"], f["metrics"]);
+    return out;
+  };
+  json uninterrupted;
+  {
+    TempDir other("kvtune-search-ref");
+    CoordinatorProcess c(other.file("db"), other.file("coordinator.log"));
+    auto w = start_worker(c.endpoint(), "ref", other.file("w.log"));
+    uninterrupted = c.wait_job(c.submit(search_spec(120)));
+    ASSERT_EQ(uninterrupted["state"], "done");
+  }
+  std::string api, endpoint, id;
+  {
+    CoordinatorProcess first(db(), log("coordinator-1"));
+    api = first.api();
+    endpoint = first.endpoint();
+    auto w1 = start_worker(endpoint, "w1", log("w1"));
+    auto w2 = start_worker(endpoint, "w2", log("w2"));
+    id = first.submit(search_spec(120));
+    ASSERT_TRUE(eventually([&] {
+      const json job = first.get("/v1/jobs/" + id);
+      if (job["progress"]["done"].get<int>() < 40) return false;
+      first.process().kill(SIGKILL);
+      return true;
+    }));
+    first.process().wait();
+    CoordinatorProcess second(db(), log("coordinator-2"), {}, api, endpoint);
+    const json resumed = second.wait_job(id);
+    ASSERT_EQ(resumed["state"], "done") << resumed.dump(1);
+    EXPECT_EQ(frontier_of(resumed), frontier_of(uninterrupted));
+    EXPECT_EQ(resumed["search"]["evaluations"], uninterrupted["search"]["evaluations"]);
+  }
 }
 
 TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
