@@ -18,9 +18,11 @@
 #include <sstream>
 
 #include "eval_key.h"
+#include "exports.h"
 #include "http.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
+#include "registry.h"
 #include "search.h"
 #include "store.h"
 #include "transport.h"
@@ -279,6 +281,7 @@ class Coordinator::Impl {
     if (batch_.empty()) return;
     store_.write(batch_);
     unflushed_results_.clear();
+    unflushed_metrics_.clear();
   }
 
   bool result_stored(const std::string& key) const {
@@ -593,8 +596,60 @@ class Coordinator::Impl {
   void finish_search(Job& job) {
     job.state = JobState::DONE;
     persist_job(job);
+    record_frontier(job);
     log("job " + job.id + " done: search of " + std::to_string(job.search->evaluations()) +
         " evaluations, " + std::to_string(job.search->frontier().size()) + " frontier configs");
+  }
+
+  // Merges a finished search's frontier into its registry entry.
+  void record_frontier(const Job& job) {
+    const std::string key = registry::key(job.model->fingerprint, job.spec.scheme.key(),
+                                          job.model->data_fingerprint, job.spec.metric);
+    std::vector<registry::Config> found;
+    for (const auto& f : job.search->frontier()) {
+      registry::Config c;
+      c.layers = format_layer_config(f.layers);
+      c.avg_bits = f.bits;
+      c.kl = f.error;
+      c.job = job.id;
+      for (const TaskEntry& t : job.tasks) {
+        if (t.layers != c.layers || t.state != TaskState::DONE) continue;
+        c.eval_key = t.eval_key;
+        if (auto it = unflushed_metrics_.find(t.eval_key); it != unflushed_metrics_.end()) {
+          c.metrics = it->second;
+        } else if (auto r = store_.get_result(t.eval_key)) {
+          c.metrics = metrics_json(r->get());
+        }
+        break;
+      }
+      found.push_back(std::move(c));
+    }
+    json entry = {{"id", registry::entry_id(key)},
+                  {"key", key},
+                  {"model", job.model->name},
+                  {"model_spec", job.spec.model},
+                  {"fingerprint", job.model->fingerprint},
+                  {"layers", job.model->layers},
+                  {"scheme", job.spec.scheme.key()},
+                  {"data", job.spec.data},
+                  {"data_fingerprint", job.model->data_fingerprint},
+                  {"metric", job.spec.metric},
+                  {"synthetic", job.model->synthetic}};
+    std::vector<registry::Config> before;
+    if (auto old = store_.get_raw(Store::Area::Registry, key)) {
+      for (const json& c : json::parse(*old).at("frontier")) {
+        before.push_back(registry::Config::from_json(c));
+      }
+    }
+    json frontier = json::array();
+    for (const auto& c : registry::merge_frontier(before, found)) frontier.push_back(c.to_json());
+    entry["frontier"] = std::move(frontier);
+    entry["updated_ms"] = wall_ms();
+    entry["jobs"] = json::array({job.id});
+    batch_.put_registry(key, entry.dump());
+    log("registry " + registry::entry_id(key) + " (" + job.model->name + ", " +
+        job.spec.scheme.key() + "): " + std::to_string(entry["frontier"].size()) +
+        " frontier configs");
   }
 
   // The KL of a stored (or just received) evaluation.
@@ -779,6 +834,7 @@ class Coordinator::Impl {
     } else {
       batch_.put_result(key, r.getResult());
       unflushed_results_[key] = r.getResult().getKl();
+      unflushed_metrics_[key] = metrics_json(r.getResult());
       ++evaluations_total_;
       recent_results_.push_back(now);
       if (auto w = workers_.find(worker); w != workers_.end()) ++w->second.results;
@@ -893,6 +949,10 @@ class Coordinator::Impl {
       if (r.method == "GET") return json_response(200, jobs_json());
       return error_response(405, "use GET or POST " + p);
     }
+    if (p == "/v1/registry" || p.starts_with("/v1/registry/")) {
+      if (r.method != "GET") return error_response(405, "use GET " + p);
+      return registry_request(p, r.query);
+    }
     const std::string prefix = "/v1/jobs/";
     if (p.starts_with(prefix)) {
       std::string id = p.substr(prefix.size());
@@ -932,6 +992,61 @@ class Coordinator::Impl {
     }
     const std::string id = submit(spec);
     return json_response(201, {{"id", id}, {"state", "queued"}});
+  }
+
+  // GET /v1/registry, /v1/registry/{id}, /v1/registry/{id}/best?max_bits=B&max_kl=E&format=F
+  http::Response registry_request(const std::string& path, const std::string& query) {
+    const auto entries = store_.list_raw(Store::Area::Registry);
+    if (path == "/v1/registry") {
+      json list = json::array();
+      for (const auto& [key, value] : entries) {
+        json e = json::parse(value);
+        e["configs"] = e["frontier"].size();
+        e.erase("frontier");
+        list.push_back(std::move(e));
+      }
+      return json_response(200, {{"entries", list}});
+    }
+    std::string rest = path.substr(std::string("/v1/registry/").size());
+    const bool best_query = rest.ends_with("/best");
+    if (best_query) rest.resize(rest.size() - std::string("/best").size());
+    json entry;
+    for (const auto& [key, value] : entries) {
+      if (registry::entry_id(key) == rest) entry = json::parse(value);
+    }
+    if (entry.is_null()) return error_response(404, "no registry entry '" + rest + "'");
+    if (!best_query) return json_response(200, entry);
+
+    std::map<std::string, std::string> params;
+    for (std::size_t start = 0; start < query.size();) {
+      const std::size_t amp = std::min(query.find('&', start), query.size());
+      const std::string item = query.substr(start, amp - start);
+      const std::size_t eq = item.find('=');
+      if (eq != std::string::npos) params[item.substr(0, eq)] = item.substr(eq + 1);
+      start = amp + 1;
+    }
+    std::optional<double> max_bits, max_kl;
+    try {
+      if (params.contains("max_bits")) max_bits = std::stod(params["max_bits"]);
+      if (params.contains("max_kl")) max_kl = std::stod(params["max_kl"]);
+    } catch (const std::exception&) {
+      return error_response(400, "max_bits and max_kl must be numbers");
+    }
+    if (!max_bits && !max_kl) return error_response(400, "give max_bits and/or max_kl");
+    std::vector<registry::Config> frontier;
+    for (const json& c : entry["frontier"]) frontier.push_back(registry::Config::from_json(c));
+    const auto chosen = registry::best(frontier, max_bits, max_kl);
+    if (!chosen)
+      return error_response(404, "no frontier config of entry " + rest + " meets the budget");
+    if (params.contains("format")) {
+      try {
+        const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
+        return {200, exports::export_config(params["format"], layers), "text/plain"};
+      } catch (const Error& e) {
+        return error_response(400, e.what());
+      }
+    }
+    return json_response(200, chosen->to_json());
   }
 
   http::Response cancel_job(Job& job) {
@@ -1134,6 +1249,7 @@ class Coordinator::Impl {
   http::Server http_;
   Store::Batch batch_;
   std::map<std::string, double> unflushed_results_;  // key -> KL
+  std::map<std::string, json> unflushed_metrics_;
   std::map<std::string, Job> jobs_;
   std::map<std::string, WorkerInfo> workers_;
   std::deque<Clock::time_point> recent_results_;

@@ -302,6 +302,11 @@ void Store::Batch::put_search_state(std::string_view job_id, std::string_view st
   writes_.push_back({kSearch, std::string(job_id), std::string(state)});
 }
 
+void Store::Batch::put_registry(std::string_view key, std::string_view value) {
+  check_id("registry key", key);
+  writes_.push_back({kRegistry, std::string(key), std::string(value)});
+}
+
 void Store::write(Batch& batch) {
   if (batch.empty()) return;
   rocksdb::WriteBatch rocks;
@@ -341,6 +346,21 @@ std::size_t Store::count_results() const {
 void Store::put_raw(Area area, std::string_view key, std::string_view value) {
   check_id("key", key);
   put(area == Area::Registry ? kRegistry : kSearch, key, value);
+}
+
+std::vector<std::pair<std::string, std::string>> Store::list_raw(Area area) const {
+  const Family family = area == Area::Registry ? kRegistry : kSearch;
+  std::vector<std::pair<std::string, std::string>> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), families_[family].get()));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    out.emplace_back(it->key().ToString(), it->value().ToString());
+  }
+  if (!it->status().ok()) {
+    throw Error("database " + path_.string() + ": cannot scan column family " +
+                kFamilyNames[family] + ": " + it->status().ToString());
+  }
+  return out;
 }
 
 std::optional<std::string> Store::get_raw(Area area, std::string_view key) const {

@@ -85,6 +85,7 @@ class Store {
     void put_task(schema::TaskRecord::Reader task);
     void put_result(std::string_view eval_key, schema::EvalResult::Reader result);
     void put_search_state(std::string_view job_id, std::string_view state);
+    void put_registry(std::string_view key, std::string_view value);
     bool empty() const { return writes_.empty(); }
     std::size_t size() const { return writes_.size(); }
 
@@ -103,6 +104,8 @@ class Store {
   enum class Area { Registry, Search };
   void put_raw(Area area, std::string_view key, std::string_view value);
   std::optional<std::string> get_raw(Area area, std::string_view key) const;
+  // Every (key, value) of an area, in key order.
+  std::vector<std::pair<std::string, std::string>> list_raw(Area area) const;
 
   // The version this build writes; a database with another one is refused.
   static std::uint32_t schema_version();

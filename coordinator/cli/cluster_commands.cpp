@@ -267,6 +267,87 @@ int cancel_command(const std::vector<std::string>& args) {
   return 0;
 }
 
+int registry_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string action, id, format;
+  double max_bits = 0, max_kl = 0;
+  po::options_description opts(
+      "kvtune registry list | show ID | best ID (--max-bits B | --max-kl E) [--format F]\n"
+      "formats: kvtuner, trtllm, sglang, hf_quant_config (see README: export formats)");
+  opts.add_options()("help,h", "show this help")("action", po::value(&action)->required(),
+                                                 "list, show or best")(
+      "id", po::value(&id), "registry entry id (from list)")(
+      "max-bits", po::value(&max_bits), "average bits budget")("max-kl", po::value(&max_kl),
+                                                               "KL budget (nats/token)")(
+      "format", po::value(&format), "print the config in an engine's format");
+  client.add_to(opts);
+  po::positional_options_description positional;
+  positional.add("action", 1).add("id", 1);
+  po::variables_map vm;
+  if (!parse_options(args, opts, vm, &positional)) return 0;
+  if (action == "list") {
+    const json entries = client.call("GET", "/v1/registry");
+    if (client.json_output) {
+      std::cout << entries.dump() << "\n";
+      return 0;
+    }
+    std::printf("%-16s %-20s %-26s %-22s %7s\n", "id", "model", "scheme", "data", "configs");
+    for (const auto& e : entries["entries"]) {
+      std::printf("%-16s %-20s %-26s %-22s %7d\n", e.value("id", "").c_str(),
+                  e.value("model", "").c_str(), e.value("scheme", "").c_str(),
+                  e.value("data", "").c_str(), e.value("configs", 0));
+    }
+    return 0;
+  }
+  if (id.empty()) throw Error("registry " + action + " needs an entry id (kvtune registry list)");
+  if (action == "show") {
+    const json entry = client.call("GET", "/v1/registry/" + id);
+    if (client.json_output) {
+      std::cout << entry.dump() << "\n";
+      return 0;
+    }
+    std::cout << "model   " << entry.value("model", "") << " (" << entry.value("model_spec", "")
+              << ")\nscheme  " << entry.value("scheme", "") << "\ndata    "
+              << entry.value("data", "") << "\n\n";
+    std::printf("%8s %12s  %s\n", "avg bits", "KL", "layers");
+    for (const auto& c : entry["frontier"]) {
+      std::printf("%8.3f %12.6f  %s\n", c.value("avg_bits", 0.0), c.value("kl", 0.0),
+                  c.value("layers", "").c_str());
+    }
+    return 0;
+  }
+  if (action != "best") throw Error("registry: unknown action '" + action + "' (list, show, best)");
+  std::string query;
+  if (vm.count("max-bits")) query += "max_bits=" + std::to_string(max_bits);
+  if (vm.count("max-kl"))
+    query += std::string(query.empty() ? "" : "&") + "max_kl=" + std::to_string(max_kl);
+  if (query.empty()) throw Error("registry best needs --max-bits and/or --max-kl");
+  if (!format.empty()) {
+    const http::ClientResponse r = http::request(
+        client.api, "GET", "/v1/registry/" + id + "/best?" + query + "&format=" + format, {},
+        client.token);
+    if (r.status != 200) {
+      std::string message = r.body;
+      try {
+        message = json::parse(r.body).value("error", r.body);
+      } catch (const json::parse_error&) {
+      }
+      throw Error("HTTP " + std::to_string(r.status) + ": " + message);
+    }
+    std::cout << r.body;
+    if (!r.body.empty() && r.body.back() != '\n') std::cout << "\n";
+    return 0;
+  }
+  const json best = client.call("GET", "/v1/registry/" + id + "/best?" + query);
+  if (client.json_output) {
+    std::cout << best.dump() << "\n";
+  } else {
+    std::printf("%s\navg bits %.3f, KL %.6f\n", best.value("layers", "").c_str(),
+                best.value("avg_bits", 0.0), best.value("kl", 0.0));
+  }
+  return 0;
+}
+
 int workers_command(const std::vector<std::string>& args) {
   ClientOptions client;
   po::options_description opts("kvtune workers [options]");

@@ -31,6 +31,8 @@ int jobs_command(const std::vector<std::string>& args);
 int status_command(const std::vector<std::string>& args);
 int cancel_command(const std::vector<std::string>& args);
 int workers_command(const std::vector<std::string>& args);
+// `kvtune registry list | show ID | best ID --max-bits B [--format F]`.
+int registry_command(const std::vector<std::string>& args);
 
 // `kvtune run`: a job on an embedded coordinator, store and local workers.
 int run_command(const std::vector<std::string>& args);

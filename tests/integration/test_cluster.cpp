@@ -506,6 +506,64 @@ TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
   }
 }
 
+TEST_F(Cluster, RegistryAnswersTheBestConfigUnderABudgetAndExportsIt) {
+  REQUIRE_MODEL();
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  json spec = search_spec(40);
+  spec["search"]["candidates"] = {"KV16", "KVfp8", "KVnvfp4"};
+  spec["search"]["max_bits"] = 16;
+  const json job = coordinator.wait_job(coordinator.submit(spec));
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+
+  const std::string api = " --api " + coordinator.api();
+  CommandResult r = run_command(build_path("kvtune") + " registry list --json" + api, true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json entries = json::parse(r.output)["entries"];
+  ASSERT_EQ(entries.size(), 1u);
+  const std::string id = entries[0]["id"];
+  EXPECT_EQ(entries[0]["configs"], job["frontier"].size());
+
+  // The best config within 6 bits is the frontier's lowest-KL one within 6 bits.
+  std::string expected;
+  double expected_kl = 1e9;
+  for (const json& f : job["frontier"]) {
+    const double bits = f["metrics"]["avg_bits"], kl = f["metrics"]["kl"];
+    if (bits <= 6 && kl < expected_kl) {
+      expected_kl = kl;
+      expected = f["layers"];
+    }
+  }
+  ASSERT_FALSE(expected.empty());
+  r = run_command(build_path("kvtune") + " registry best " + id + " --max-bits 6 --json" + api,
+                  true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(json::parse(r.output)["layers"], expected);
+
+  // TensorRT-LLM's range syntax names the same per-layer formats.
+  r = run_command(
+      build_path("kvtune") + " registry best " + id + " --max-bits 6 --format trtllm" + api, true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<std::string> from_ranges(5);
+  for (const std::string& range : captures(r.output, "([0-9]+(?:-[0-9]+)?:[a-z0-9]+)")) {
+    const auto colon = range.find(':');
+    const auto dash = range.find('-');
+    const int first = std::stoi(range.substr(0, std::min(dash, colon)));
+    const int last = dash < colon ? std::stoi(range.substr(dash + 1, colon - dash - 1)) : first;
+    for (int l = first; l <= last; ++l) from_ranges[l] = range.substr(colon + 1);
+  }
+  std::vector<std::string> from_layers;
+  for (const std::string& pair : captures(expected + ",", "KV([a-z0-9]+),")) {
+    from_layers.push_back(pair == "16" ? "bfloat16" : pair);
+  }
+  EXPECT_EQ(from_ranges, from_layers) << r.output;
+
+  // A budget nothing meets is an error, not a guess.
+  r = run_command(build_path("kvtune") + " registry best " + id + " --max-bits 1" + api, true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("budget"), std::string::npos) << r.output;
+}
+
 TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
   const std::string store = dir.file("run-db");
   const std::string cmd = build_path("kvtune") +
