@@ -384,10 +384,22 @@ void print_job(const json& job) {
   std::cout << "\n";
   if (job.contains("error")) std::cout << "error     " << job["error"].get<std::string>() << "\n";
   if (!job.contains("results") || job["results"].empty()) return;
-  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", "config", "avg bits", "bytes/tok", "KL", "dNLL",
-              "top-1");
-  for (const auto& r : job["results"]) {
+  const bool search = job.contains("frontier");
+  if (search) {
+    const json& info = job["search"];
+    std::cout << "search    " << info.value("strategy", "") << ", " << info.value("evaluations", 0)
+              << " evaluations, " << job["frontier"].size() << " configs on the frontier\n";
+  }
+  const auto print_row = [](const json& r) {
     std::string name = r.value("config", "");
+    const std::string first = name.substr(0, name.find(','));
+    bool uniform = true;
+    for (std::size_t at = 0; at != std::string::npos; at = name.find(',', at + 1)) {
+      const std::size_t start = at == 0 ? 0 : at + 1;
+      uniform = uniform && name.compare(start, first.size(), first) == 0 &&
+                (start + first.size() == name.size() || name[start + first.size()] == ',');
+    }
+    if (uniform && name.find(',') != std::string::npos) name = first + " (all layers)";
     if (name.size() > 32) name = name.substr(0, 29) + "...";
     const json& m = r["metrics"];
     std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),
@@ -395,7 +407,15 @@ void print_job(const json& job) {
                 fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
                 fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
                 fixed(m.value("top1_agreement", 0.0), 4).c_str());
+  };
+  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", search ? "frontier config" : "config", "avg bits",
+              "bytes/tok", "KL", "dNLL", "top-1");
+  for (const auto& r : job[search ? "frontier" : "results"]) print_row(r);
+  if (search && !job["baselines"].empty()) {
+    std::cout << "uniform baselines:\n";
+    for (const auto& r : job["baselines"]) print_row(r);
   }
+
   if (job.contains("model_info") && job["model_info"].value("synthetic", false)) {
     std::cout << "note: " << job.value("model", "")
               << " is a synthetic, generated model (not a trained LM)\n";

@@ -112,7 +112,8 @@ int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
                          scheme = "per-token-asym", zero_point = "int", db;
   std::vector<std::string> configs, candidates;
-  int seq_len = 256, group_size = 32, residual = 0;
+  int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0;
+  double max_bits = 16;
   int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   bool json_output = false, verbose = false;
   po::options_description opts(
@@ -120,7 +121,7 @@ int run_command(const std::vector<std::string>& args) {
       "local worker processes");
   opts.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_file), "a job spec (JSON, as for kvtune submit); else the options:")(
-      "kind", po::value(&kind)->default_value(kind), "evaluate or profile")(
+      "kind", po::value(&kind)->default_value(kind), "evaluate, profile or search")(
       "model", po::value(&model)->default_value(model),
       "llama2.c .bin, Hugging Face directory, or builtin:demo")(
       "data", po::value(&data)->default_value(data), "calibration data")(
@@ -131,7 +132,11 @@ int run_command(const std::vector<std::string>& args) {
       "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
       "config", po::value(&configs)->composing(), "a config to evaluate (repeatable)")(
       "candidate", po::value(&candidates)->composing(),
-      "a pair to profile (repeatable; default the nine of {8,4,2}^2)")(
+      "a pair to profile or search (repeatable; default the nine of {8,4,2}^2)")(
+      "max-bits", po::value(&max_bits)->default_value(max_bits), "search: average bits budget")(
+      "max-evaluations", po::value(&max_evaluations)->default_value(max_evaluations),
+      "search: evaluation budget, the profile included")(
+      "seed", po::value(&seed)->default_value(seed), "search: random seed")(
       "workers", po::value(&workers)->default_value(workers), "local worker processes")(
       "db", po::value(&db),
       "keep the store in this directory (run again to resume); default: a temporary one")(
@@ -163,7 +168,13 @@ int run_command(const std::vector<std::string>& args) {
               {"residual", residual == 0 ? group_size : residual},
               {"zero_point", zero_point}}}};
     if (!configs.empty()) spec["configs"] = configs;
-    if (!candidates.empty()) spec["candidates"] = candidates;
+    if (kind == "search") {
+      spec["search"] = {
+          {"max_bits", max_bits}, {"max_evaluations", max_evaluations}, {"seed", seed}};
+      if (!candidates.empty()) spec["search"]["candidates"] = candidates;
+    } else if (!candidates.empty()) {
+      spec["candidates"] = candidates;
+    }
   }
   absolutize_path(spec, "model");
   absolutize_path(spec, "data");

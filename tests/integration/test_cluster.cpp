@@ -586,6 +586,19 @@ TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
   EXPECT_TRUE(std::filesystem::exists(store + "/store"));
 }
 
+TEST_F(Cluster, RunSearchesTheDemoModelAsTheQuickstartDoes) {
+  const CommandResult r = run_command(build_path("kvtune") +
+                                      " run --kind search --model builtin:demo --data "
+                                      "sample:2:32:0 --scheme kivi --max-bits 5 "
+                                      "--max-evaluations 90 --workers 2 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json job = json::parse(r.output);
+  ASSERT_EQ(job["state"], "done");
+  EXPECT_LE(job["search"]["evaluations"].get<int>(), 90);
+  ASSERT_FALSE(job["frontier"].empty());
+  for (const json& f : job["frontier"]) EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 5.0);
+}
+
 TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {
   REQUIRE_MODEL();
   const std::string kvtune = build_path("kvtune");
