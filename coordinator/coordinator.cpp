@@ -181,6 +181,7 @@ struct Job {
   // Search jobs: the driver, and where its pending generation starts in tasks.
   std::optional<search::Search> search;
   std::size_t generation_begin = 0;
+  bool evaluating_baselines = false;  // the search is over; its baselines run
 };
 
 struct WorkerInfo {
@@ -520,7 +521,11 @@ class Coordinator::Impl {
       ++job.done;
     }
     job.generation_begin = job.tasks.size();
-    if (go_on) start_generation(job);
+    if (go_on) {
+      start_generation(job);
+    } else {
+      start_baselines(job, false);
+    }
   }
 
   // Asks the search for its next generation and queues it; tells it at once
@@ -569,6 +574,10 @@ class Coordinator::Impl {
     for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
       if (job.tasks[i].state == TaskState::PENDING) return;
     }
+    if (job.evaluating_baselines) {
+      finish_search(job);  // a failed baseline is listed under "failures"
+      return;
+    }
     if (tell_generation(job)) start_generation(job);
   }
 
@@ -593,7 +602,48 @@ class Coordinator::Impl {
     return true;
   }
 
+  // KVTuner's uniform baselines, evaluated beside every search's frontier
+  // (not told to the search: they are for comparison).
+  // With queue_missing false only stored ones are listed (a finished job
+  // reloaded after a restart).
+  void start_baselines(Job& job, bool queue_missing = true) {
+    job.evaluating_baselines = true;
+    job.generation_begin = job.tasks.size();
+    std::size_t queued = 0;
+    for (const char* name : {"KV8", "K8V4", "KV4", "K4V2", "KV2"}) {
+      const std::vector<PrecisionPair> layers(job.model->layers, PrecisionPair::parse(name));
+      const std::string text = format_layer_config(layers);
+      const bool known = std::any_of(job.tasks.begin(), job.tasks.end(),
+                                     [&](const TaskEntry& t) { return t.layers == text; });
+      if (known) continue;
+      TaskEntry e;
+      address(job, layers, e);
+      e.config = name;
+      job.tasks.push_back(std::move(e));
+      const std::size_t i = job.tasks.size() - 1;
+      TaskEntry& t = job.tasks[i];
+      if (auto kl = stored_kl(t.eval_key)) {
+        t.state = TaskState::DONE;
+        t.kl = *kl;
+        ++job.done;
+        if (queue_missing) ++cache_hits_;
+        continue;
+      }
+      if (!queue_missing) {
+        job.tasks.pop_back();
+        continue;
+      }
+      scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+      ++queued;
+    }
+    if (queued == 0 && queue_missing) finish_search(job);
+  }
+
   void finish_search(Job& job) {
+    if (!job.evaluating_baselines) {
+      start_baselines(job);
+      return;
+    }
     job.state = JobState::DONE;
     persist_job(job);
     record_frontier(job);

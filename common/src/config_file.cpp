@@ -91,6 +91,31 @@ std::vector<PrecisionPair> load_layer_config_file(const std::string& path, int n
   return parse_layer_config_text(text.str(), num_layers, path);
 }
 
+std::string read_layer_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot read the config file");
+  std::stringstream text;
+  text << in.rdbuf();
+  YAML::Node root;
+  try {
+    root = YAML::Load(text.str());
+  } catch (const YAML::Exception& e) {
+    throw Error(path + ": not valid YAML or JSON: " + e.what());
+  }
+  // The layer count the file itself gives: KVTuner's mapping names every
+  // layer; a list gives one pair per layer (or one for all).
+  std::size_t layers = 0;
+  if (root.IsSequence()) {
+    layers = root.size();
+  } else if (root.IsMap() && root["layers"]) {
+    layers = root["layers"].size();
+  } else if (root.IsMap()) {
+    layers = root.size();
+  }
+  if (layers == 0) throw Error(path + ": the config names no layers");
+  return format_layer_config(parse_layer_config_text(text.str(), static_cast<int>(layers), path));
+}
+
 std::string to_kvtuner_yaml(const std::vector<PrecisionPair>& layers) {
   std::string out;
   for (size_t l = 0; l < layers.size(); ++l) {

@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "http.h"
+#include "kvtune/common/config_file.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
 
@@ -149,11 +150,14 @@ int coordinator_command(const std::vector<std::string>& args) {
 int submit_command(const std::vector<std::string>& args) {
   ClientOptions client;
   std::string file;
+  std::vector<std::string> config_files;
   bool wait = false;
   po::options_description opts(
       "kvtune submit FILE [options]   (FILE: a JSON job spec, - for stdin)");
   opts.add_options()("help,h", "show this help")("file", po::value(&file)->required(), "job spec")(
-      "wait", po::bool_switch(&wait), "wait for the job to finish and print its results");
+      "wait", po::bool_switch(&wait), "wait for the job to finish and print its results")(
+      "config-file", po::value(&config_files)->composing(),
+      "add a config to an evaluate job from a KVTuner YAML preset or JSON list (repeatable)");
   client.add_to(opts);
   po::positional_options_description positional;
   positional.add("file", 1);
@@ -176,6 +180,7 @@ int submit_command(const std::vector<std::string>& args) {
   }
   absolutize_path(spec, "model");
   absolutize_path(spec, "data");
+  add_config_files(spec, config_files);
   try {
     JobSpec::parse(spec);  // the same checks the coordinator makes, before the round trip
   } catch (const JobSpecError& e) {
@@ -424,6 +429,13 @@ void print_job(const json& job) {
     std::cout << "failed " << f.value("config", "") << ":";
     for (const auto& e : f["errors"]) std::cout << "\n  " << e.get<std::string>();
     std::cout << "\n";
+  }
+}
+
+void add_config_files(nlohmann::json& spec, const std::vector<std::string>& files) {
+  for (const std::string& file : files) {
+    if (!spec.contains("configs")) spec["configs"] = json::array();
+    spec["configs"].push_back(read_layer_config_file(file));
   }
 }
 

@@ -44,6 +44,8 @@ bool job_finished(const std::string& state);
 // Makes spec[field] absolute when it is a relative path that exists here
 // (workers open paths in their own working directory).
 void absolutize_path(nlohmann::json& spec, const char* field);
+// Appends each config file (KVTuner YAML preset, JSON list) to spec["configs"].
+void add_config_files(nlohmann::json& spec, const std::vector<std::string>& files);
 
 // `kvtune keygen --out PATH`: a CURVE key pair for off-host workers.
 int keygen_command(const std::vector<std::string>& args);

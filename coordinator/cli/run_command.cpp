@@ -111,7 +111,7 @@ class WorkDir {
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
                          scheme = "per-token-asym", zero_point = "int", db;
-  std::vector<std::string> configs, candidates;
+  std::vector<std::string> configs, candidates, config_files;
   int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0;
   double max_bits = 16;
   int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
@@ -131,6 +131,8 @@ int run_command(const std::vector<std::string>& args) {
       "residual", po::value(&residual)->default_value(residual), "kivi window R (0: R = G)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
       "config", po::value(&configs)->composing(), "a config to evaluate (repeatable)")(
+      "config-file", po::value(&config_files)->composing(),
+      "a config to evaluate from a KVTuner YAML preset or JSON list (repeatable)")(
       "candidate", po::value(&candidates)->composing(),
       "a pair to profile or search (repeatable; default the nine of {8,4,2}^2)")(
       "max-bits", po::value(&max_bits)->default_value(max_bits), "search: average bits budget")(
@@ -178,6 +180,7 @@ int run_command(const std::vector<std::string>& args) {
   }
   absolutize_path(spec, "model");
   absolutize_path(spec, "data");
+  add_config_files(spec, config_files);
   try {
     JobSpec::parse(spec);
   } catch (const JobSpecError& e) {

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "kvtune/common/config_file.h"
 #include "kvtune/common/error.h"
 
@@ -51,6 +53,32 @@ TEST(ConfigFile, ErrorsNameFileLayerAndField) {
   EXPECT_NE(message_of("[K8V4, K9V4]", 2).find("'K9V4'"), std::string::npos);
   EXPECT_NE(message_of("{unclosed", 2).find("cfg.yaml: not valid"), std::string::npos);
   EXPECT_THROW(load_layer_config_file("/nonexistent.yaml", 2), Error);
+}
+
+}  // namespace
+}  // namespace kvtune
+
+namespace kvtune {
+namespace {
+
+// A config file read without knowing the model: its own layer count.
+TEST(ConfigFile, ReadsAFileAsALayerConfigString) {
+  const std::string dir = ::testing::TempDir();
+  const std::string yaml = dir + "/kvtune-preset.yaml";
+  std::ofstream(yaml) << "0: {nbits_key: 8, nbits_value: 4}\n1: {nbits_key: 2, nbits_value: 2}\n"
+                         "2: {nbits_key: 4, nbits_value: 4}\n";
+  EXPECT_EQ(read_layer_config_file(yaml), "K8V4,KV2,KV4");
+  const std::string list = dir + "/kvtune-list.json";
+  std::ofstream(list) << R"({"layers": ["KV8", "Kfp8Vnvfp4"]})";
+  EXPECT_EQ(read_layer_config_file(list), "KV8,Kfp8Vnvfp4");
+  std::ofstream(yaml) << "0: {nbits_key: 8, nbits_value: 4}\n2: {nbits_key: 4, nbits_value: 4}\n";
+  try {
+    read_layer_config_file(yaml);
+    FAIL() << "accepted a preset without layer 1";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(yaml), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(read_layer_config_file(dir + "/no-such-file.yaml"), Error);
 }
 
 }  // namespace

@@ -456,8 +456,14 @@ TEST_F(Cluster, SearchReachesTheBruteForceFrontierWithFivePercentOfItsEvaluation
               used, found.size(), share);
   EXPECT_GE(share, 0.99);
 
-  // No uniform baseline dominates a frontier point.
-  ASSERT_FALSE(search["baselines"].empty());
+  // KVTuner's five uniform baselines are evaluated beside the frontier, and
+  // none of them dominates a frontier point.
+  std::set<std::string> baseline_layers;
+  for (const json& b : search["baselines"]) baseline_layers.insert(b["layers"].get<std::string>());
+  for (const std::string& pair : kFivePairs) {
+    EXPECT_TRUE(baseline_layers.contains(pair + "," + pair + "," + pair + "," + pair + "," + pair))
+        << pair;
+  }
   for (const json& b : search["baselines"]) {
     const BitsKl p = point(b);
     for (const BitsKl& f : found) {
@@ -580,6 +586,17 @@ TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
   std::set<std::string> workers;
   for (const json& res : job["results"]) workers.insert(res["worker"].get<std::string>());
   EXPECT_EQ(workers, (std::set<std::string>{"local-0", "local-1"}));
+  // A KVTuner YAML preset is a config to evaluate (the demo model has 6 layers).
+  std::ofstream(dir.file("preset.yaml"))
+      << "0: {nbits_key: 8, nbits_value: 8}\n1: {nbits_key: 8, nbits_value: 4}\n"
+         "2: {nbits_key: 4, nbits_value: 4}\n3: {nbits_key: 4, nbits_value: 2}\n"
+         "4: {nbits_key: 2, nbits_value: 2}\n5: {nbits_key: 2, nbits_value: 2}\n";
+  const CommandResult preset = run_command(
+      build_path("kvtune") + " run --model builtin:demo --data sample:2:32:0 --workers 1 " +
+      "--json --config-file " + dir.file("preset.yaml"));
+  ASSERT_EQ(preset.exit_code, 0) << preset.output;
+  EXPECT_EQ(json::parse(preset.output)["results"][0]["layers"], "KV8,K8V4,KV4,K4V2,KV2,KV2");
+
   // The store is kept: a second run of the same job evaluates nothing again.
   const json again = json::parse(run_command(cmd).output);
   EXPECT_EQ(again["results"], job["results"]);

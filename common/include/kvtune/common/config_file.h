@@ -18,6 +18,11 @@ std::vector<PrecisionPair> load_layer_config_file(const std::string& path, int n
 std::vector<PrecisionPair> parse_layer_config_text(const std::string& text, int num_layers,
                                                    const std::string& origin);
 
+// A config file as the layer config string `parse_layer_config` reads
+// ("K8V4,KV4,..."), with as many layers as the file names: for job specs,
+// whose model is only known to the workers. Errors name the file and field.
+std::string read_layer_config_file(const std::string& path);
+
 // KVTuner's YAML for a configuration (integer widths and 16 only).
 std::string to_kvtuner_yaml(const std::vector<PrecisionPair>& layers);
 
