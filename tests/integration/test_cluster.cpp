@@ -377,10 +377,10 @@ TEST_F(Cluster, SigtermedWorkerSaysGoodbye) {
 
 const std::vector<std::string> kFivePairs = {"KV8", "K8V4", "KV4", "K4V2", "KV2"};
 
-json search_spec(int max_evaluations) {
+json search_spec(int max_evaluations, const std::string& data = "sample:2:64:0") {
   return {{"kind", "search"},
           {"model", kModel},
-          {"data", "sample:2:64:0"},
+          {"data", data},
           {"search",
            {{"candidates", kFivePairs},
             {"max_bits", 8},
@@ -486,7 +486,7 @@ TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
     TempDir other("kvtune-search-ref");
     CoordinatorProcess c(other.file("db"), other.file("coordinator.log"));
     auto w = start_worker(c.endpoint(), "ref", other.file("w.log"));
-    uninterrupted = c.wait_job(c.submit(search_spec(120)));
+    uninterrupted = c.wait_job(c.submit(search_spec(120, kData)));
     ASSERT_EQ(uninterrupted["state"], "done");
   }
   std::string api, endpoint, id;
@@ -496,13 +496,16 @@ TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
     endpoint = first.endpoint();
     auto w1 = start_worker(endpoint, "w1", log("w1"));
     auto w2 = start_worker(endpoint, "w2", log("w2"));
-    id = first.submit(search_spec(120));
+    id = first.submit(search_spec(120, kData));
+    std::string state_at_kill;
     ASSERT_TRUE(eventually([&] {
       const json job = first.get("/v1/jobs/" + id);
       if (job["progress"]["done"].get<int>() < 40) return false;
       first.process().kill(SIGKILL);
+      state_at_kill = job["state"];
       return true;
     }));
+    ASSERT_EQ(state_at_kill, "running");  // killed mid-search
     first.process().wait();
     CoordinatorProcess second(db(), log("coordinator-2"), {}, api, endpoint);
     const json resumed = second.wait_job(id);
