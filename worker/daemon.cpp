@@ -68,6 +68,7 @@ struct DaemonOptions {
   double grace_seconds = 30;
   int cache_entries = 2;
   int64_t max_tasks = 0;
+  int prefetch = 0;  // tasks queued beyond the running one
   // CURVE (workers off-host): the coordinator's public key file and this
   // worker's key pair file (kvtune keygen); both or neither.
   std::string curve_server_key;
@@ -702,13 +703,15 @@ class Daemon {
     auto list = hello.initLoadedModels(static_cast<unsigned>(models.size()));
     for (unsigned i = 0; i < models.size(); ++i) list.set(i, models[i]);
     send(message, "hello");
-    if (with_credit) send_credit();
+    // A new session: one task to run, and --prefetch more to queue so that
+    // short evaluations do not wait for a round trip between them.
+    if (with_credit) send_credit(1 + static_cast<uint32_t>(options_.prefetch));
     last_hello_ = Clock::now();
   }
 
-  void send_credit() {
+  void send_credit(uint32_t count = 1) {
     capnp::MallocMessageBuilder message;
-    message.initRoot<schema::WorkerMessage>().initCredit().setCount(1);
+    message.initRoot<schema::WorkerMessage>().initCredit().setCount(count);
     send(message, "credit");
   }
 
@@ -751,6 +754,9 @@ void install_signal_handlers() {
 int run_daemon(DaemonOptions options) {
   options.device = normalize_device(options.device);
   if (options.heartbeat_ms <= 0) throw Error("--heartbeat-ms must be positive");
+  if (options.prefetch < 0 || options.prefetch > 64) {
+    throw Error("--prefetch " + std::to_string(options.prefetch) + " must be 0 to 64");
+  }
   if (options.coordinator_timeout_ms <= 0) throw Error("--coordinator-timeout-ms must be positive");
   if (!(options.grace_seconds >= 0)) throw Error("--grace-seconds must not be negative");
   if (options.cache_entries < 1) throw Error("--cache-entries must be at least 1");
@@ -810,6 +816,9 @@ int worker_command(const std::vector<std::string>& args) {
       "loaded (model, data) pairs kept, with their reference logits")(
       "max-tasks", po::value(&o.max_tasks)->default_value(o.max_tasks),
       "exit after this many evaluations (0: no limit)")(
+      "prefetch", po::value(&o.prefetch)->default_value(o.prefetch),
+      "tasks to queue beyond the running one (hides the coordinator round trip between "
+      "short evaluations; a queued task waits if this worker is slow)")(
       "curve-server-key", po::value(&o.curve_server_key),
       "the coordinator's CURVE public key file (COORD.key.pub): connect with CURVE")(
       "curve-keys", po::value(&o.curve_keys),
