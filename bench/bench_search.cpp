@@ -35,6 +35,7 @@
 
 #include "calibration.h"
 #include "evaluator.h"
+#include "generated_model.h"
 #include "search.h"
 
 namespace kw = kvtune::worker;
@@ -56,18 +57,8 @@ kw::Model generated_model(int64_t layers, int64_t dim, int64_t heads, int64_t kv
                           int64_t vocab, int64_t context) {
   torch::manual_seed(0);
   kw::Model m;
-  kw::ModelConfig& c = m.config;
-  c.architecture = "generated";
-  c.name = "generated-" + std::to_string(layers) + "x" + std::to_string(dim);
-  c.synthetic = true;
-  c.dim = dim;
-  c.hidden_dim = dim * 8 / 3;
-  c.n_layers = layers;
-  c.n_heads = heads;
-  c.n_kv_heads = kv_heads;
-  c.head_dim = dim / heads;
-  c.vocab_size = vocab;
-  c.max_seq_len = context;
+  m.config = kvtune::bench::generated_config(layers, dim, heads, kv_heads, vocab, context);
+  const kw::ModelConfig& c = m.config;
   const double s = 1.0 / std::sqrt(static_cast<double>(dim));
   m.embedding = torch::randn({vocab, dim}) * 0.5;
   m.classifier = m.embedding;

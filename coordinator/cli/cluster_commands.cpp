@@ -134,16 +134,12 @@ int coordinator_command(const std::vector<std::string>& args) {
               << " without --api-token: anyone who can reach it can submit and cancel jobs\n";
   }
 
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  const std::atomic<bool>& stop = stop_on_signals();
 
   Coordinator coordinator(o);
   std::cout << "kvtune coordinator: API http://" << coordinator.api_address() << ", workers "
             << coordinator.worker_endpoint() << std::endl;
-  coordinator.run(g_stop);
+  coordinator.run(stop);
   return 0;
 }
 
@@ -465,6 +461,15 @@ bool parse_options(const std::vector<std::string>& args,
   }
   po::notify(vm);
   return true;
+}
+
+const std::atomic<bool>& stop_on_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  return g_stop;
 }
 
 }  // namespace kvtune::cli

@@ -2,6 +2,7 @@
 // and returns the process exit code.
 #pragma once
 
+#include <atomic>
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -33,6 +34,10 @@ int cancel_command(const std::vector<std::string>& args);
 int workers_command(const std::vector<std::string>& args);
 // `kvtune registry list | show ID | best ID --max-bits B [--format F]`.
 int registry_command(const std::vector<std::string>& args);
+
+// Installs SIGINT/SIGTERM handlers that set the returned flag (and nothing
+// else): for commands that serve until interrupted.
+const std::atomic<bool>& stop_on_signals();
 
 // `kvtune run`: a job on an embedded coordinator, store and local workers.
 int run_command(const std::vector<std::string>& args);

@@ -29,11 +29,6 @@ namespace {
 namespace po = boost::program_options;
 using json = nlohmann::json;
 
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_interrupt(int) {
-  g_interrupted.store(true);
-}
-
 // Local worker processes (`kvtune worker`), stopped with SIGTERM at the end.
 class LocalWorkers {
  public:
@@ -188,11 +183,7 @@ int run_command(const std::vector<std::string>& args) {
                 e.what());
   }
 
-  struct sigaction sa {};
-  sa.sa_handler = on_interrupt;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  const std::atomic<bool>& interrupted = stop_on_signals();
 
   const WorkDir dir(db);
   CoordinatorOptions options;
@@ -226,7 +217,7 @@ int run_command(const std::vector<std::string>& args) {
   while (true) {
     job = json::parse(http::request(api, "GET", "/v1/jobs/" + id).body);
     if (job_finished(job.value("state", ""))) break;
-    if (g_interrupted.load()) {
+    if (interrupted.load()) {
       std::cerr << "\nkvtune run: interrupted; "
                 << (db.empty() ? "nothing is kept" : "run again with the same --db to resume")
                 << "\n";
