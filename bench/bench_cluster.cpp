@@ -23,7 +23,7 @@
 
 #include "../tests/support/cluster.h"
 #include "../tests/support/temp_dir.h"
-#include "transport.h"
+#include "kvtune/schemas/transport.h"
 
 namespace {
 

@@ -17,7 +17,7 @@
 #include <set>
 #include <sstream>
 
-#include "eval_key.h"
+#include "kvtune/schemas/eval_key.h"
 #include "exports.h"
 #include "http.h"
 #include "kvtune/common/error.h"
@@ -25,7 +25,7 @@
 #include "registry.h"
 #include "search.h"
 #include "store.h"
-#include "transport.h"
+#include "kvtune/schemas/transport.h"
 
 namespace kvtune {
 namespace {

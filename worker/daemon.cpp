@@ -26,12 +26,12 @@
 #include <thread>
 
 #include "calibration.h"
-#include "eval_key.h"
+#include "kvtune/schemas/eval_key.h"
 #include "evaluator.h"
 #include "fingerprint.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
-#include "transport.h"
+#include "kvtune/schemas/transport.h"
 
 namespace kvtune::worker {
 namespace po = boost::program_options;

@@ -2,7 +2,7 @@
 // (or CPU host) that pulls evaluations from a coordinator and runs them.
 //
 // It speaks the zguide's "Paranoid Pirate" worker side over the transport of
-// coordinator/transport.h: hello and credit on start, a heartbeat every
+// schemas/include/kvtune/schemas/transport.h: hello and credit on start, a heartbeat every
 // --heartbeat-ms (idle or busy), one evaluation at a time on its own thread
 // while the main thread keeps the socket, hello again when the coordinator
 // went silent or says it does not know this worker, and a goodbye (handing

@@ -8,7 +8,7 @@
 
 #include "commands.h"
 #include "kvtune/common/error.h"
-#include "transport.h"
+#include "kvtune/schemas/transport.h"
 
 namespace kvtune::cli {
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "eval_key.h"
+#include "kvtune/schemas/eval_key.h"
 #include "kvtune/common/error.h"
 #include "store.h"
 

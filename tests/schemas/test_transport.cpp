@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "kvtune/common/error.h"
-#include "transport.h"
+#include "kvtune/schemas/transport.h"
 
 namespace {
 

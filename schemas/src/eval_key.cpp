@@ -1,4 +1,4 @@
-#include "eval_key.h"
+#include "kvtune/schemas/eval_key.h"
 
 #include <capnp/message.h>
 
