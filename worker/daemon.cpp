@@ -1,12 +1,13 @@
-// The worker daemon (see daemon.h). Two threads: the main thread owns the
-// ZeroMQ socket (hello, credit, heartbeats, replies, shutdown); the runner
-// thread loads models and evaluates, one job at a time, and hands finished
-// replies back through a mutex-guarded queue. Signals only set a flag.
+// The worker daemon (see daemon.h): its command line, the connection to the
+// coordinator and the protocol loop. Two threads: the main thread, here, owns
+// the ZeroMQ socket (hello, credit, heartbeats, replies, shutdown); the runner
+// thread (eval_runner.h) loads models and evaluates, one job at a time, and
+// hands finished replies back through a mutex-guarded queue. Signals only set
+// a flag. Torch-free: LibTorch stays behind model_cache.h.
 #include "daemon.h"
 
 #include <capnp/message.h>
 #include <dlfcn.h>
-#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,31 +15,28 @@
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <fstream>
 #include <iostream>
-#include <mutex>
 #include <optional>
-#include <thread>
+#include <string>
+#include <utility>
+#include <vector>
 
-#include "calibration.h"
-#include "kvtune/schemas/eval_key.h"
-#include "evaluator.h"
-#include "fingerprint.h"
+#include "daemon_common.h"
+#include "eval_runner.h"
 #include "kvtune/common/error.h"
-#include "llama.h"
+#include "kvtune/schemas/eval_key.h"
 #include "kvtune/schemas/transport.h"
+#include "model_cache.h"
 
 namespace kvtune::worker {
 namespace po = boost::program_options;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 // How long the socket is given to deliver the goodbye before the process
@@ -57,43 +55,6 @@ extern "C" void on_stop_signal(int) {
   g_signals.fetch_add(1, std::memory_order_relaxed);
 }
 
-struct DaemonOptions {
-  std::string endpoint = "tcp://127.0.0.1:8471";
-  std::string id;
-  std::string device = "cpu";
-  std::string dtype = "float32";
-  int threads = 0;
-  int heartbeat_ms = 1000;
-  int coordinator_timeout_ms = 5000;
-  double grace_seconds = 30;
-  int cache_entries = 2;
-  int64_t max_tasks = 0;
-  int prefetch = 0;  // tasks queued beyond the running one
-  // CURVE (workers off-host): the coordinator's public key file and this
-  // worker's key pair file (kvtune keygen); both or neither.
-  std::string curve_server_key;
-  std::string curve_keys;
-};
-
-// One log line to stderr, written whole (both threads log).
-void log_line(const std::string& line) {
-  static std::mutex mutex;
-  const std::string text = line + "\n";
-  std::lock_guard lock(mutex);
-  std::fwrite(text.data(), 1, text.size(), stderr);
-  std::fflush(stderr);
-}
-
-std::string seconds_text(double seconds) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.3f", seconds);
-  return text;
-}
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
 std::string default_worker_id() {
   char host[256] = {};
   if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
@@ -102,7 +63,7 @@ std::string default_worker_id() {
   return std::string(host) + "-" + std::to_string(::getpid());
 }
 
-// --- where the model runs (as `kvtune eval`'s --device/--dtype) -----------
+// --- the device: its name (as `kvtune eval`'s --device) and memory ---------
 
 // "cpu", or "cuda:N" for "cuda" / "cuda:N". Throws kvtune::Error otherwise.
 std::string normalize_device(const std::string& device) {
@@ -113,40 +74,6 @@ std::string normalize_device(const std::string& device) {
     return "cuda:" + std::to_string(std::stoi(device.substr(5)));
   }
   throw Error("--device '" + device + "' is not one of cpu, cuda, cuda:N");
-}
-
-torch::ScalarType parse_dtype(const std::string& dtype) {
-  if (dtype == "float32") return torch::kFloat32;
-  if (dtype == "bfloat16") return torch::kBFloat16;
-  if (dtype == "float16") return torch::kFloat16;
-  throw Error("--dtype '" + dtype + "' is not one of float32, bfloat16, float16");
-}
-
-// Fails fast, before connecting, on a device or dtype this host cannot run.
-void check_runtime(const DaemonOptions& o) {
-  const torch::ScalarType type = parse_dtype(o.dtype);
-  if (o.device == "cpu") {
-    // Debian's CPU LibTorch lacks reduced-precision batched matmuls.
-    if (type != torch::kFloat32) {
-      throw Error("--dtype " + o.dtype + " needs --device cuda; CPU evaluation runs in float32");
-    }
-    return;
-  }
-  if (!torch::cuda::is_available()) {
-    throw Error("--device " + o.device + ": this worker's LibTorch sees no CUDA device");
-  }
-  const int index = std::stoi(o.device.substr(5));
-  const auto count = static_cast<int>(torch::cuda::device_count());
-  if (index >= count) {
-    throw Error("--device " + o.device + ": this host has " + std::to_string(count) +
-                " CUDA device(s)");
-  }
-}
-
-Model place(Model model, const DaemonOptions& o) {
-  const torch::ScalarType type = parse_dtype(o.dtype);
-  if (o.device == "cpu" && type == torch::kFloat32) return model;
-  return to_device(model, torch::Device(o.device), type);
 }
 
 // Physical memory, or the cgroup (container) limit when that is lower.
@@ -184,335 +111,6 @@ uint64_t device_memory_bytes(const std::string& device) {
   return device == "cpu" ? host_memory_bytes() : gpu_memory_bytes(std::stoi(device.substr(5)));
 }
 
-// --- loaded models -----------------------------------------------------------
-
-struct EntryKey {
-  std::string model_spec;
-  std::string data_spec;
-  int64_t seq_len = 0;
-  bool operator==(const EntryKey&) const = default;
-};
-
-// A model with its calibration data and unquantized reference.
-struct Entry {
-  std::unique_ptr<Model> model;
-  CalibrationData data;
-  std::string model_fingerprint;
-  std::string data_fingerprint;
-  uint64_t tokens = 0;
-  // Declared last, so destroyed first: it refers to *model.
-  std::unique_ptr<Evaluator> evaluator;
-};
-
-// Work for the runner thread.
-struct Job {
-  enum class Kind { kDescribe, kEvaluate };
-  Kind kind = Kind::kEvaluate;
-  std::string task_id;
-  std::string key;    // evalKey or describeKey, as received
-  EvalInputs inputs;  // a describe uses model_spec, data_spec and seq_len
-};
-
-// A message for the coordinator, built by the runner, sent by the main thread.
-struct Reply {
-  std::unique_ptr<capnp::MallocMessageBuilder> message;
-  bool finishes_task = false;  // a task's result or failure (counts for --max-tasks)
-};
-
-Reply failure_reply(const Job& job, const std::string& error) {
-  Reply reply{std::make_unique<capnp::MallocMessageBuilder>(), job.kind == Job::Kind::kEvaluate};
-  auto failure = reply.message->initRoot<schema::WorkerMessage>().initFailure();
-  failure.setTaskId(job.task_id);
-  failure.setEvalKey(
-      kj::arrayPtr(reinterpret_cast<const kj::byte*>(job.key.data()), job.key.size()));
-  failure.setError(error);
-  return reply;
-}
-
-void fill_model_info(const Entry& entry, schema::ModelInfo::Builder info) {
-  const ModelConfig& c = entry.model->config;
-  info.setName(c.name);
-  info.setArchitecture(c.architecture);
-  info.setSynthetic(c.synthetic);
-  info.setLayers(static_cast<uint32_t>(c.n_layers));
-  info.setKvHeads(static_cast<uint32_t>(c.n_kv_heads));
-  info.setHeadDim(static_cast<uint32_t>(c.head_dim));
-  info.setVocabSize(static_cast<uint32_t>(c.vocab_size));
-  info.setFingerprint(entry.model_fingerprint);
-  info.setDataFingerprint(entry.data_fingerprint);
-  info.setSequences(static_cast<uint32_t>(entry.data.sequences.size()));
-  info.setTokens(entry.tokens);
-}
-
-void fill_eval_result(const Metrics& m, const std::string& worker_id, double seconds,
-                      schema::EvalResult::Builder out) {
-  out.setKl(m.kl);
-  out.setDeltaNll(m.delta_nll);
-  out.setPplFp(m.ppl_fp);
-  out.setPplQ(m.ppl_q);
-  out.setTop1Agreement(m.top1_agreement);
-  out.setAvgBits(m.avg_bits);
-  out.setBytesPerToken(m.bytes_per_token);
-  auto errors = out.initAttnRelErr(static_cast<unsigned>(m.attn_rel_err.size()));
-  for (unsigned i = 0; i < m.attn_rel_err.size(); ++i) errors.set(i, m.attn_rel_err[i]);
-  out.setTokens(static_cast<uint64_t>(m.tokens));
-  out.setWorkerId(worker_id);
-  out.setSeconds(seconds);
-}
-
-// Runs jobs one at a time on its own thread and keeps the LRU of loaded
-// (model, data) entries, which only that thread touches.
-class Runner {
- public:
-  Runner(const DaemonOptions& options, std::string worker_id)
-      : options_(options),
-        id_(std::move(worker_id)),
-        prefix_("kvtune worker " + id_ + ": "),
-        cache_(static_cast<std::size_t>(options.cache_entries)) {
-    // The thread (and LibTorch's pool threads it starts) never takes
-    // SIGTERM/SIGINT: they reach the main thread, which polls the flag.
-    sigset_t stop_signals, previous;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);
-    thread_ = std::thread([this] { run(); });
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-  }
-  Runner(const Runner&) = delete;
-  Runner& operator=(const Runner&) = delete;
-  // Waits for a running job: call only when idle() (or accept the wait).
-  ~Runner() {
-    {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    thread_.join();
-  }
-
-  // Queues a job; true when the runner was idle (the job starts now).
-  bool submit(Job job) {
-    bool was_idle;
-    {
-      std::lock_guard lock(mutex_);
-      was_idle = !running_ && jobs_.empty();
-      jobs_.push_back(std::move(job));
-    }
-    wake_.notify_one();
-    return was_idle;
-  }
-
-  std::optional<Reply> take_reply() {
-    std::lock_guard lock(mutex_);
-    if (replies_.empty()) return std::nullopt;
-    Reply reply = std::move(replies_.front());
-    replies_.pop_front();
-    return reply;
-  }
-
-  // Nothing running, queued or waiting to be sent.
-  bool idle() const {
-    std::lock_guard lock(mutex_);
-    return !running_ && jobs_.empty() && replies_.empty();
-  }
-
-  // The task id of the running job; empty when none runs.
-  std::string busy_task_id() const {
-    std::lock_guard lock(mutex_);
-    return running_ ? running_task_id_ : std::string();
-  }
-
-  // Drops jobs that have not started; returns their task ids.
-  std::vector<std::string> drop_queued() {
-    std::lock_guard lock(mutex_);
-    std::vector<std::string> dropped;
-    for (const Job& job : jobs_) dropped.push_back(job.task_id);
-    jobs_.clear();
-    return dropped;
-  }
-
-  // Model specs in the cache, most recently used first, without repeats.
-  std::vector<std::string> loaded_models() const {
-    std::lock_guard lock(mutex_);
-    return loaded_models_;
-  }
-
- private:
-  void run() {
-    if (options_.threads > 0) torch::set_num_threads(options_.threads);
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-        if (stop_) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-        running_ = true;
-        running_task_id_ = job.task_id;
-      }
-      Reply reply = execute(job);
-      {
-        std::lock_guard lock(mutex_);
-        replies_.push_back(std::move(reply));
-        running_ = false;
-        running_task_id_.clear();
-      }
-    }
-  }
-
-  Reply execute(const Job& job) {
-    const auto start = Clock::now();
-    const bool evaluate = job.kind == Job::Kind::kEvaluate;
-    const std::string what = evaluate ? transport::hex_escape(job.key) : job.inputs.model_spec;
-    log_line(prefix_ + (evaluate ? "evaluating " : "describing ") + what + " (task " + job.task_id +
-             ")");
-    std::string error;
-    try {
-      Reply reply = evaluate ? run_evaluation(job) : run_describe(job);
-      log_line(prefix_ + (evaluate ? "done " : "described ") + what + " in " +
-               seconds_text(seconds_since(start)) + " s");
-      return reply;
-    } catch (const c10::Error& e) {
-      error = e.what_without_backtrace();
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-    log_line(prefix_ + "failed " + what + " in " + seconds_text(seconds_since(start)) +
-             " s: " + error);
-    return failure_reply(job, error);
-  }
-
-  Reply run_describe(const Job& job) {
-    const EvalInputs& in = job.inputs;
-    const EntryKey key{in.model_spec, in.data_spec, in.seq_len};
-    Entry* entry = cache_.find(key);
-    // A describe reports what is on disk now: a cached entry is reused only
-    // while the model file and (for token files) the data are unchanged.
-    if (entry != nullptr && !still_current(*entry, key)) {
-      drop(key);
-      entry = nullptr;
-    }
-    if (entry == nullptr) entry = &load(key);
-    Reply reply{std::make_unique<capnp::MallocMessageBuilder>(), false};
-    auto described = reply.message->initRoot<schema::WorkerMessage>().initDescribed();
-    described.setTaskId(job.task_id);
-    described.setDescribeKey(
-        kj::arrayPtr(reinterpret_cast<const kj::byte*>(job.key.data()), job.key.size()));
-    fill_model_info(*entry, described.initModel());
-    return reply;
-  }
-
-  Reply run_evaluation(const Job& job) {
-    const EvalInputs& in = job.inputs;
-    const EntryKey key{in.model_spec, in.data_spec, in.seq_len};
-    Entry* entry = cache_.find(key);
-    // The cached entry serves requests for exactly its content. A request
-    // for other content is worth a reload only when the files changed since
-    // the entry was loaded; otherwise it fails below without one.
-    if (entry != nullptr &&
-        (entry->model_fingerprint != in.model_fingerprint ||
-         entry->data_fingerprint != in.data_fingerprint) &&
-        !still_current(*entry, key)) {
-      drop(key);
-      entry = nullptr;
-    }
-    if (entry == nullptr) entry = &load(key);
-    if (entry->model_fingerprint != in.model_fingerprint) {
-      throw Error("model " + in.model_spec + " changed since the job was described: fingerprint " +
-                  entry->model_fingerprint + ", expected " + in.model_fingerprint);
-    }
-    if (entry->data_fingerprint != in.data_fingerprint) {
-      throw Error("data " + in.data_spec + " changed since the job was described: fingerprint " +
-                  entry->data_fingerprint + ", expected " + in.data_fingerprint);
-    }
-    const int64_t layers = entry->model->config.n_layers;
-    if (static_cast<int64_t>(in.layers.size()) != layers) {
-      throw Error("layers: the request configures " + std::to_string(in.layers.size()) +
-                  " layers but model " + in.model_spec + " has " + std::to_string(layers));
-    }
-    const auto start = Clock::now();
-    const Metrics metrics = entry->evaluator->evaluate(in.layers, in.scheme);
-    const double seconds = seconds_since(start);
-    Reply reply{std::make_unique<capnp::MallocMessageBuilder>(), true};
-    auto result = reply.message->initRoot<schema::WorkerMessage>().initResult();
-    result.setTaskId(job.task_id);
-    result.setEvalKey(
-        kj::arrayPtr(reinterpret_cast<const kj::byte*>(job.key.data()), job.key.size()));
-    fill_eval_result(metrics, id_, seconds, result.initResult());
-    return reply;
-  }
-
-  // Token-file data can change under a cached entry; sampled data is a
-  // function of the model, which the fingerprint covers.
-  bool still_current(const Entry& entry, const EntryKey& key) const {
-    if (model_fingerprint(key.model_spec) != entry.model_fingerprint) return false;
-    if (key.data_spec.rfind("sample:", 0) == 0) return true;
-    const CalibrationData data = load_calibration(key.data_spec, key.seq_len, *entry.model);
-    return data_fingerprint(data.sequences) == entry.data_fingerprint;
-  }
-
-  // Loads a model and its data and computes the reference, after evicting
-  // what must go to make room (so the old model's memory is freed first).
-  Entry& load(const EntryKey& key) {
-    const auto start = Clock::now();
-    {
-      std::lock_guard lock(mutex_);
-      cache_.make_room();
-      refresh_loaded_models();
-    }
-    auto entry = std::make_unique<Entry>();
-    entry->model_fingerprint = model_fingerprint(key.model_spec);
-    entry->model = std::make_unique<Model>(place(load_model(key.model_spec), options_));
-    entry->data = load_calibration(key.data_spec, key.seq_len, *entry->model);
-    entry->data_fingerprint = data_fingerprint(entry->data.sequences);
-    for (const auto& sequence : entry->data.sequences) entry->tokens += sequence.size();
-    entry->evaluator = std::make_unique<Evaluator>(*entry->model, entry->data.sequences);
-    log_line(prefix_ + "loaded " + key.model_spec + " with data " + key.data_spec + " (" +
-             std::to_string(entry->data.sequences.size()) + " sequences, " +
-             std::to_string(entry->tokens) + " tokens) in " + seconds_text(seconds_since(start)) +
-             " s" + (entry->data.note.empty() ? "" : "; " + entry->data.note));
-    std::lock_guard lock(mutex_);
-    Entry& stored = cache_.insert(key, std::move(entry));
-    refresh_loaded_models();
-    return stored;
-  }
-
-  void drop(const EntryKey& key) {
-    std::lock_guard lock(mutex_);
-    cache_.erase(key);
-    refresh_loaded_models();
-  }
-
-  // Under mutex_.
-  void refresh_loaded_models() {
-    loaded_models_.clear();
-    for (const EntryKey& key : cache_.keys()) {
-      if (std::find(loaded_models_.begin(), loaded_models_.end(), key.model_spec) ==
-          loaded_models_.end()) {
-        loaded_models_.push_back(key.model_spec);
-      }
-    }
-  }
-
-  const DaemonOptions& options_;
-  const std::string id_;
-  const std::string prefix_;
-
-  mutable std::mutex mutex_;  // guards everything below but the cache's values
-  std::condition_variable wake_;
-  std::deque<Job> jobs_;
-  std::deque<Reply> replies_;
-  bool running_ = false;
-  std::string running_task_id_;
-  bool stop_ = false;
-  LruCache<EntryKey, Entry> cache_;  // structure under mutex_; entries runner-only
-  std::vector<std::string> loaded_models_;
-
-  std::thread thread_;
-};
-
 // --- the main thread: the coordinator link -------------------------------
 
 class Daemon {
@@ -521,7 +119,7 @@ class Daemon {
          transport::WorkerSocket& socket)
       : options_(options),
         id_(std::move(id)),
-        prefix_("kvtune worker " + id_ + ": "),
+        prefix_(log_prefix(id_)),
         device_(std::move(device)),
         memory_bytes_(device_memory_bytes(device_)),
         socket_(socket),
@@ -698,7 +296,7 @@ class Daemon {
     hello.setWorkerId(id_);
     hello.setDevice(device_);
     hello.setMemoryBytes(memory_bytes_);
-    hello.setThreads(static_cast<uint32_t>(torch::get_num_threads()));
+    hello.setThreads(static_cast<uint32_t>(runtime_threads()));
     const std::vector<std::string> models = runner_.loaded_models();
     auto list = hello.initLoadedModels(static_cast<unsigned>(models.size()));
     for (unsigned i = 0; i < models.size(); ++i) list.set(i, models[i]);
@@ -733,7 +331,7 @@ class Daemon {
   const std::string device_;
   const uint64_t memory_bytes_;
   transport::WorkerSocket& socket_;
-  Runner runner_;
+  EvalRunner runner_;
   Clock::time_point last_heard_;
   Clock::time_point last_hello_;
   bool stopping_ = false;
@@ -762,8 +360,8 @@ int run_daemon(DaemonOptions options) {
   if (options.cache_entries < 1) throw Error("--cache-entries must be at least 1");
   if (options.max_tasks < 0) throw Error("--max-tasks must not be negative");
   if (options.threads < 0) throw Error("--threads must not be negative");
-  check_runtime(options);
-  if (options.threads > 0) torch::set_num_threads(options.threads);
+  check_runtime(options.device, options.dtype);
+  if (options.threads > 0) set_runtime_threads(options.threads);
   const std::string id = options.id.empty() ? default_worker_id() : options.id;
 
   install_signal_handlers();
@@ -787,7 +385,7 @@ int run_daemon(DaemonOptions options) {
     throw Error("--id '" + id + "': " + e.what());
   }
   log_line("kvtune worker " + id + ": connecting to " + options.endpoint + " (device " +
-           options.device + ", LibTorch threads " + std::to_string(torch::get_num_threads()) +
+           options.device + ", LibTorch threads " + std::to_string(runtime_threads()) +
            ", cache of " + std::to_string(options.cache_entries) + " (model, data) entries)");
   Daemon daemon(options, id, options.device, *socket);
   return daemon.run();
@@ -830,11 +428,7 @@ int worker_command(const std::vector<std::string>& args) {
     return 0;
   }
   po::notify(vm);
-  try {
-    return run_daemon(o);
-  } catch (const c10::Error& e) {
-    throw Error(e.what_without_backtrace());
-  }
+  return run_daemon(o);
 }
 
 }  // namespace kvtune::worker

@@ -10,7 +10,9 @@
 // pairs, with their unquantized reference, stay in a small LRU cache so that a
 // job's evaluations pay for loading once.
 //
-// Torch-free interface: the runtime lives in daemon.cpp.
+// Torch-free interface. The parts: daemon.cpp (command line, protocol loop),
+// eval_runner.h (the evaluation thread), model_cache.h (the cache; the only
+// part that includes LibTorch), daemon_common.h (options, logging).
 #pragma once
 
 #include <cstddef>
