@@ -1,0 +1,239 @@
+// A search job <-> search::Search ask/tell, baselines and the registry merge
+// (search_driver.h).
+#include "search_driver.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "jobs.h"
+#include "kvtune/common/error.h"
+#include "registry.h"
+
+namespace kvtune::coord {
+
+void SearchDriver::start(Job& job) {
+  try {
+    job.search.emplace(search::options_from_json(job.spec.search),
+                       static_cast<int>(job.model->layers));
+  } catch (const Error& e) {
+    fail_job(job, std::string("search: ") + e.what(), scheduler_, ledger_);
+    return;
+  }
+  job.state = JobState::RUNNING;
+  ledger_.put_job(job);
+  start_generation(job);
+}
+
+void SearchDriver::resume(Job& job, const std::optional<std::string>& state, bool go_on) {
+  if (!state) {
+    if (!go_on) return;
+    start(job);
+    return;
+  }
+  try {
+    job.search.emplace(search::Search::from_json(json::parse(*state)));
+  } catch (const std::exception& e) {
+    throw Error("database " + ledger_.store().path().string() + ": the search state of job " +
+                job.id + " cannot be read: " + e.what());
+  }
+  const search::Search& s = *job.search;
+  std::vector<std::pair<std::vector<PrecisionPair>, double>> done;
+  if (!s.profile().empty()) {
+    const auto& candidates = s.options().candidates;
+    for (std::size_t l = 0; l < s.profile().size(); ++l) {
+      for (std::size_t p = 0; p < candidates.size(); ++p) {
+        std::vector<PrecisionPair> layers(s.profile().size(),
+                                          PrecisionPair{KvFormat::full(), KvFormat::full()});
+        layers[l] = candidates[p];
+        done.emplace_back(layers, s.profile()[l][p]);
+      }
+    }
+  }
+  for (const auto& e : s.evaluated()) done.emplace_back(e.layers, e.error);
+  for (const auto& [layers, error] : done) {
+    TaskEntry e;
+    address(job, layers, e);
+    e.config = e.layers;
+    e.state = TaskState::DONE;
+    e.kl = error;
+    job.tasks.push_back(std::move(e));
+    ++job.done;
+  }
+  job.generation_begin = job.tasks.size();
+  if (go_on) {
+    start_generation(job);
+  } else {
+    start_baselines(job, false);
+  }
+}
+
+// Asks the search for its next generation and queues it; tells it at once
+// when every config is stored already.
+void SearchDriver::start_generation(Job& job) {
+  while (job.state == JobState::RUNNING) {
+    const auto configs =
+        job.search->done() ? std::vector<std::vector<PrecisionPair>>{} : job.search->ask();
+    ledger_.put_search_state(job.id, job.search->to_json().dump());
+    if (configs.empty()) {
+      finish(job);
+      return;
+    }
+    job.generation_begin = job.tasks.size();
+    for (const auto& layers : configs) {
+      TaskEntry e;
+      address(job, layers, e);
+      e.config = e.layers;
+      job.tasks.push_back(std::move(e));
+    }
+    std::size_t queued = 0;
+    for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+      TaskEntry& t = job.tasks[i];
+      if (auto kl = ledger_.stored_kl(t.eval_key)) {
+        t.state = TaskState::DONE;
+        t.kl = *kl;
+        ++job.done;
+        ++counters_.cache_hits;
+        continue;
+      }
+      scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+      ++queued;
+    }
+    log("job " + job.id + ": search generation " + std::to_string(job.search->generation()) + ", " +
+        std::to_string(configs.size()) + " configs, " + std::to_string(queued) + " queued");
+    if (queued > 0) return;
+    if (!tell_generation(job)) return;
+  }
+}
+
+void SearchDriver::task_settled(Job& job) {
+  for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+    if (job.tasks[i].state == TaskState::PENDING) return;
+  }
+  if (job.evaluating_baselines) {
+    finish(job);  // a failed baseline is listed under "failures"
+    return;
+  }
+  if (tell_generation(job)) start_generation(job);
+}
+
+// Tells the search the pending generation's errors; false when the job failed.
+bool SearchDriver::tell_generation(Job& job) {
+  std::vector<double> errors;
+  for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+    const TaskEntry& t = job.tasks[i];
+    if (t.state == TaskState::FAILED) {
+      fail_job(job,
+               "the search's evaluation of " + t.layers +
+                   " failed: " + (t.errors.empty() ? std::string("?") : t.errors.back()),
+               scheduler_, ledger_);
+      return false;
+    }
+    errors.push_back(t.kl);
+  }
+  try {
+    job.search->tell(errors);
+  } catch (const Error& e) {
+    fail_job(job, std::string("search: ") + e.what(), scheduler_, ledger_);
+    return false;
+  }
+  return true;
+}
+
+// KVTuner's uniform baselines, evaluated beside every search's frontier
+// (not told to the search: they are for comparison).
+// With queue_missing false only stored ones are listed (a finished job
+// reloaded after a restart).
+void SearchDriver::start_baselines(Job& job, bool queue_missing) {
+  job.evaluating_baselines = true;
+  job.generation_begin = job.tasks.size();
+  std::size_t queued = 0;
+  for (const char* name : {"KV8", "K8V4", "KV4", "K4V2", "KV2"}) {
+    const std::vector<PrecisionPair> layers(job.model->layers, PrecisionPair::parse(name));
+    const std::string text = format_layer_config(layers);
+    const bool known = std::any_of(job.tasks.begin(), job.tasks.end(),
+                                   [&](const TaskEntry& t) { return t.layers == text; });
+    if (known) continue;
+    TaskEntry e;
+    address(job, layers, e);
+    e.config = name;
+    job.tasks.push_back(std::move(e));
+    const std::size_t i = job.tasks.size() - 1;
+    TaskEntry& t = job.tasks[i];
+    if (auto kl = ledger_.stored_kl(t.eval_key)) {
+      t.state = TaskState::DONE;
+      t.kl = *kl;
+      ++job.done;
+      if (queue_missing) ++counters_.cache_hits;
+      continue;
+    }
+    if (!queue_missing) {
+      job.tasks.pop_back();
+      continue;
+    }
+    scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+    ++queued;
+  }
+  if (queued == 0 && queue_missing) finish(job);
+}
+
+void SearchDriver::finish(Job& job) {
+  if (!job.evaluating_baselines) {
+    start_baselines(job);
+    return;
+  }
+  job.state = JobState::DONE;
+  ledger_.put_job(job);
+  record_frontier(job);
+  log("job " + job.id + " done: search of " + std::to_string(job.search->evaluations()) +
+      " evaluations, " + std::to_string(job.search->frontier().size()) + " frontier configs");
+}
+
+// Merges a finished search's frontier into its registry entry.
+void SearchDriver::record_frontier(const Job& job) {
+  const std::string key = registry::key(job.model->fingerprint, job.spec.scheme.key(),
+                                        job.model->data_fingerprint, job.spec.metric);
+  std::vector<registry::Config> found;
+  for (const auto& f : job.search->frontier()) {
+    registry::Config c;
+    c.layers = format_layer_config(f.layers);
+    c.avg_bits = f.bits;
+    c.kl = f.error;
+    c.job = job.id;
+    for (const TaskEntry& t : job.tasks) {
+      if (t.layers != c.layers || t.state != TaskState::DONE) continue;
+      c.eval_key = t.eval_key;
+      if (auto metrics = ledger_.result_metrics(t.eval_key)) c.metrics = std::move(*metrics);
+      break;
+    }
+    found.push_back(std::move(c));
+  }
+  json entry = {{"id", registry::entry_id(key)},
+                {"key", key},
+                {"model", job.model->name},
+                {"model_spec", job.spec.model},
+                {"fingerprint", job.model->fingerprint},
+                {"layers", job.model->layers},
+                {"scheme", job.spec.scheme.key()},
+                {"data", job.spec.data},
+                {"data_fingerprint", job.model->data_fingerprint},
+                {"metric", job.spec.metric},
+                {"synthetic", job.model->synthetic}};
+  std::vector<registry::Config> before;
+  if (auto old = ledger_.store().get_raw(Store::Area::Registry, key)) {
+    for (const json& c : json::parse(*old).at("frontier")) {
+      before.push_back(registry::Config::from_json(c));
+    }
+  }
+  json frontier = json::array();
+  for (const auto& c : registry::merge_frontier(before, found)) frontier.push_back(c.to_json());
+  entry["frontier"] = std::move(frontier);
+  entry["updated_ms"] = wall_ms();
+  entry["jobs"] = json::array({job.id});
+  ledger_.put_registry(key, entry.dump());
+  log("registry " + registry::entry_id(key) + " (" + job.model->name + ", " +
+      job.spec.scheme.key() + "): " + std::to_string(entry["frontier"].size()) +
+      " frontier configs");
+}
+
+}  // namespace kvtune::coord

@@ -1,0 +1,154 @@
+// The helpers and record conversions declared in state.h.
+#include "state.h"
+
+#include <capnp/serialize.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <random>
+
+#include "kvtune/schemas/eval_key.h"
+
+namespace kvtune::coord {
+
+int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+std::atomic<bool> g_log{true};
+}  // namespace
+
+void set_logging(bool on) {
+  g_log.store(on);
+}
+
+void log(const std::string& line) {
+  if (g_log.load(std::memory_order_relaxed)) {
+    std::cerr << "kvtune coordinator: " << line << std::endl;
+  }
+}
+
+std::string state_name(JobState s) {
+  switch (s) {
+    case JobState::QUEUED:
+      return "queued";
+    case JobState::RUNNING:
+      return "running";
+    case JobState::DONE:
+      return "done";
+    case JobState::FAILED:
+      return "failed";
+    case JobState::CANCELLED:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+std::string new_job_id() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "job-%013lld-%04x", static_cast<long long>(wall_ms()),
+                static_cast<unsigned>(rng() & 0xffff));
+  return buf;
+}
+
+std::string task_number(std::size_t index) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%06zu", index);
+  return buf;
+}
+
+json metrics_json(schema::EvalResult::Reader r) {
+  json attn = json::array();
+  for (double e : r.getAttnRelErr()) attn.push_back(e);
+  return {{"kl", r.getKl()},
+          {"delta_nll", r.getDeltaNll()},
+          {"ppl_fp", r.getPplFp()},
+          {"ppl_q", r.getPplQ()},
+          {"top1_agreement", r.getTop1Agreement()},
+          {"avg_bits", r.getAvgBits()},
+          {"bytes_per_token", r.getBytesPerToken()},
+          {"attn_rel_err", attn},
+          {"tokens", r.getTokens()}};
+}
+
+std::string serialize_request(schema::EvalRequest::Reader request) {
+  capnp::MallocMessageBuilder message;
+  message.setRoot(request);
+  const auto words = capnp::messageToFlatArray(message);
+  return std::string(reinterpret_cast<const char*>(words.asBytes().begin()),
+                     words.asBytes().size());
+}
+
+kj::Array<capnp::word> aligned_words(const std::string& flat) {
+  auto words = kj::heapArray<capnp::word>(flat.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), flat.data(), words.size() * sizeof(capnp::word));
+  return words;
+}
+
+ModelInfo ModelInfo::read(schema::ModelInfo::Reader r) {
+  return {text(r.getName()),
+          text(r.getArchitecture()),
+          text(r.getFingerprint()),
+          text(r.getDataFingerprint()),
+          r.getSynthetic(),
+          r.getLayers(),
+          r.getKvHeads(),
+          r.getHeadDim(),
+          r.getVocabSize(),
+          r.getSequences(),
+          r.getTokens()};
+}
+
+void ModelInfo::write(schema::ModelInfo::Builder b) const {
+  b.setName(name);
+  b.setArchitecture(architecture);
+  b.setFingerprint(fingerprint);
+  b.setDataFingerprint(data_fingerprint);
+  b.setSynthetic(synthetic);
+  b.setLayers(layers);
+  b.setKvHeads(kv_heads);
+  b.setHeadDim(head_dim);
+  b.setVocabSize(vocab_size);
+  b.setSequences(sequences);
+  b.setTokens(tokens);
+}
+
+json ModelInfo::to_json() const {
+  return {{"name", name},
+          {"architecture", architecture},
+          {"synthetic", synthetic},
+          {"layers", layers},
+          {"kv_heads", kv_heads},
+          {"head_dim", head_dim},
+          {"vocab_size", vocab_size},
+          {"fingerprint", fingerprint},
+          {"data_fingerprint", data_fingerprint},
+          {"sequences", sequences},
+          {"tokens", tokens}};
+}
+
+void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e) {
+  EvalInputs in;
+  in.model_spec = job.spec.model;
+  in.model_fingerprint = job.model->fingerprint;
+  in.data_spec = job.spec.data;
+  in.data_fingerprint = job.model->data_fingerprint;
+  in.seq_len = job.spec.seq_len;
+  in.scheme = job.spec.scheme;
+  in.layers = layers;
+  in.metric = job.spec.metric;
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::EvalRequest>();
+  build_eval_request(in, request);
+  e.layers = format_layer_config(layers);
+  e.eval_key = evaluation_key(request.asReader());
+  e.request = serialize_request(request.asReader());
+}
+
+}  // namespace kvtune::coord
