@@ -3,6 +3,7 @@
 // resume), local worker processes on loopback, the job, its results.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,7 +30,9 @@ namespace {
 namespace po = boost::program_options;
 using json = nlohmann::json;
 
-// Local worker processes (`kvtune worker`), stopped with SIGTERM at the end.
+// Local worker processes (`kvtune worker`), stopped with SIGTERM at the end,
+// and killed by the kernel if this process dies first. Started from the main
+// thread (PR_SET_PDEATHSIG fires when the forking thread ends).
 class LocalWorkers {
  public:
   LocalWorkers(int count, const std::string& endpoint, const std::filesystem::path& log_dir) {
@@ -39,9 +42,16 @@ class LocalWorkers {
       const std::string log = (log_dir / (id + ".log")).string();
       std::vector<std::string> argv = {self.string(), "worker", "--connect", endpoint,
                                        "--id",        id,       "--threads", "1"};
+      const pid_t parent = ::getpid();
       const pid_t pid = ::fork();
       if (pid < 0) throw Error("cannot start a local worker: fork failed");
       if (pid == 0) {
+        // The worker ends with this process, however it ends (kill -9
+        // included): its coordinator is embedded here, so there is nothing
+        // to hand work back to. The signal survives the execs below; the
+        // parent check covers a parent that died before prctl.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(1);
         const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
           ::dup2(fd, 1);

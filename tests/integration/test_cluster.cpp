@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <cmath>
 #include <filesystem>
@@ -617,6 +618,64 @@ TEST_F(Cluster, RunSearchesTheDemoModelAsTheQuickstartDoes) {
   EXPECT_LE(job["search"]["evaluations"].get<int>(), 90);
   ASSERT_FALSE(job["frontier"].empty());
   for (const json& f : job["frontier"]) EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 5.0);
+}
+
+// The processes whose parent is `parent`, from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+// Whether `pid` runs (a zombie waiting for a reaper does not).
+bool running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const auto close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
+std::string exe_of(pid_t pid) {
+  std::error_code ec;
+  return std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec).filename();
+}
+
+TEST_F(Cluster, RunKilledWithSigkillTakesItsWorkersWithIt) {
+  Process run({build_path("kvtune"), "run", "--kind", "search", "--model", "builtin:demo", "--data",
+               "sample:8:128:0", "--workers", "2", "--max-evaluations", "1000"},
+              log("run"));
+  std::vector<pid_t> workers;
+  // Both workers up and exec'd into kvtune-worker (kvtune worker execs it).
+  ASSERT_TRUE(eventually(
+      [&] {
+        workers = children_of(run.pid());
+        return workers.size() == 2 && std::all_of(workers.begin(), workers.end(), [](pid_t w) {
+                 return exe_of(w) == "kvtune-worker";
+               });
+      },
+      120s))
+      << run.log();
+  run.kill(SIGKILL);
+  EXPECT_EQ(run.wait(), 128 + SIGKILL);
+  std::this_thread::sleep_for(2s);
+  for (const pid_t w : workers) {
+    EXPECT_FALSE(running(w)) << "worker " << w << " outlived kvtune run";
+    if (running(w)) ::kill(w, SIGKILL);
+  }
 }
 
 TEST_F(Cluster, CurveAdmitsAuthorizedWorkersOnly) {

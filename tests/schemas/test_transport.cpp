@@ -34,7 +34,14 @@ using kvtune::transport::encode;
 using kvtune::transport::WorkerSocket;
 namespace schema = kvtune::schema;
 
-constexpr auto kWait = 3000ms;
+// The deadline for an event that normally comes within milliseconds (a
+// message over loopback, a refused handshake counted by the ZAP thread).
+// Waits return as soon as the event happens, so a deadline far above the
+// normal time costs nothing; it only has to outlast a machine busy with a
+// parallel build and test run (seen: 3 s was too short under ctest -j on
+// 2 cores, because libzmq retries a failed handshake every reconnect
+// interval and the handshake thread may not be scheduled for seconds).
+constexpr auto kWait = 30000ms;
 
 void build_hello(capnp::MallocMessageBuilder& builder, const std::string& worker_id) {
   auto hello = builder.initRoot<schema::WorkerMessage>().initHello();
