@@ -9,6 +9,7 @@
 #include <iostream>
 #include <random>
 
+#include "../support/shared_files.h"
 #include "../support/temp_dir.h"
 #include "calibration.h"
 #include "kvtune/common/error.h"
@@ -19,7 +20,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kStories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
+using kvtune::testing::kStoriesModel;
+using kvtune::testing::message_of;
 
 using kvtune::testing::TempDir;
 
@@ -32,15 +34,6 @@ void write_ids(const std::string& path, const std::vector<uint32_t>& ids, size_t
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
-}
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no kvtune::Error thrown)";
 }
 
 // Checks that an error message names every one of `parts`.
@@ -227,10 +220,11 @@ double mean_log_prob(const Model& model, const std::vector<std::vector<int64_t>>
 }
 
 TEST(CalibrationSamplingStories, SamplesArePlausibleUnderTheModel) {
-  if (!fs::exists(kStories)) {
-    GTEST_SKIP() << kStories << " is absent; this test needs the shared folder beside the checkout";
+  if (!fs::exists(kStoriesModel)) {
+    GTEST_SKIP() << kStoriesModel
+                 << " is absent; this test needs the shared folder beside the checkout";
   }
-  const Model model = load_llama2c(kStories);
+  const Model model = load_llama2c(kStoriesModel);
   const CalibrationData data = load_calibration("sample:4:64:1", 0, model);
   ASSERT_EQ(data.sequences.size(), 4u);
   const double lp = mean_log_prob(model, data.sequences);

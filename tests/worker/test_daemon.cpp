@@ -26,11 +26,11 @@
 #include "../support/temp_dir.h"
 #include "calibration.h"
 #include "daemon.h"
-#include "kvtune/schemas/eval_key.h"
 #include "evaluator.h"
 #include "fingerprint.h"
-#include "llama.h"
+#include "kvtune/schemas/eval_key.h"
 #include "kvtune/schemas/transport.h"
+#include "llama.h"
 
 namespace kvtune::worker {
 namespace {

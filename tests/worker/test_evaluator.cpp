@@ -7,23 +7,19 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../support/shared_files.h"
 #include "evaluator.h"
 #include "kvtune/common/error.h"
 
 namespace kvtune::worker {
 namespace {
 
-const std::string kModel = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
-const std::string kReference =
-    std::string(KVTUNE_SHARED_DIR) + "/reference/stories260K-greedy.json";
-
-#define SKIP_WITHOUT_SHARED()                                                   \
-  if (!std::filesystem::exists(kModel) || !std::filesystem::exists(kReference)) \
-  GTEST_SKIP() << "../shared (stories260K and its reference decode) is absent here"
+using kvtune::testing::kStoriesModel;
+using kvtune::testing::kStoriesReference;
 
 // BOS followed by the reference greedy continuation: real text of the model.
 std::vector<int64_t> reference_tokens(size_t n) {
-  auto ids = nlohmann::json::parse(std::ifstream(kReference))["greedy_next_ids"]
+  auto ids = nlohmann::json::parse(std::ifstream(kStoriesReference))["greedy_next_ids"]
                  .get<std::vector<int64_t>>();
   ids.insert(ids.begin(), 1);
   ids.resize(n);
@@ -56,7 +52,7 @@ TEST_P(EmulationVsDecode, OnePassEqualsTokenByTokenQuantizedDecode) {
   SKIP_WITHOUT_SHARED();
   const EmulationCase& p = GetParam();
   // float64 activations so that only quantization, not summation order, could differ.
-  const Model model = to_double(load_llama2c(kModel));
+  const Model model = to_double(load_llama2c(kStoriesModel));
   const std::vector<int64_t> ids = reference_tokens(75);
   Evaluator ev(model, {ids});
   const Scheme scheme = Scheme::parse(p.scheme, p.group_size, p.residual, p.zero_point);
@@ -96,8 +92,9 @@ INSTANTIATE_TEST_SUITE_P(
 class Stories : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(kModel) || !std::filesystem::exists(kReference)) return;
-    model_ = std::make_unique<Model>(load_llama2c(kModel));
+    if (!std::filesystem::exists(kStoriesModel) || !std::filesystem::exists(kStoriesReference))
+      return;
+    model_ = std::make_unique<Model>(load_llama2c(kStoriesModel));
     evaluator_ = std::make_unique<Evaluator>(
         *model_, std::vector<std::vector<int64_t>>{reference_tokens(257)});
   }
@@ -184,7 +181,7 @@ TEST_F(Stories, WrongLayerCountIsAnError) {
 
 TEST(EvaluatorInput, BadSequencesAreNamed) {
   SKIP_WITHOUT_SHARED();
-  const Model model = load_llama2c(kModel);
+  const Model model = load_llama2c(kStoriesModel);
   try {
     Evaluator ev(model, {{1, 2, 3}, {1, 600}});
     FAIL();

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../support/shared_files.h"
 #include "../support/temp_dir.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
@@ -24,23 +25,8 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-const std::string kStories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
-
-#define SKIP_WITHOUT_STORIES()                                                \
-  if (!std::filesystem::exists(kStories))                                     \
-  GTEST_SKIP() << kStories                                                    \
-               << " is absent here; the HF conversion tests need the shared " \
-                  "folder beside the checkout"
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no kvtune::Error thrown)";
-}
-
+using kvtune::testing::kStoriesModel;
+using kvtune::testing::message_of;
 using kvtune::testing::TempDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
@@ -400,7 +386,7 @@ Mat reference_forward(const ModelConfig& c, const Tensors& t, const std::vector<
 
 TEST(HfLlama, ConvertedLlama2cCheckpointGivesTheSameLogits) {
   SKIP_WITHOUT_STORIES();
-  const Model original = load_llama2c(kStories);
+  const Model original = load_llama2c(kStoriesModel);
   TempDir tmp;
   const std::string dir = tmp.sub("stories260K-hf");
   ModelConfig c = original.config;
@@ -459,7 +445,7 @@ TEST(HfLlama, ConvertedLlama2cCheckpointGivesTheSameLogits) {
 
 TEST(HfLlama, ShardedCheckpointEqualsSingleFile) {
   SKIP_WITHOUT_STORIES();
-  const Model original = load_llama2c(kStories);
+  const Model original = load_llama2c(kStoriesModel);
   TempDir tmp;
   ModelConfig c = original.config;
   c.architecture = "LlamaForCausalLM";
@@ -529,7 +515,7 @@ TEST(HfQwen2, BiasedModelMatchesInMemoryModelAndReferenceForward) {
 void expect_half_precision_checkpoint(torch::ScalarType dtype, const std::string& name,
                                       bool align) {
   SKIP_WITHOUT_STORIES();
-  const Model original = load_llama2c(kStories);
+  const Model original = load_llama2c(kStoriesModel);
   ModelConfig c = original.config;
   c.architecture = "LlamaForCausalLM";
   c.rope_style = RopeStyle::HalfSplit;
@@ -634,8 +620,8 @@ TEST(HfConfig, LoadModelDispatches) {
   EXPECT_EQ(load_model(dir + "/").config.name, "tiny-llama");
   const std::string msg = message_of([&] { load_model(tmp.sub("empty")); });
   EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
-  if (fs::exists(kStories)) {
-    const Model m = load_model(kStories);
+  if (fs::exists(kStoriesModel)) {
+    const Model m = load_model(kStoriesModel);
     EXPECT_EQ(m.config.architecture, "llama2c");
     EXPECT_EQ(m.config.name, "stories260K.bin");
   }

@@ -6,33 +6,20 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../support/shared_files.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
 
 namespace kvtune::worker {
 namespace {
 
-const std::string kShared = KVTUNE_SHARED_DIR;
-const std::string kModel = kShared + "/models/stories260K.bin";
-const std::string kReference = kShared + "/reference/stories260K-greedy.json";
-
-#define SKIP_WITHOUT_SHARED()                                                          \
-  if (!std::filesystem::exists(kModel) || !std::filesystem::exists(kReference))        \
-  GTEST_SKIP() << "../shared/models/stories260K.bin or its reference is absent here; " \
-                  "the model tests need the shared folder beside the checkout"
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kvtune::testing::kStoriesModel;
+using kvtune::testing::kStoriesReference;
+using kvtune::testing::message_of;
 
 TEST(Llama2c, ReadsTheHeader) {
   SKIP_WITHOUT_SHARED();
-  const Model m = load_llama2c(kModel);
+  const Model m = load_llama2c(kStoriesModel);
   EXPECT_EQ(m.config.dim, 64);
   EXPECT_EQ(m.config.n_layers, 5);
   EXPECT_EQ(m.config.n_heads, 8);
@@ -44,13 +31,13 @@ TEST(Llama2c, ReadsTheHeader) {
 
 TEST(Llama2c, GreedyDecodeEqualsTheReferenceImplementation) {
   SKIP_WITHOUT_SHARED();
-  const auto ref = nlohmann::json::parse(std::ifstream(kReference));
+  const auto ref = nlohmann::json::parse(std::ifstream(kStoriesReference));
   const auto expected = ref["greedy_next_ids"].get<std::vector<int64_t>>();
   ASSERT_EQ(expected.size(), 256u);
   std::map<int64_t, nlohmann::json> checkpoints;
   for (const auto& at : ref["logits_at"]) checkpoints[at["pos"].get<int64_t>()] = at;
 
-  const Model model = load_llama2c(kModel);
+  const Model model = load_llama2c(kStoriesModel);
   const Transformer t(model);
   FullPrecisionCache cache;
   int64_t token = ref["prompt"][0].get<int64_t>();
@@ -70,9 +57,9 @@ TEST(Llama2c, GreedyDecodeEqualsTheReferenceImplementation) {
 
 TEST(Llama2c, TeacherForcedForwardEqualsStepByStep) {
   SKIP_WITHOUT_SHARED();
-  const Model model = load_llama2c(kModel);
+  const Model model = load_llama2c(kStoriesModel);
   const Transformer t(model);
-  const auto ref = nlohmann::json::parse(std::ifstream(kReference));
+  const auto ref = nlohmann::json::parse(std::ifstream(kStoriesReference));
   auto ids = ref["greedy_next_ids"].get<std::vector<int64_t>>();
   ids.insert(ids.begin(), 1);
   ids.resize(40);
@@ -117,7 +104,7 @@ TEST_F(BadCheckpoint, NonsenseHeaderNamesTheField) {
 
 TEST_F(BadCheckpoint, TruncatedWeightsNameTheTensor) {
   SKIP_WITHOUT_SHARED();
-  std::ifstream in(kModel, std::ios::binary);
+  std::ifstream in(kStoriesModel, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   write(bytes.substr(0, 400000));  // ends inside the layer weights
   const std::string m = message_of([&] { load_llama2c(path_.string()); });
@@ -127,7 +114,7 @@ TEST_F(BadCheckpoint, TruncatedWeightsNameTheTensor) {
 
 TEST_F(BadCheckpoint, TrailingBytesAreRefused) {
   SKIP_WITHOUT_SHARED();
-  std::ifstream in(kModel, std::ios::binary);
+  std::ifstream in(kStoriesModel, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   write(bytes + std::string(64, '\0'));
   const std::string m = message_of([&] { load_llama2c(path_.string()); });
