@@ -13,11 +13,15 @@
 namespace kvtune::coord {
 namespace {
 
+// Strings that are not UTF-8 (none should get here: the server refuses such
+// targets and job specs are validated) are dumped with U+FFFD, not thrown.
 http::Response json_response(int status, const json& body) {
-  return {status, body.dump() + "\n", "application/json"};
+  return {status, body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
+          "application/json"};
 }
+// `message` may echo client input: bytes that are not UTF-8 become \xNN.
 http::Response error_response(int status, const std::string& message) {
-  return json_response(status, {{"error", message}});
+  return json_response(status, {{"error", http::escape_utf8(message)}});
 }
 
 }  // namespace
@@ -66,17 +70,19 @@ http::Response Api::post_job(const std::string& body) {
   } catch (const JobSpecError& e) {
     json fields = json::array();
     for (const FieldError& f : e.fields()) {
-      fields.push_back({{"field", f.field}, {"message", f.message}});
+      fields.push_back(
+          {{"field", http::escape_utf8(f.field)}, {"message", http::escape_utf8(f.message)}});
     }
-    log("refused a job spec: " + std::string(e.what()));
+    log("refused a job spec: " + http::escape_utf8(e.what()));
     return json_response(400, {{"error", "invalid job spec"}, {"fields", fields}});
   }
   if (spec.kind == JobSpec::Kind::Search) {
     try {
       search::options_from_json(spec.search);
     } catch (const Error& e) {
-      return json_response(400, {{"error", "invalid job spec"},
-                                 {"fields", {{{"field", "search"}, {"message", e.what()}}}}});
+      return json_response(
+          400, {{"error", "invalid job spec"},
+                {"fields", {{{"field", "search"}, {"message", http::escape_utf8(e.what())}}}}});
     }
   }
   const std::string id = jobs_.submit(spec);

@@ -27,8 +27,71 @@ namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
+namespace {
+
+// The length of the well-formed UTF-8 sequence at text[i] (RFC 3629, table 3-7
+// of the Unicode standard), or 0 when the byte there does not start one.
+std::size_t utf8_sequence(std::string_view text, std::size_t i) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char lead = byte(i);
+  if (lead < 0x80) return 1;
+  std::size_t length = 0;
+  unsigned char low = 0x80, high = 0xBF;  // the range of the second byte
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;   // no overlong forms
+    if (lead == 0xED) high = 0x9F;  // no surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;   // no overlong forms
+    if (lead == 0xF4) high = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (text.size() - i < length) return 0;
+  if (byte(i + 1) < low || byte(i + 1) > high) return 0;
+  for (std::size_t k = 2; k < length; ++k) {
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
+  }
+  return length;
+}
+
+}  // namespace
+
+bool valid_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence(text, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string escape_utf8(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence(text, i);
+    if (n == 0) {
+      const auto byte = static_cast<unsigned char>(text[i]);
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xF];
+      ++i;
+    } else {
+      out.append(text.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
 std::string error_body(const std::string& message) {
-  return nlohmann::json{{"error", message}}.dump();
+  return nlohmann::json{{"error", escape_utf8(message)}}.dump(
+      -1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 namespace {
@@ -210,11 +273,13 @@ class Session : public std::enable_shared_from_this<Session> {
     log_line("kvtune http: refused request from " + peer_ + ": " + reason);
   }
 
-  // Answers, then drains and closes the connection.
+  // Answers, then drains and closes the connection. A request whose request
+  // line was read as HEAD gets no body (what a HEAD client expects).
   void refuse(int status, const std::string& reason) {
     refuse_quietly(reason);
+    const bool head_only = parser_ && parser_->get().method() == bhttp::verb::head;
     send(status, error_body(reason), "application/json", /*keep_alive=*/false, /*version=*/11,
-         /*authenticate=*/false, /*linger=*/true);
+         /*authenticate=*/false, /*linger=*/true, head_only);
   }
 
   bool authorized(const bhttp::request<bhttp::string_body>& request,
@@ -239,6 +304,13 @@ class Session : public std::enable_shared_from_this<Session> {
     const unsigned version = message.version();
     const bool head_only = message.method() == bhttp::verb::head;
 
+    if (!valid_utf8(request.target)) {
+      const std::string reason =
+          "the request target is not valid UTF-8: " + escape_utf8(request.target);
+      refuse_quietly(reason);
+      return send(400, error_body(reason), "application/json", keep_alive, version,
+                  /*authenticate=*/false, /*linger=*/false, head_only);
+    }
     if (!authorized(message, request.path)) {
       refuse_quietly("missing or wrong bearer token (" + request.method + " " + request.path + ")");
       return send(401, error_body("missing or wrong bearer token"), "application/json", keep_alive,

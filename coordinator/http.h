@@ -14,6 +14,8 @@
 //     max_header_bytes, ...) is answered 400 where still possible and the
 //     connection closed;
 //   - a connection idle or slow for idle_timeout is closed;
+//   - a request target that is not valid UTF-8 is answered 400 (the
+//     connection stays open) without calling the handler;
 //   - a handler that throws is answered 500 with its what().
 // Refused requests (malformed, oversized, unauthorized) are counted in
 // refused() and logged to stderr, one line each; other connections are not
@@ -37,6 +39,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace kvtune::http {
@@ -59,8 +62,17 @@ struct Response {
   std::string content_type = "application/json";
 };
 
-// {"error": message}, serialized.
+// {"error": message}, serialized; bytes of `message` that are not UTF-8 are
+// written as \xNN (escape_utf8), so the body is always valid UTF-8 JSON.
 std::string error_body(const std::string& message);
+
+// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF).
+bool valid_utf8(std::string_view text);
+// `text` with every byte that is not part of a well-formed UTF-8 sequence
+// written as the four characters \xNN (uppercase hex); valid text is
+// returned as is. For echoing client input in messages.
+std::string escape_utf8(std::string_view text);
 
 using Handler = std::function<Response(const Request&)>;
 

@@ -1,8 +1,10 @@
 #include "kvtune/common/job_spec.h"
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <set>
+#include <string_view>
 
 namespace kvtune {
 namespace {
@@ -19,6 +21,165 @@ std::string describe(const std::vector<FieldError>& fields) {
 
 std::string type_name(const json& value) {
   return value.type_name();
+}
+
+// JSON text nested deeper than this is refused before it is parsed: copying,
+// comparing and dumping nlohmann values recurse, and a 1 MiB body of "[[[..."
+// would overflow the stack. Real specs nest 3 deep.
+constexpr int kMaxDepth = 64;
+
+// Whether arrays and objects in `text` nest deeper than kMaxDepth (brackets
+// outside strings; malformed text is left to the parser).
+bool too_deep(std::string_view text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxDepth) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
+// The length of the well-formed UTF-8 sequence at text[i] (RFC 3629), or 0
+// when the byte there does not start one.
+std::size_t utf8_sequence(std::string_view text, std::size_t i) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char lead = byte(i);
+  if (lead < 0x80) return 1;
+  std::size_t length = 0;
+  unsigned char low = 0x80, high = 0xBF;  // the range of the second byte
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;   // no overlong forms
+    if (lead == 0xED) high = 0x9F;  // no surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;   // no overlong forms
+    if (lead == 0xF4) high = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (text.size() - i < length) return 0;
+  if (byte(i + 1) < low || byte(i + 1) > high) return 0;
+  for (std::size_t k = 2; k < length; ++k) {
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
+  }
+  return length;
+}
+
+bool valid_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence(text, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+constexpr char kHex[] = "0123456789ABCDEF";
+
+// `text` with each byte that is not UTF-8 replaced by replace(byte).
+std::string map_invalid_bytes(std::string_view text,
+                              const std::function<std::string(unsigned char)>& replace) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence(text, i);
+    if (n == 0) {
+      out += replace(static_cast<unsigned char>(text[i]));
+      ++i;
+    } else {
+      out.append(text.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
+// `text` with each byte that is not UTF-8 written as \xNN, for messages.
+std::string escape_utf8(std::string_view text) {
+  return map_invalid_bytes(text, [](unsigned char b) {
+    return std::string{'\\', 'x', kHex[b >> 4], kHex[b & 0xF]};
+  });
+}
+
+// Text that is not UTF-8 is parsed once more with each bad byte replaced by
+// this marker (the noncharacter U+FDD0) and its two hex digits, to name the
+// fields that hold it.
+constexpr std::string_view kMarker = "\xEF\xB7\x90";
+
+std::string unmark(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    if (text.substr(i, kMarker.size()) == kMarker && i + kMarker.size() + 2 <= text.size()) {
+      out += "\\x";
+      out.append(text.substr(i + kMarker.size(), 2));
+      i += kMarker.size() + 2;
+    } else {
+      out += text[i++];
+    }
+  }
+  return out;
+}
+
+// A field error for each object key and string in `value` that bad() finds
+// (paths as the Reader names fields: "scheme.name", "configs[2]"), shown
+// with show().
+void bad_text_fields(const json& value, const std::string& path,
+                     const std::function<bool(const std::string&)>& bad,
+                     const std::function<std::string(const std::string&)>& show,
+                     std::vector<FieldError>& out) {
+  if (value.is_string()) {
+    const auto& text = value.get_ref<const std::string&>();
+    if (bad(text)) out.push_back({show(path), "is not valid UTF-8: \"" + show(text) + "\""});
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      bad_text_fields(value[i], path + "[" + std::to_string(i) + "]", bad, show, out);
+    }
+  } else if (value.is_object()) {
+    for (const auto& [key, child] : value.items()) {
+      const std::string child_path = path.empty() ? key : path + "." + key;
+      if (bad(key)) out.push_back({show(child_path), "the field name is not valid UTF-8"});
+      bad_text_fields(child, child_path, bad, show, out);
+    }
+  }
+}
+
+// Why JSON text that is not UTF-8 was refused: the fields that hold the bad
+// bytes, or (when the text does not parse even with them marked) the
+// parser's message.
+std::vector<FieldError> not_utf8_errors(const std::string& text,
+                                        const std::string& parser_message) {
+  std::vector<FieldError> fields;
+  if (text.find(kMarker) == std::string::npos) {
+    const json marked = json::parse(
+        map_invalid_bytes(
+            text,
+            [](unsigned char b) { return std::string(kMarker) + kHex[b >> 4] + kHex[b & 0xF]; }),
+        nullptr, /*allow_exceptions=*/false);
+    if (!marked.is_discarded()) {
+      bad_text_fields(
+          marked, "", [](const std::string& t) { return t.find(kMarker) != std::string::npos; },
+          unmark, fields);
+    }
+  }
+  if (fields.empty()) fields.push_back({"", "not valid JSON: " + escape_utf8(parser_message)});
+  return fields;
 }
 
 // Collects field errors while reading a JSON object.
@@ -154,11 +315,18 @@ std::string JobSpec::kind_name() const {
 }
 
 JobSpec JobSpec::parse_text(const std::string& text) {
+  if (too_deep(text)) {
+    throw JobSpecError(
+        {{"", "arrays and objects nest deeper than " + std::to_string(kMaxDepth) + " levels"}});
+  }
   json spec;
   try {
     spec = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw JobSpecError({{"", std::string("not valid JSON: ") + e.what()}});
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e400
+    // nlohmann's parser refuses strings that are not UTF-8 (and its message
+    // quotes the bad bytes): name the fields instead.
+    if (!valid_utf8(text)) throw JobSpecError(not_utf8_errors(text, e.what()));
+    throw JobSpecError({{"", "not valid JSON: " + escape_utf8(e.what())}});
   }
   return parse(spec);
 }
@@ -169,6 +337,12 @@ JobSpec JobSpec::parse(const json& spec) {
   JobSpec out;
   if (!spec.is_object())
     throw JobSpecError({{"", "must be a JSON object, not " + type_name(spec)}});
+  // Text that is not UTF-8 is refused first: the messages below quote values,
+  // and a JSON answer with such bytes in it cannot be written.
+  bad_text_fields(
+      spec, "", [](const std::string& t) { return !valid_utf8(t); },
+      [](const std::string& t) { return escape_utf8(t); }, errors);
+  if (!errors.empty()) throw JobSpecError(std::move(errors));
   r.only(spec,
          {"kind", "name", "model", "data", "seq_len", "scheme", "metric", "configs", "candidates",
           "search"},

@@ -23,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "http.h"
 #include "kvtune/common/error.h"
@@ -414,6 +416,81 @@ TEST_F(HttpServerTest, HandlerExceptionIs500WithItsMessage) {
   EXPECT_NE(bad_status.body.find("HTTP status 42"), std::string::npos) << bad_status.body;
   EXPECT_EQ(kvtune::http::request(server_->address(), "GET", "/fine").status, 200);
   EXPECT_EQ(server_->refused(), 0u);
+}
+
+TEST(HttpUtf8, ValidatesAndEscapesByRfc3629) {
+  using kvtune::http::escape_utf8;
+  using kvtune::http::valid_utf8;
+  for (const std::string& good : std::vector<std::string>{
+           "", "plain /v1/jobs?x=1", "caf\xC3\xA9", "\xE2\x82\xAC", "\xED\x9F\xBF", "\xEE\x80\x80",
+           "\xF0\x9F\x98\x80", "\xF4\x8F\xBF\xBF", std::string("nul\0byte", 8)}) {
+    EXPECT_TRUE(valid_utf8(good)) << escape_utf8(good);
+    EXPECT_EQ(escape_utf8(good), good);
+  }
+  const std::pair<std::string, std::string> bad[] = {
+      {"\xFF", "\\xFF"},
+      {"a\xFF\xFE!", "a\\xFF\\xFE!"},
+      {"\xC3", "\\xC3"},                             // truncated
+      {"\xC3(", "\\xC3("},                           // a bad continuation
+      {"\xC0\x80", "\\xC0\\x80"},                    // overlong NUL
+      {"\xE0\x80\xAF", "\\xE0\\x80\\xAF"},           // overlong '/'
+      {"\xED\xA0\x80", "\\xED\\xA0\\x80"},           // a UTF-16 surrogate
+      {"\xF4\x90\x80\x80", "\\xF4\\x90\\x80\\x80"},  // over U+10FFFF
+      {"\xF8\x88\x80\x80\x80", "\\xF8\\x88\\x80\\x80\\x80"},
+      {"\x80-caf\xC3\xA9", "\\x80-caf\xC3\xA9"},  // valid text after a bad byte is kept
+  };
+  for (const auto& [text, escaped] : bad) {
+    EXPECT_FALSE(valid_utf8(text)) << escaped;
+    EXPECT_EQ(escape_utf8(text), escaped);
+    EXPECT_TRUE(valid_utf8(escape_utf8(text)));
+  }
+  // error_body() never throws and always writes valid UTF-8 JSON.
+  const std::string body = kvtune::http::error_body("no job '\xFF\xC3'");
+  EXPECT_TRUE(valid_utf8(body));
+  EXPECT_EQ(json::parse(body), json({{"error", "no job '\\xFF\\xC3'"}}));
+}
+
+TEST_F(HttpServerTest, TargetThatIsNotUtf8Is400AndTheConnectionGoesOn) {
+  std::atomic<int> calls{0};
+  start([&](const Request& request) {
+    ++calls;
+    return echo(request);
+  });
+  const auto client = connect_raw();
+  client->write("GET /v1/jobs/\xFF\xFE?x=\xC3 HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto refused = client->read_response();
+  EXPECT_EQ(refused.result_int(), 400u);
+  EXPECT_TRUE(refused.keep_alive());
+  EXPECT_TRUE(kvtune::http::valid_utf8(refused.body())) << refused.body();
+  EXPECT_EQ(
+      json::parse(refused.body()),
+      json({{"error", "the request target is not valid UTF-8: /v1/jobs/\\xFF\\xFE?x=\\xC3"}}));
+  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(server_->refused(), 1u);
+
+  // Valid UTF-8, raw or percent-encoded, reaches the handler as sent.
+  client->write("GET /v1/jobs/caf\xC3\xA9 HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto raw = client->read_response();
+  EXPECT_EQ(raw.result_int(), 200u);
+  EXPECT_EQ(json::parse(raw.body())["path"], "/v1/jobs/caf\xC3\xA9");
+  client->write("GET /v1/jobs/%FF HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto encoded = client->read_response();
+  EXPECT_EQ(encoded.result_int(), 200u);
+  EXPECT_EQ(json::parse(encoded.body())["path"], "/v1/jobs/%FF");
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(server_->refused(), 1u);
+}
+
+TEST_F(HttpServerTest, HandlerExceptionThatIsNotUtf8IsStillValidJson) {
+  start([](const Request& request) -> Response {
+    if (request.path == "/boom") throw Error("no job '\xFF\xFE' in the store");
+    return echo(request);
+  });
+  const auto boom = kvtune::http::request(server_->address(), "GET", "/boom");
+  EXPECT_EQ(boom.status, 500);
+  EXPECT_TRUE(kvtune::http::valid_utf8(boom.body)) << boom.body;
+  EXPECT_EQ(json::parse(boom.body), json({{"error", "no job '\\xFF\\xFE' in the store"}}));
+  EXPECT_EQ(kvtune::http::request(server_->address(), "GET", "/fine").status, 200);
 }
 
 TEST_F(HttpServerTest, IdleAndSlowConnectionsAreClosed) {
