@@ -42,6 +42,8 @@
 #include <string_view>
 #include <utility>
 
+#include "kvtune/common/utf8.h"
+
 namespace kvtune::http {
 
 namespace detail {
@@ -66,13 +68,9 @@ struct Response {
 // written as \xNN (escape_utf8), so the body is always valid UTF-8 JSON.
 std::string error_body(const std::string& message);
 
-// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no
-// surrogates, nothing above U+10FFFF).
-bool valid_utf8(std::string_view text);
-// `text` with every byte that is not part of a well-formed UTF-8 sequence
-// written as the four characters \xNN (uppercase hex); valid text is
-// returned as is. For echoing client input in messages.
-std::string escape_utf8(std::string_view text);
+// UTF-8 checks and escaping (kvtune/common/utf8.h), also spelled http::.
+using kvtune::escape_utf8;
+using kvtune::valid_utf8;
 
 using Handler = std::function<Response(const Request&)>;
 

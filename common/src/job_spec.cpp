@@ -6,6 +6,8 @@
 #include <set>
 #include <string_view>
 
+#include "kvtune/common/utf8.h"
+
 namespace kvtune {
 namespace {
 
@@ -53,70 +55,7 @@ bool too_deep(std::string_view text) {
   return false;
 }
 
-// The length of the well-formed UTF-8 sequence at text[i] (RFC 3629), or 0
-// when the byte there does not start one.
-std::size_t utf8_sequence(std::string_view text, std::size_t i) {
-  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
-  const unsigned char lead = byte(i);
-  if (lead < 0x80) return 1;
-  std::size_t length = 0;
-  unsigned char low = 0x80, high = 0xBF;  // the range of the second byte
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3;
-    if (lead == 0xE0) low = 0xA0;   // no overlong forms
-    if (lead == 0xED) high = 0x9F;  // no surrogates
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4;
-    if (lead == 0xF0) low = 0x90;   // no overlong forms
-    if (lead == 0xF4) high = 0x8F;  // nothing above U+10FFFF
-  } else {
-    return 0;
-  }
-  if (text.size() - i < length) return 0;
-  if (byte(i + 1) < low || byte(i + 1) > high) return 0;
-  for (std::size_t k = 2; k < length; ++k) {
-    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
-  }
-  return length;
-}
-
-bool valid_utf8(std::string_view text) {
-  for (std::size_t i = 0; i < text.size();) {
-    const std::size_t n = utf8_sequence(text, i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
-}
-
 constexpr char kHex[] = "0123456789ABCDEF";
-
-// `text` with each byte that is not UTF-8 replaced by replace(byte).
-std::string map_invalid_bytes(std::string_view text,
-                              const std::function<std::string(unsigned char)>& replace) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size();) {
-    const std::size_t n = utf8_sequence(text, i);
-    if (n == 0) {
-      out += replace(static_cast<unsigned char>(text[i]));
-      ++i;
-    } else {
-      out.append(text.substr(i, n));
-      i += n;
-    }
-  }
-  return out;
-}
-
-// `text` with each byte that is not UTF-8 written as \xNN, for messages.
-std::string escape_utf8(std::string_view text) {
-  return map_invalid_bytes(text, [](unsigned char b) {
-    return std::string{'\\', 'x', kHex[b >> 4], kHex[b & 0xF]};
-  });
-}
 
 // Text that is not UTF-8 is parsed once more with each bad byte replaced by
 // this marker (the noncharacter U+FDD0) and its two hex digits, to name the
@@ -168,7 +107,7 @@ std::vector<FieldError> not_utf8_errors(const std::string& text,
   std::vector<FieldError> fields;
   if (text.find(kMarker) == std::string::npos) {
     const json marked = json::parse(
-        map_invalid_bytes(
+        map_invalid_utf8(
             text,
             [](unsigned char b) { return std::string(kMarker) + kHex[b >> 4] + kHex[b & 0xF]; }),
         nullptr, /*allow_exceptions=*/false);
