@@ -85,8 +85,13 @@ class CoordinatorSocket::Guard {
         monitor_(context, zmq::socket_type::pair) {
     zap_.set(zmq::sockopt::linger, 0);
     zap_.bind(kZapEndpoint);
-    if (zmq_socket_monitor(router.handle(), kMonitorEndpoint,
-                           ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
+    // A refused peer shows up as a protocol failure when this side reads the
+    // peer's greeting first, and as a failure without detail when the peer
+    // has already given up and reset the connection (it does not retry after
+    // a protocol error): which one depends on scheduling, so both count.
+    if (zmq_socket_monitor(
+            router.handle(), kMonitorEndpoint,
+            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
       throw zmq::error_t();
     }
     monitor_.set(zmq::sockopt::linger, 0);
@@ -189,6 +194,14 @@ class CoordinatorSocket::Guard {
     std::uint32_t value = 0;
     std::memcpy(&id, event.data(), sizeof(id));
     std::memcpy(&value, static_cast<const char*>(event.data()) + sizeof(id), sizeof(value));
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      report("no detail", "a worker's handshake on " + endpoint +
+                              " failed: the connection broke during the handshake (" +
+                              std::strerror(static_cast<int>(value)) +
+                              "; a worker without CURVE keys, or with the wrong ones?)");
+      return;
+    }
     if (id != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) return;
     refused_.fetch_add(1, std::memory_order_relaxed);
     std::string reason;

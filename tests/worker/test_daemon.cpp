@@ -110,6 +110,11 @@ kj::ArrayPtr<const kj::byte> as_data(const std::string& s) {
   return kj::arrayPtr(reinterpret_cast<const kj::byte*>(s.data()), s.size());
 }
 
+// How long a worker process may take to exit once it has said goodbye: it
+// takes well under a second, but LibTorch's teardown on a machine busy with
+// a parallel build and test run has taken seconds. Waits return at the exit.
+constexpr auto kExit = 60s;
+
 // The next message from the worker that is not a heartbeat (nor a hello or
 // credit when `skip_hello`).
 transport::CoordinatorSocket::Incoming next(CoordinatorSocket& socket,
@@ -322,7 +327,7 @@ TEST(WorkerDaemon, DescribesEvaluatesLikeTheEvaluatorAndSaysGoodbye) {
   auto goodbye = next(socket);
   ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE);
   EXPECT_EQ(text(goodbye.message.get().getGoodbye().getHandBackTaskId()), "");
-  EXPECT_EQ(worker.wait(10s), 0) << worker.log();
+  EXPECT_EQ(worker.wait(kExit), 0) << worker.log();
 
   const std::string log = worker.log();
   for (const std::string& key : keys) {
@@ -353,11 +358,11 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
         dir.file("a.log"));
     expect_hello_and_credit(socket, id);
     send_task(socket, id, "job-2/0", slow);
-    ASSERT_TRUE(worker.wait_for_log(": evaluating ", 30s)) << worker.log();
+    ASSERT_TRUE(worker.wait_for_log(": evaluating ", 120s)) << worker.log();
     // While it works, its heartbeats name the task.
     std::string busy;
     for (int i = 0; i < 50 && busy.empty(); ++i) {
-      auto in = socket.receive(1s);
+      auto in = socket.receive(30s);  // heartbeats come every 100 ms when not starved
       ASSERT_TRUE(in.has_value());
       if (in->message.get().which() == schema::WorkerMessage::HEARTBEAT) {
         busy = text(in->message.get().getHeartbeat().getBusyTaskId());
@@ -366,11 +371,13 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
     EXPECT_EQ(busy, "job-2/0");
     const auto start = std::chrono::steady_clock::now();
     worker.kill(SIGTERM);
-    auto goodbye = next(socket, 10s);
+    auto goodbye = next(socket);
     ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE) << worker.log();
     EXPECT_EQ(text(goodbye.message.get().getGoodbye().getHandBackTaskId()), "job-2/0");
-    EXPECT_EQ(worker.wait(10s), 0) << worker.log();
-    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+    EXPECT_EQ(worker.wait(kExit), 0) << worker.log();
+    // At once, not after the evaluation: the hand-back and the absent
+    // ": done" say so; the bound only has to hold on a loaded machine.
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
     EXPECT_EQ(worker.log().find(": done "), std::string::npos) << worker.log();
   }
   {  // A long grace period: the task finishes (here: fails) and is reported first.
@@ -379,7 +386,7 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
     testing::Process worker(worker_argv(worker_args(socket.endpoint(), id)), dir.file("b.log"));
     expect_hello_and_credit(socket, id);
     const std::string key = send_task(socket, id, "job-3/0", slow);
-    ASSERT_TRUE(worker.wait_for_log(": evaluating ", 30s)) << worker.log();
+    ASSERT_TRUE(worker.wait_for_log(": evaluating ", 120s)) << worker.log();
     worker.kill(SIGTERM);
     auto failure = next(socket);
     ASSERT_EQ(failure.message.get().which(), schema::WorkerMessage::FAILURE) << worker.log();
@@ -389,7 +396,7 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
     auto goodbye = next(socket);  // no credit: it is leaving
     ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE);
     EXPECT_EQ(text(goodbye.message.get().getGoodbye().getHandBackTaskId()), "");
-    EXPECT_EQ(worker.wait(10s), 0) << worker.log();
+    EXPECT_EQ(worker.wait(kExit), 0) << worker.log();
   }
 }
 
@@ -416,7 +423,7 @@ TEST(WorkerDaemon, SaysHelloAgainWhenTheCoordinatorAsks) {
   worker.kill(SIGINT);
   auto goodbye = next(socket);
   EXPECT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE);
-  EXPECT_EQ(worker.wait(10s), 0) << worker.log();
+  EXPECT_EQ(worker.wait(kExit), 0) << worker.log();
 }
 
 TEST(WorkerDaemon, SaysHelloAgainToARestartedCoordinator) {
@@ -455,9 +462,9 @@ TEST(WorkerDaemon, SaysHelloAgainToARestartedCoordinator) {
   auto result = next(*socket, 60s, /*skip_hello=*/true);
   ASSERT_EQ(result.message.get().which(), schema::WorkerMessage::RESULT) << worker.log();
   EXPECT_EQ(bytes(result.message.get().getResult().getEvalKey()), key);
-  auto goodbye = next(*socket, 10s, /*skip_hello=*/true);
+  auto goodbye = next(*socket, 60s, /*skip_hello=*/true);
   ASSERT_EQ(goodbye.message.get().which(), schema::WorkerMessage::GOODBYE) << worker.log();
-  EXPECT_EQ(worker.wait(10s), 0) << worker.log();
+  EXPECT_EQ(worker.wait(kExit), 0) << worker.log();
 }
 
 }  // namespace
