@@ -86,6 +86,7 @@ http::Response Api::post_job(const std::string& body) {
     }
   }
   const std::string id = jobs_.submit(spec);
+  if (ledger_.failed()) return error_response(503, "not stored: " + ledger_.failure());
   return json_response(201, {{"id", id}, {"state", "queued"}});
 }
 
@@ -148,6 +149,7 @@ http::Response Api::cancel_job(Job& job) {
   if (!jobs_.cancel(job)) {
     return error_response(409, "job " + job.id + " is already " + state_name(job.state));
   }
+  if (ledger_.failed()) return error_response(503, "not stored: " + ledger_.failure());
   return json_response(200, {{"id", job.id}, {"state", "cancelled"}});
 }
 

@@ -3,7 +3,9 @@
 // flushes the store batch, polls the HTTP API, expires silent workers,
 // dispatches leased tasks and sends heartbeats. What the messages mean for
 // jobs is in jobs.cpp and search_driver.cpp; the routes are in api.cpp;
-// the store writes go through ledger.cpp.
+// the store writes go through ledger.cpp. When the store cannot write, the
+// loop stops at once (nothing more is written, sent or answered) and run()
+// throws the store's error.
 #include "coordinator.h"
 
 #include <capnp/message.h>
@@ -42,19 +44,34 @@ class Coordinator::Impl {
         scheduler_(options.scheduler),
         socket_(bind_socket(options)),
         http_(
-            io_, options.api, [this](const http::Request& r) { return api_.handle(r); },
-            http_options(options)),
+            std::in_place, io_, options.api,
+            [this](const http::Request& r) { return api_.handle(r); }, http_options(options)),
+        api_address_(http_->address()),
         search_(ledger_, scheduler_, counters_),
         jobs_(ledger_, scheduler_, counters_, search_),
-        api_(jobs_, ledger_, scheduler_, workers_, counters_, socket_, http_) {
+        api_(jobs_, ledger_, scheduler_, workers_, counters_, socket_, *http_) {
     jobs_.resume();
   }
 
-  std::string api_address() const { return http_.address(); }
+  std::string api_address() const { return api_address_; }
   std::string worker_endpoint() const { return socket_.endpoint(); }
 
   void run(const std::atomic<bool>& stop) {
-    log("serving the API on http://" + http_.address() + " and workers on " + socket_.endpoint() +
+    if (!ledger_.failed()) serve(stop);
+    if (!ledger_.failed()) return;
+    // The store cannot write: answer nothing more (closing the API resets
+    // its connections, so a client waiting on it hears at once), keep what
+    // the store holds (a restart resumes from there) and report why.
+    http_.reset();
+    log("stopping: the store cannot write");
+    throw Error(ledger_.failure() +
+                "; the coordinator stopped (nothing more was written: restarted on this "
+                "database, it resumes from its last complete write)");
+  }
+
+ private:
+  void serve(const std::atomic<bool>& stop) {
+    log("serving the API on http://" + api_address_ + " and workers on " + socket_.endpoint() +
         " (database " + store_.path().string() + ")");
     auto next_heartbeat = Clock::now();
     while (!stop.load()) {
@@ -71,9 +88,9 @@ class Coordinator::Impl {
         if (!incoming) break;
         handle_worker(incoming->worker_identity, incoming->message.get());
       }
-      ledger_.flush();
+      if (!ledger_.flush()) return;
       io_.poll();
-      ledger_.flush();
+      if (!ledger_.flush()) return;  // a submit or cancel could not be stored
       const auto now = Clock::now();
       expire(now);
       dispatch(now);
@@ -81,12 +98,11 @@ class Coordinator::Impl {
         heartbeat_all();
         next_heartbeat = now + options_.heartbeat_interval;
       }
-      ledger_.flush();
+      if (!ledger_.flush()) return;
     }
     log("stopping");
   }
 
- private:
   static transport::CoordinatorSocket bind_socket(const CoordinatorOptions& options);
   static http::ServerOptions http_options(const CoordinatorOptions& options) {
     http::ServerOptions o;
@@ -246,7 +262,8 @@ class Coordinator::Impl {
   Scheduler scheduler_;
   transport::CoordinatorSocket socket_;
   boost::asio::io_context io_;
-  http::Server http_;
+  std::optional<http::Server> http_;  // reset when the store fails
+  std::string api_address_;
   coord::Counters counters_;
   std::map<std::string, coord::WorkerInfo> workers_;
   coord::SearchDriver search_;

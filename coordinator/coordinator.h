@@ -47,7 +47,11 @@ class Coordinator {
   std::string api_address() const;
   std::string worker_endpoint() const;
 
-  // Serves until `stop` becomes true.
+  // Serves until `stop` becomes true. Throws kvtune::Error naming the
+  // database and the cause when the store cannot write (a full disk, an I/O
+  // error): the loop stops at once and the API closes; what the store holds
+  // is consistent (a new Coordinator on the database resumes from it, as
+  // after kill -9); this one can only be destroyed (the process exits).
   void run(const std::atomic<bool>& stop);
 
  private:

@@ -90,7 +90,7 @@ void Jobs::resume() {
     requeued += queue_tasks(stored);
     maybe_finish(stored);
   }
-  ledger_.flush();
+  if (!ledger_.flush()) throw Error(ledger_.failure());
   if (resumed > 0) {
     log("resumed " + std::to_string(resumed) + " unfinished job(s); " + std::to_string(requeued) +
         " evaluation task(s) queued, the rest are stored");
@@ -106,7 +106,7 @@ std::string Jobs::submit(const JobSpec& spec) {
   Job& stored = jobs_[job.id] = std::move(job);
   ledger_.put_job(stored);
   queue_describe(stored);
-  ledger_.flush();
+  if (!ledger_.flush()) return stored.id;  // not stored: the coordinator stops
   log("job " + stored.id + " (" + spec.kind_name() + ", model " + spec.model + ") submitted");
   return stored.id;
 }
@@ -116,7 +116,7 @@ bool Jobs::cancel(Job& job) {
   scheduler_.cancel_job(job.id);
   job.state = JobState::CANCELLED;
   ledger_.put_job(job);
-  ledger_.flush();
+  if (!ledger_.flush()) return true;  // not stored: the coordinator stops
   log("job " + job.id + " cancelled");
   return true;
 }

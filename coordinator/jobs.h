@@ -30,12 +30,16 @@ class Jobs {
 
   // Loads the stored jobs and queues the work of the unfinished ones (a
   // stored result completes a task at once). Throws kvtune::Error naming the
-  // database when a stored job cannot be read.
+  // database when a stored job cannot be read or what resuming changed
+  // cannot be written.
   void resume();
 
   // A new job (already validated): stored, its describe task queued. Its id.
+  // When the store cannot write it (ledger failed() afterwards) the job is
+  // not stored: the caller answers an error and the coordinator stops.
   std::string submit(const JobSpec& spec);
   // Cancels an active job; false (and nothing done) when it is not active.
+  // As for submit, the cancel is not stored when the ledger failed().
   bool cancel(Job& job);
 
   Job* find(const std::string& id);

@@ -4,13 +4,23 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include "kvtune/common/error.h"
+
 namespace kvtune::coord {
 
-void Ledger::flush() {
-  if (batch_.empty()) return;
-  store_.write(batch_);
+bool Ledger::flush() {
+  if (failed()) return false;
+  if (batch_.empty()) return true;
+  try {
+    store_.write(batch_);
+  } catch (const Error& e) {
+    failure_ = e.what();
+    batch_ = Store::Batch();
+    return false;
+  }
   unflushed_results_.clear();
   unflushed_metrics_.clear();
+  return true;
 }
 
 bool Ledger::result_stored(const std::string& key) const {

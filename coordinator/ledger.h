@@ -1,6 +1,10 @@
 // The coordinator's writes to its store: every change is added to one
 // pending Store::Batch and flush() writes it in one synced write (the event
 // loop flushes once per turn, and before answering a submit or cancel).
+// When the store cannot write (a full disk, an I/O error) the Ledger keeps
+// the store's error as failure() and writes nothing more: the coordinator
+// must stop (its event loop checks after every flush); restarted, it
+// resumes from the last complete flush, as after kill -9.
 // Results received but not flushed yet are visible through result_stored(),
 // stored_kl() and result_metrics() as if stored. Owns the encoding of a Job
 // and a TaskEntry as the stored JobRecord and TaskRecord (the format that
@@ -24,7 +28,13 @@ class Ledger {
   const Store& store() const { return store_; }
 
   bool pending() const { return !batch_.empty(); }
-  void flush();
+  // Writes the pending batch; true when it is written (or none is pending).
+  // False when the store cannot write, now or at an earlier flush: the
+  // batch is dropped unwritten and failure() names the database and cause.
+  bool flush();
+  bool failed() const { return !failure_.empty(); }
+  // The store error that stopped the writes; empty while none.
+  const std::string& failure() const { return failure_; }
 
   // Whether evaluation `key`'s result is stored (or received, not flushed).
   bool result_stored(const std::string& key) const;
@@ -45,6 +55,7 @@ class Ledger {
   Store::Batch batch_;
   std::map<std::string, double> unflushed_results_;  // key -> KL
   std::map<std::string, json> unflushed_metrics_;
+  std::string failure_;
 };
 
 }  // namespace kvtune::coord

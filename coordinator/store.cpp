@@ -2,12 +2,19 @@
 
 #include <capnp/message.h>
 #include <capnp/schema.h>
+#include <fcntl.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <system_error>
 
 #include "kvtune/common/error.h"
@@ -69,6 +76,47 @@ std::string serialize(Reader record) {
   return {reinterpret_cast<const char*>(bytes.begin()), bytes.size()};
 }
 
+// RocksDB's info log, LOG in the database directory (appended to, not
+// rotated), written with plain appends whose failures are ignored: RocksDB's
+// own logger refuses every line after a failed append with an assertion,
+// which aborts the process in builds with assertions (Debian's), so a full
+// disk would abort the coordinator at RocksDB's next log line.
+class InfoLog final : public rocksdb::Logger {
+ public:
+  explicit InfoLog(const std::filesystem::path& file)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL),
+        fd_(::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) {}
+  ~InfoLog() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    if (fd_ < 0) return;
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    tm local{};
+    ::localtime_r(&now.tv_sec, &local);
+    char line[8192];
+    int n = std::snprintf(line, sizeof line, "%04d/%02d/%02d-%02d:%02d:%02d.%06ld %ld ",
+                          local.tm_year + 1900, local.tm_mon + 1, local.tm_mday, local.tm_hour,
+                          local.tm_min, local.tm_sec, now.tv_nsec / 1000,
+                          static_cast<long>(::syscall(SYS_gettid)));
+    if (n < 0) return;
+    va_list copy;
+    va_copy(copy, ap);
+    const int m = std::vsnprintf(line + n, sizeof line - static_cast<std::size_t>(n), format, copy);
+    va_end(copy);
+    if (m < 0) return;
+    n = std::min<int>(n + m, static_cast<int>(sizeof line) - 2);
+    if (line[n - 1] != '\n') line[n++] = '\n';
+    [[maybe_unused]] const ssize_t written = ::write(fd_, line, static_cast<std::size_t>(n));
+  }
+
+ private:
+  int fd_;
+};
+
 rocksdb::WriteOptions synced() {
   rocksdb::WriteOptions options;
   options.sync = true;
@@ -95,6 +143,12 @@ Store::Store(const std::filesystem::path& path) : path_(path) {
   options.create_if_missing = true;
   options.create_missing_column_families = true;
   options.paranoid_checks = true;
+  options.info_log = std::make_shared<InfoLog>(path_ / "LOG");
+  // No resuming in the background after a failed write (a full disk): the
+  // coordinator stops at the first failed write and writes nothing more; a
+  // restart reopens the database. RocksDB's resume would race that exit and
+  // touch the log writer that failed (an assertion, see InfoLog).
+  options.max_bgerror_resume_count = 0;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (const char* name : kFamilyNames) {
     descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
@@ -115,6 +169,10 @@ Store::Store(const std::filesystem::path& path) : path_(path) {
                   (path_ / "LOCK").string() + ": " + detail +
                   "); stop that coordinator or pass another database directory");
     }
+    if (status.IsNoSpace()) {
+      throw Error("cannot open " + where + ": no space left on device (RocksDB: " + detail +
+                  "); free space on its filesystem and start again");
+    }
     if (status.IsCorruption()) {
       throw Error(where + " is corrupt (RocksDB: " + detail +
                   "); restore it from a backup, or move it away to start afresh (cached "
@@ -128,10 +186,27 @@ Store::Store(const std::filesystem::path& path) : path_(path) {
     throw Error("cannot open " + where + ": RocksDB returned " + std::to_string(families_.size()) +
                 " column families, expected " + std::to_string(kFamilyCount));
   }
-  check_schema_version();
+  try {
+    check_schema_version();
+  } catch (const Error&) {
+    if (!write_failure_.empty()) {  // not closed: see ~Store
+      for (auto& family : families_) static_cast<void>(family.release());
+      static_cast<void>(db_.release());
+    }
+    throw;
+  }
 }
 
 Store::~Store() {
+  if (!write_failure_.empty()) {
+    // Not closed after a failed write: closing flushes the log writer that
+    // failed, which RocksDB refuses with an assertion (an abort, in builds
+    // with assertions). The process is about to exit and release the lock;
+    // the next open replays the log up to its last complete write.
+    for (auto& family : families_) static_cast<void>(family.release());
+    static_cast<void>(db_.release());
+    return;
+  }
   families_.clear();
   if (db_) db_->Close().PermitUncheckedError();
 }
@@ -150,12 +225,22 @@ void Store::check_schema_version() {
   }
 }
 
+void Store::check_writable() const {
+  if (!write_failure_.empty()) throw Error(write_failure_);
+}
+
+void Store::write_failed(std::string message) {
+  write_failure_ = message;
+  throw Error(std::move(message));
+}
+
 void Store::put(Family family, std::string_view key, std::string_view value) {
+  check_writable();
   const rocksdb::Status status =
       db_->Put(synced(), families_[family].get(), slice(key), slice(value));
   if (!status.ok()) {
-    throw Error("database " + path_.string() + ": cannot write key '" + printable(key) +
-                "' to column family " + kFamilyNames[family] + ": " + status.ToString());
+    write_failed("database " + path_.string() + ": cannot write key '" + printable(key) +
+                 "' to column family " + kFamilyNames[family] + ": " + status.ToString());
   }
 }
 
@@ -265,17 +350,19 @@ void Store::put_result(std::string_view eval_key, schema::EvalResult::Reader res
   const std::string task_id = text(task.getId());
   check_id("task job id", job_id);
   check_id("task id", task_id);
+  check_writable();
   rocksdb::WriteBatch batch;
   rocksdb::Status status =
       batch.Put(families_[kEvaluations].get(), slice(eval_key), serialize(result));
   if (status.ok()) {
     status = batch.Put(families_[kTasks].get(), task_key(job_id, task_id), serialize(task));
   }
-  if (status.ok()) status = db_->Write(synced(), &batch);
-  if (!status.ok()) {
-    throw Error("database " + path_.string() + ": cannot write the result of evaluation " +
-                printable(eval_key) + " with task " + task_id + ": " + status.ToString());
-  }
+  const std::string what = "database " + path_.string() +
+                           ": cannot write the result of evaluation " + printable(eval_key) +
+                           " with task " + task_id + ": ";
+  if (!status.ok()) throw Error(what + status.ToString());
+  status = db_->Write(synced(), &batch);
+  if (!status.ok()) write_failed(what + status.ToString());
 }
 
 void Store::Batch::put_job(schema::JobRecord::Reader job) {
@@ -309,17 +396,18 @@ void Store::Batch::put_registry(std::string_view key, std::string_view value) {
 
 void Store::write(Batch& batch) {
   if (batch.empty()) return;
+  check_writable();
   rocksdb::WriteBatch rocks;
   rocksdb::Status status;
   for (const Batch::Write& w : batch.writes_) {
     status = rocks.Put(families_[w.family].get(), slice(w.key), slice(w.value));
     if (!status.ok()) break;
   }
-  if (status.ok()) status = db_->Write(synced(), &rocks);
-  if (!status.ok()) {
-    throw Error("database " + path_.string() + ": cannot write a batch of " +
-                std::to_string(batch.size()) + " records: " + status.ToString());
-  }
+  const std::string what = "database " + path_.string() + ": cannot write a batch of " +
+                           std::to_string(batch.size()) + " records: ";
+  if (!status.ok()) throw Error(what + status.ToString());
+  status = db_->Write(synced(), &rocks);
+  if (!status.ok()) write_failed(what + status.ToString());
   batch.writes_.clear();
 }
 

@@ -100,6 +100,16 @@ class Store {
   };
   void write(Batch& batch);
 
+  // After a write fails (a full disk, an I/O error) the store takes no more
+  // writes: every later one throws that first error again without reaching
+  // RocksDB (which may have half-appended its log and, built with
+  // assertions, aborts on a write after a failed one). Reads go on. Open
+  // the database again (restart) to write: RocksDB replays its log up to
+  // the last complete write. Such a store is not closed when destroyed
+  // (closing would flush the log writer that failed): the process should
+  // exit. Empty while every write succeeded.
+  const std::string& write_failure() const { return write_failure_; }
+
   // Opaque registry and search state by key. Synced.
   enum class Area { Registry, Search };
   void put_raw(Area area, std::string_view key, std::string_view value);
@@ -114,6 +124,8 @@ class Store {
   enum Family { kDefault, kJobs, kEvaluations, kTasks, kRegistry, kSearch, kFamilyCount };
 
   void check_schema_version();
+  void check_writable() const;
+  [[noreturn]] void write_failed(std::string message);
   void put(Family family, std::string_view key, std::string_view value);
   std::optional<std::string> get(Family family, std::string_view key) const;
   template <typename T>
@@ -125,6 +137,7 @@ class Store {
   // Destroyed in reverse order: the handles before the database.
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<std::unique_ptr<rocksdb::ColumnFamilyHandle>> families_;
+  std::string write_failure_;
 };
 
 }  // namespace kvtune

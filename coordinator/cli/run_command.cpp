@@ -11,6 +11,7 @@
 #include <atomic>
 #include <boost/program_options.hpp>
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -202,8 +203,20 @@ int run_command(const std::vector<std::string>& args) {
   options.bind = "tcp://127.0.0.1:0";
   options.log = verbose;
   Coordinator coordinator(options);
-  std::atomic<bool> stop{false};
-  std::thread serving([&] { coordinator.run(stop); });
+  // The coordinator serves on its own thread; what it throws (its store
+  // cannot write: a full disk) ends the job here, on the main thread, after
+  // the workers are stopped (an exception escaping a std::thread would
+  // abort the process).
+  std::atomic<bool> stop{false}, served{false};
+  std::exception_ptr serving_error;
+  std::thread serving([&] {
+    try {
+      coordinator.run(stop);
+    } catch (...) {
+      serving_error = std::current_exception();
+    }
+    served = true;  // publishes serving_error
+  });
   struct StopServing {
     std::atomic<bool>& stop;
     std::thread& serving;
@@ -212,11 +225,35 @@ int run_command(const std::vector<std::string>& args) {
       serving.join();
     }
   } stop_serving{stop, serving};
+  // Rethrows the coordinator's error once it stopped, waiting up to `grace`
+  // for it to (an API call that failed may be the first sign of it).
+  const auto rethrow_if_stopped = [&](std::chrono::milliseconds grace) {
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    while (!served.load() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!served.load()) return;
+    if (serving_error) std::rethrow_exception(serving_error);
+    throw Error("the embedded coordinator stopped");
+  };
+  // One API call; when it fails because the coordinator stopped, the
+  // coordinator's error instead.
+  const auto call = [&](const std::string& method, const std::string& target,
+                        const std::string& body = {}) {
+    try {
+      return http::request(coordinator.api_address(), method, target, body);
+    } catch (const Error&) {
+      rethrow_if_stopped(std::chrono::seconds(5));
+      throw;
+    }
+  };
 
   const LocalWorkers local(workers, coordinator.worker_endpoint(), dir.path());
-  const std::string api = coordinator.api_address();
-  const http::ClientResponse created = http::request(api, "POST", "/v1/jobs", spec.dump());
-  if (created.status != 201) throw Error("the job was refused: " + created.body);
+  const http::ClientResponse created = call("POST", "/v1/jobs", spec.dump());
+  if (created.status != 201) {
+    rethrow_if_stopped(std::chrono::seconds(5));
+    throw Error("the job was refused: " + created.body);
+  }
   const std::string id = json::parse(created.body)["id"];
   std::cerr << "kvtune run: job " << id << " on " << workers << " local worker(s), store "
             << options.db.string() << (db.empty() ? " (temporary)" : "") << "\n";
@@ -225,7 +262,8 @@ int run_command(const std::vector<std::string>& args) {
   std::string last_progress;
   const bool tty = ::isatty(2) != 0;
   while (true) {
-    job = json::parse(http::request(api, "GET", "/v1/jobs/" + id).body);
+    rethrow_if_stopped(std::chrono::milliseconds(0));
+    job = json::parse(call("GET", "/v1/jobs/" + id).body);
     if (job_finished(job.value("state", ""))) break;
     if (interrupted.load()) {
       std::cerr << "\nkvtune run: interrupted; "
