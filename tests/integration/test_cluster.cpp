@@ -587,9 +587,12 @@ TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
   EXPECT_EQ(job["model_info"]["synthetic"], true);
   const auto layers = job["model_info"]["layers"].get<std::size_t>();
   EXPECT_EQ(job["results"].size(), 2 * layers);
-  std::set<std::string> workers;
-  for (const json& res : job["results"]) workers.insert(res["worker"].get<std::string>());
-  EXPECT_EQ(workers, (std::set<std::string>{"local-0", "local-1"}));
+  // Every result comes from a local worker. (Not necessarily from both: on a
+  // loaded machine one may take every task before the other has started;
+  // RunKilledWithSigkillTakesItsWorkersWithIt sees both processes.)
+  for (const json& res : job["results"]) {
+    EXPECT_TRUE(res["worker"] == "local-0" || res["worker"] == "local-1") << res.dump();
+  }
   // A KVTuner YAML preset is a config to evaluate (the demo model has 6 layers).
   std::ofstream(dir.file("preset.yaml"))
       << "0: {nbits_key: 8, nbits_value: 8}\n1: {nbits_key: 8, nbits_value: 4}\n"
