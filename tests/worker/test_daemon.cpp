@@ -381,9 +381,13 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
     EXPECT_EQ(worker.log().find(": done "), std::string::npos) << worker.log();
   }
   {  // A long grace period: the task finishes (here: fails) and is reported first.
+    // The task takes seconds; 600 s outlasts it on a machine busy with a
+    // parallel test run (the default 30 s did not, once).
     CoordinatorSocket socket("tcp://127.0.0.1:0");
     const std::string id = "daemon-test-3";
-    testing::Process worker(worker_argv(worker_args(socket.endpoint(), id)), dir.file("b.log"));
+    testing::Process worker(
+        worker_argv(worker_args(socket.endpoint(), id, {"--grace-seconds", "600"})),
+        dir.file("b.log"));
     expect_hello_and_credit(socket, id);
     const std::string key = send_task(socket, id, "job-3/0", slow);
     ASSERT_TRUE(worker.wait_for_log(": evaluating ", 120s)) << worker.log();
