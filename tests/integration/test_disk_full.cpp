@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../support/cluster.h"
+#include "../support/shared_files.h"
 #include "../support/temp_dir.h"
 
 namespace kvtune::testing {
@@ -35,14 +36,9 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::string kModel = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
+const std::string& kModel = kStoriesModel;
 const std::string kData = "sample:8:128:0";
 constexpr int kMaxEvaluations = 120;
-
-#define REQUIRE_MODEL()                                                                    \
-  if (!std::filesystem::exists(kModel)) {                                                  \
-    GTEST_SKIP() << "needs " << kModel << " (the ../shared directory beside the project)"; \
-  }
 
 // A tmpfs mounted on `dir` for the object's lifetime (unmounted even when
 // the test fails; lazily if something still holds it).
@@ -158,7 +154,7 @@ class DiskFull : public ::testing::Test {
 };
 
 TEST_F(DiskFull, CoordinatorStopsWithOneLineAndResumesToTheSameFrontier) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_STORIES();
   const json& reference = uninterrupted();
   ASSERT_EQ(reference["state"], "done") << reference.dump(1);
 
@@ -206,7 +202,7 @@ TEST_F(DiskFull, RunOnAFullDiskExitsWithOneLine) {
 }
 
 TEST_F(DiskFull, RunStopsWithOneLineMidSearchAndResumesToTheSameFrontier) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_STORIES();
   const json& reference = uninterrupted();
   ASSERT_EQ(reference["state"], "done") << reference.dump(1);
   const std::string spec_file = dir.file("search.json");
