@@ -54,13 +54,7 @@ json spec(const std::vector<std::string>& cs, const std::string& data) {
 double run_job(const CoordinatorProcess& c, const json& job_spec) {
   const auto start = Clock::now();
   const std::string id = c.submit(job_spec);
-  json job;
-  eventually(
-      [&] {
-        job = c.get("/v1/jobs/" + id);
-        return job["state"] != "queued" && job["state"] != "running";
-      },
-      std::chrono::minutes(10));
+  const json job = c.wait_job(id, std::chrono::minutes(10));
   if (job["state"] != "done") throw std::runtime_error("job did not finish: " + job.dump());
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

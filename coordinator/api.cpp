@@ -24,6 +24,19 @@ http::Response error_response(int status, const std::string& message) {
   return json_response(status, {{"error", http::escape_utf8(message)}});
 }
 
+// "a=1&b=2" -> {a: 1, b: 2}; items without '=' are ignored.
+std::map<std::string, std::string> query_params(const std::string& query) {
+  std::map<std::string, std::string> params;
+  for (std::size_t start = 0; start < query.size();) {
+    const std::size_t amp = std::min(query.find('&', start), query.size());
+    const std::string item = query.substr(start, amp - start);
+    const std::size_t eq = item.find('=');
+    if (eq != std::string::npos) params[item.substr(0, eq)] = item.substr(eq + 1);
+    start = amp + 1;
+  }
+  return params;
+}
+
 }  // namespace
 
 http::Response Api::handle(const http::Request& r) {
@@ -58,7 +71,13 @@ http::Response Api::handle(const http::Request& r) {
       return cancel_job(*job);
     }
     if (r.method != "GET") return error_response(405, "use GET " + p);
-    return json_response(200, job_json(*job, true));
+    // ?view=summary: state and progress without the results, for pollers.
+    const auto params = query_params(r.query);
+    const auto view = params.find("view");
+    if (view != params.end() && view->second != "full" && view->second != "summary") {
+      return error_response(400, "view must be full or summary, not '" + view->second + "'");
+    }
+    return json_response(200, job_json(*job, view == params.end() || view->second == "full"));
   }
   return error_response(404, "no such endpoint: " + r.method + " " + p);
 }
@@ -113,14 +132,7 @@ http::Response Api::registry_request(const std::string& path, const std::string&
   if (entry.is_null()) return error_response(404, "no registry entry '" + rest + "'");
   if (!best_query) return json_response(200, entry);
 
-  std::map<std::string, std::string> params;
-  for (std::size_t start = 0; start < query.size();) {
-    const std::size_t amp = std::min(query.find('&', start), query.size());
-    const std::string item = query.substr(start, amp - start);
-    const std::size_t eq = item.find('=');
-    if (eq != std::string::npos) params[item.substr(0, eq)] = item.substr(eq + 1);
-    start = amp + 1;
-  }
+  std::map<std::string, std::string> params = query_params(query);
   std::optional<double> max_bits, max_kl;
   try {
     if (params.contains("max_bits")) max_bits = std::stod(params["max_bits"]);

@@ -192,18 +192,17 @@ int submit_command(const std::vector<std::string>& args) {
     }
     return 0;
   }
-  while (true) {
-    const json job = client.call("GET", "/v1/jobs/" + id);
-    if (job_finished(job.value("state", ""))) {
-      if (client.json_output) {
-        std::cout << job.dump() << "\n";
-      } else {
-        print_job(job);
-      }
-      return job.value("state", "") == "done" ? 0 : 1;
-    }
+  // Polls the summary (no results), then reads the whole job once.
+  while (!job_finished(client.call("GET", "/v1/jobs/" + id + "?view=summary").value("state", ""))) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  const json job = client.call("GET", "/v1/jobs/" + id);
+  if (client.json_output) {
+    std::cout << job.dump() << "\n";
+  } else {
+    print_job(job);
+  }
+  return job.value("state", "") == "done" ? 0 : 1;
 }
 
 int jobs_command(const std::vector<std::string>& args) {

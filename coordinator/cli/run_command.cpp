@@ -263,7 +263,7 @@ int run_command(const std::vector<std::string>& args) {
   const bool tty = ::isatty(2) != 0;
   while (true) {
     rethrow_if_stopped(std::chrono::milliseconds(0));
-    job = json::parse(call("GET", "/v1/jobs/" + id).body);
+    job = json::parse(call("GET", "/v1/jobs/" + id + "?view=summary").body);
     if (job_finished(job.value("state", ""))) break;
     if (interrupted.load()) {
       std::cerr << "\nkvtune run: interrupted; "
@@ -284,6 +284,7 @@ int run_command(const std::vector<std::string>& args) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   if (tty) std::cerr << "\r";
+  job = json::parse(call("GET", "/v1/jobs/" + id).body);
   if (json_output) {
     std::cout << job.dump() << "\n";
   } else {

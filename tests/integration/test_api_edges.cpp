@@ -243,6 +243,25 @@ TEST_F(ApiEdges, TargetThatIsNotUtf8Is400WithReadableJson) {
   expect_serving();
 }
 
+TEST_F(ApiEdges, JobSummaryViewHasStateAndProgressWithoutResults) {
+  const std::string id = coordinator_->submit(
+      {{"kind", "evaluate"}, {"model", "/m.bin"}, {"configs", {"KV4", "KV8"}}});
+  const json full = coordinator_->get("/v1/jobs/" + id);
+  const json summary = coordinator_->get("/v1/jobs/" + id + "?view=summary");
+  EXPECT_TRUE(full.contains("results")) << full.dump();
+  EXPECT_TRUE(full.contains("spec")) << full.dump();
+  EXPECT_FALSE(summary.contains("results")) << summary.dump();
+  EXPECT_FALSE(summary.contains("spec")) << summary.dump();
+  EXPECT_EQ(summary["state"], full["state"]);
+  EXPECT_EQ(summary["progress"], full["progress"]);
+  EXPECT_EQ(summary["progress"]["total"], 2);
+  EXPECT_EQ(coordinator_->get("/v1/jobs/" + id + "?view=full"), full);
+  const RawResponse bad = exchange(get_request("/v1/jobs/" + id + "?view=brief"));
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_EQ(error_json(bad)["error"], "view must be full or summary, not 'brief'");
+  expect_serving();
+}
+
 TEST_F(ApiEdges, JobSpecStringsThatAreNotUtf8Are400NamingTheField) {
   const std::string tail = R"(, "configs": ["KV4"]})";
   {

@@ -500,7 +500,7 @@ TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
     id = first.submit(search_spec(120, kData));
     std::string state_at_kill;
     ASSERT_TRUE(eventually([&] {
-      const json job = first.get("/v1/jobs/" + id);
+      const json job = first.get("/v1/jobs/" + id + "?view=summary");
       if (job["progress"]["done"].get<int>() < 40) return false;
       first.process().kill(SIGKILL);
       state_at_kill = job["state"];

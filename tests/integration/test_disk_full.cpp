@@ -167,7 +167,8 @@ TEST_F(DiskFull, CoordinatorStopsWithOneLineAndResumesToTheSameFrontier) {
   auto w2 = start_worker(endpoint, "w2", log("w2"));
   id = first->submit(search_spec());
   // Past the 25 profile evaluations: the search is under way.
-  ASSERT_TRUE(eventually([&] { return first->get("/v1/jobs/" + id)["progress"]["done"] >= 30; }));
+  ASSERT_TRUE(eventually(
+      [&] { return first->get("/v1/jobs/" + id + "?view=summary")["progress"]["done"] >= 30; }));
   ASSERT_EQ(first->get("/v1/jobs/" + id)["state"], "running");
   disk.fill("filler");
 

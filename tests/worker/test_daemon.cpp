@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../support/process.h"
+#include "../support/shared_files.h"
 #include "../support/temp_dir.h"
 #include "calibration.h"
 #include "daemon.h"
@@ -38,14 +39,8 @@ namespace {
 using namespace std::chrono_literals;
 using transport::CoordinatorSocket;
 
-const std::string kShared = KVTUNE_SHARED_DIR;
-const std::string kModel = kShared + "/models/stories260K.bin";
+const std::string& kModel = testing::kStoriesModel;
 const std::string kData = "sample:2:32:0";
-
-#define SKIP_WITHOUT_SHARED()                                                                 \
-  if (!std::filesystem::exists(kModel))                                                       \
-  GTEST_SKIP() << "../shared/models/stories260K.bin is absent here; the worker daemon tests " \
-                  "need the shared folder beside the checkout"
 
 // --- the LRU cache -----------------------------------------------------------
 
@@ -230,7 +225,7 @@ std::vector<std::string> worker_args(const std::string& endpoint, const std::str
 }
 
 TEST(WorkerDaemon, DescribesEvaluatesLikeTheEvaluatorAndSaysGoodbye) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_STORIES();
   testing::TempDir dir("kvtune-daemon");
   CoordinatorSocket socket("tcp://127.0.0.1:0");
   const std::string id = "daemon-test-1";
@@ -339,7 +334,7 @@ TEST(WorkerDaemon, DescribesEvaluatesLikeTheEvaluatorAndSaysGoodbye) {
 }
 
 TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_STORIES();
   testing::TempDir dir("kvtune-daemon");
   // A task without a describe first: the worker loads the model and samples
   // the data as part of it, which takes a while with this much data.
@@ -405,7 +400,7 @@ TEST(WorkerDaemon, FinishesWithinTheGracePeriodOrHandsTheTaskBack) {
 }
 
 TEST(WorkerDaemon, SaysHelloAgainWhenTheCoordinatorAsks) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_STORIES();
   testing::TempDir dir("kvtune-daemon");
   CoordinatorSocket socket("tcp://127.0.0.1:0");
   const std::string id = "daemon-test-4";
@@ -431,7 +426,7 @@ TEST(WorkerDaemon, SaysHelloAgainWhenTheCoordinatorAsks) {
 }
 
 TEST(WorkerDaemon, SaysHelloAgainToARestartedCoordinator) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_STORIES();
   testing::TempDir dir("kvtune-daemon");
   const std::string id = "daemon-test-5";
   EvalInputs inputs;
