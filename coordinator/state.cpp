@@ -67,6 +67,7 @@ json metrics_json(schema::EvalResult::Reader r) {
   json attn = json::array();
   for (double e : r.getAttnRelErr()) attn.push_back(e);
   return {{"kl", r.getKl()},
+          {"kl_all", r.getKlAll() == 0 ? r.getKl() : r.getKlAll()},
           {"delta_nll", r.getDeltaNll()},
           {"ppl_fp", r.getPplFp()},
           {"ppl_q", r.getPplQ()},

@@ -65,6 +65,10 @@ struct EvalResult {
   tokens @8 :UInt64;
   workerId @9 :Text;
   seconds @10 :Float64;
+  # KL over every position, the prompt's included (kl is over the
+  # continuation). 0 in records written before it existed, whose
+  # evaluations had no prompt: read it as kl there.
+  klAll @11 :Float64;
 }
 
 # What a worker learned about a job's model and calibration data (the job's

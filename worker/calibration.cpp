@@ -90,9 +90,11 @@ CalibrationData load_token_file(const std::string& path, size_t width, int64_t s
   return data;
 }
 
-// One {"tokens": [...]} line; `where` is "file:line".
-std::vector<int64_t> parse_jsonl_line(const std::string& line, const std::string& where,
-                                      const Model& model) {
+// One {"tokens": [...], "prompt": T0} line (the prompt optional, -1 when
+// absent); `where` is "file:line".
+std::pair<std::vector<int64_t>, int64_t> parse_jsonl_line(const std::string& line,
+                                                          const std::string& where,
+                                                          const Model& model) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
@@ -128,7 +130,17 @@ std::vector<int64_t> parse_jsonl_line(const std::string& line, const std::string
     seq.push_back(t.get<int64_t>());
     check_token(seq.back(), position, where, model);
   }
-  return seq;
+  int64_t prompt = -1;
+  if (j.contains("prompt")) {
+    const nlohmann::json& p = j["prompt"];
+    if (!p.is_number_integer() || p.get<int64_t>() < 0 || p.get<int64_t>() > len - 2) {
+      throw Error(where + ": \"prompt\" is " + p.dump() + "; it must be a whole number of tokens " +
+                  "from 0 to " + std::to_string(std::max<int64_t>(0, len - 2)) +
+                  " (at least 2 of the sequence's " + std::to_string(len) + " tokens continue it)");
+    }
+    prompt = p.get<int64_t>();
+  }
+  return {seq, prompt};
 }
 
 CalibrationData load_jsonl(const std::string& path, const Model& model) {
@@ -138,7 +150,9 @@ CalibrationData load_jsonl(const std::string& path, const Model& model) {
   std::string line;
   for (int64_t number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    data.sequences.push_back(parse_jsonl_line(line, path + ":" + std::to_string(number), model));
+    auto [seq, prompt] = parse_jsonl_line(line, path + ":" + std::to_string(number), model);
+    data.sequences.push_back(std::move(seq));
+    data.prompts.push_back(prompt);
   }
   if (in.bad()) throw Error(path + ": read error: " + std::strerror(errno));
   if (data.sequences.empty()) throw Error(path + ": the file holds no sequences");
@@ -252,6 +266,14 @@ CalibrationData load_calibration(const std::string& spec, int64_t seq_len, const
   }
   data.spec = spec;
   return data;
+}
+
+std::vector<int64_t> prompt_lengths(const CalibrationData& data, int64_t prompt_tokens) {
+  std::vector<int64_t> out(data.sequences.size(), prompt_tokens);
+  for (size_t i = 0; i < data.prompts.size() && i < out.size(); ++i) {
+    if (data.prompts[i] >= 0) out[i] = data.prompts[i];
+  }
+  return out;
 }
 
 }  // namespace kvtune::worker

@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
@@ -197,8 +198,8 @@ static int inspect_command_impl(const std::vector<std::string>& args) {
 }
 
 static int eval_command_impl(const std::vector<std::string>& args) {
-  std::string model_spec, data_spec;
-  int64_t seq_len = 0;
+  std::string model_spec, data_spec, read_text;
+  int64_t seq_len = 0, prompt_tokens = 0;
   int threads = 0;
   QuantOptions quant;
   po::options_description opts("kvtune eval [options]");
@@ -207,6 +208,11 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       "data", po::value(&data_spec)->required(),
       "calibration tokens: FILE.u16, FILE.u32, FILE.jsonl or sample:N:L:SEED")(
       "seq-len", po::value(&seq_len)->default_value(256), "sequence length for .u16/.u32 files")(
+      "prompt-tokens", po::value(&prompt_tokens)->default_value(0),
+      "T0: each sequence's first T0 tokens are a prompt, prefilled at once; metrics are over "
+      "the continuation (a JSONL line's \"prompt\" overrides it)")(
+      "read", po::value(&read_text)->default_value("fresh"),
+      "read rule: fresh, cache, fresh-prefill, or prefill=fresh|cache,current=fresh|cache")(
       "threads", po::value(&threads)->default_value(0),
       "LibTorch intra-op threads (0: its default)")("json", "print one JSON object");
   quant.add_to(opts);
@@ -219,13 +225,20 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   if (threads > 0) torch::set_num_threads(threads);
 
   const Scheme scheme = quant.quant_scheme();
+  if (prompt_tokens < 0) {
+    throw Error("--prompt-tokens " + std::to_string(prompt_tokens) + " must be 0 or more");
+  }
+  const ReadRule rule = ReadRule::parse(read_text);
   const Model model = runtime.place(load_model(model_spec));
   const auto configs = quant.layer_configs(static_cast<int>(model.config.n_layers));
   const CalibrationData data = load_calibration(data_spec, seq_len, model);
   // The unquantized reference is computed once and shared by every config.
-  Evaluator evaluator(model, data.sequences);
+  const std::vector<int64_t> prompts = prompt_lengths(data, prompt_tokens);
+  Evaluator evaluator(model, data.sequences, prompts);
+  const bool prompted =
+      std::any_of(prompts.begin(), prompts.end(), [](int64_t t) { return t > 0; });
   std::vector<Metrics> results;
-  for (const auto& layers : configs) results.push_back(evaluator.evaluate(layers, scheme));
+  for (const auto& layers : configs) results.push_back(evaluator.evaluate(layers, scheme, rule));
 
   if (vm.count("json")) {
     // One JSON object per config (one line each).
@@ -233,6 +246,10 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       nlohmann::json out = results[i].to_json();
       out["config"] = format_layer_config(configs[i]);
       out["scheme"] = scheme.key();
+      out["read"] = rule.name();
+      const bool uniform =
+          std::all_of(prompts.begin(), prompts.end(), [&](int64_t t) { return t == prompts[0]; });
+      out["prompt_tokens"] = uniform ? nlohmann::json(prompts[0]) : nlohmann::json(prompts);
       out["model"] = model.config.name;
       out["synthetic"] = model.config.synthetic;
       out["device"] = runtime.device;
@@ -243,12 +260,14 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   }
   std::cout << "model " << model.config.name << (model.config.synthetic ? " (synthetic)" : "")
             << ", data " << data.spec << " (" << data.sequences.size() << " sequences, "
-            << results[0].tokens << " tokens), scheme " << scheme.key() << "\n";
+            << results[0].tokens << (prompted ? " continuation" : "") << " tokens), scheme "
+            << scheme.key() << ", read rule " << rule.name() << "\n";
   if (!data.note.empty()) std::cout << "data: " << data.note << "\n";
   if (configs.size() == 1) {
     const Metrics& m = results[0];
     std::cout << "config " << format_layer_config(configs[0]) << "\n\n";
-    std::printf("KL divergence      %.6f nats/token\n", m.kl);
+    std::printf("KL divergence      %.6f nats/token%s\n", m.kl, prompted ? " (continuation)" : "");
+    if (prompted) std::printf("KL, all positions  %.6f nats/token\n", m.kl_all);
     std::printf("delta NLL          %.6f nats/token\n", m.delta_nll);
     std::printf("perplexity         %.4f -> %.4f\n", m.ppl_fp, m.ppl_q);
     std::printf("top-1 agreement    %.4f\n", m.top1_agreement);

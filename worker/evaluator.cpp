@@ -32,10 +32,28 @@ int64_t TensorQuantizer::full_precision_window() const {
   return kivi ? scheme_.residual : 1;
 }
 
-int64_t TensorQuantizer::quantized_before(int64_t i) const {
+int64_t TensorQuantizer::first_full_precision(int64_t i, const ReadPlan& plan) const {
   if (!active()) return 0;
+  using Source = ReadRule::Source;
+  if (i < plan.prompt_tokens) return plan.rule.prefill == Source::Fresh ? 0 : i + 1;
+  if (plan.rule.current == Source::Cache) return i + 1;
   const int64_t w = full_precision_window();
   return (i / w) * w;
+}
+
+void check_read_rule(const LayerQuantizers& layers, const ReadRule& rule) {
+  if (rule.prefill == ReadRule::Source::Fresh && rule.current == ReadRule::Source::Fresh) return;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (const TensorQuantizer* q : {&layers[l].first, &layers[l].second}) {
+      if (q->active() && q->full_precision_window() > 1) {
+        throw Error("the read rule '" + rule.name() +
+                    "' reads tokens back from the quantized cache, but layer " + std::to_string(l) +
+                    "'s kivi format keeps a window of " +
+                    std::to_string(q->full_precision_window()) +
+                    " tokens in full precision: kivi takes the fresh rule");
+      }
+    }
+  }
 }
 
 namespace {
@@ -171,30 +189,66 @@ torch::Tensor fake_quant_batch(const TensorQuantizer& q, const torch::Tensor& x)
   return torch::stack(parts);
 }
 
-// The w x w diagonal blocks of the last two dims of a contiguous x [B, H, T, T]
-// that cover [0, (T / w) * w), as a view [B, H, T / w, w, w].
-torch::Tensor diagonal_blocks(const torch::Tensor& x, int64_t w) {
-  const int64_t t = x.size(-1);
-  return x.as_strided({x.size(0), x.size(1), t / w, w, w},
-                      {x.stride(0), x.stride(1), w * t + w, t, 1}, x.storage_offset());
+// Where queries read in full precision, as blocks of the [T, T] score
+// matrix: `count` square w x w blocks on the diagonal from (base, base), and
+// rectangles where queries [q0, q1) read keys [k0, q1) (the causal mask
+// removes j > i). Their query rows are disjoint.
+struct FullPrecisionBlocks {
+  struct Rect {
+    int64_t q0, q1, k0;
+  };
+  int64_t base = 0, count = 0, w = 1;
+  std::vector<Rect> rects;
+};
+
+// The blocks of first_full_precision(i, plan) for i < len, in closed form:
+// the fresh prompt, then windows of W counted from position 0 (the one the
+// prompt ends in first, when T0 is not a multiple of W), none when the rule
+// reads decoded tokens from the cache.
+FullPrecisionBlocks full_precision_blocks(const TensorQuantizer& q, int64_t len,
+                                          const ReadPlan& plan) {
+  FullPrecisionBlocks b;
+  const int64_t t0 = std::min(plan.prompt_tokens, len);
+  if (t0 > 0 && plan.rule.prefill == ReadRule::Source::Fresh) b.rects.push_back({0, t0, 0});
+  if (t0 >= len || plan.rule.current == ReadRule::Source::Cache) return b;
+  const int64_t w = q.full_precision_window();
+  const int64_t first = (t0 / w) * w;  // the window of query T0
+  b.base = t0;
+  if (first < t0) {
+    b.rects.push_back({t0, std::min(len, first + w), first});
+    b.base = first + w;
+  }
+  b.w = w;
+  b.count = std::max<int64_t>(0, (len - b.base) / w);
+  const int64_t tail = b.base + b.count * w;
+  if (tail < len) b.rects.push_back({tail, len, tail});
+  return b;
 }
 
-// a [B, H, T, d] -> the same split into full blocks [B, H, T / w, w, d] and the rest.
-std::pair<torch::Tensor, torch::Tensor> split_blocks(const torch::Tensor& a, int64_t w) {
-  const int64_t full = (a.size(2) / w) * w;
-  return {a.slice(2, 0, full).reshape({a.size(0), a.size(1), a.size(2) / w, w, a.size(3)}),
-          a.slice(2, full)};
+// The `count` w x w diagonal blocks from (base, base) of the last two dims of
+// a contiguous x [B, H, T, T], as a view [B, H, count, w, w].
+torch::Tensor diagonal_blocks(const torch::Tensor& x, const FullPrecisionBlocks& b) {
+  const int64_t t = x.size(-1);
+  return x.as_strided({x.size(0), x.size(1), b.count, b.w, b.w},
+                      {x.stride(0), x.stride(1), b.w * t + b.w, t, 1},
+                      x.storage_offset() + b.base * t + b.base);
+}
+
+// Rows [base, base + count * w) of a [B, H, T, d] as blocks [B, H, count, w, d].
+torch::Tensor row_blocks(const torch::Tensor& a, const FullPrecisionBlocks& b) {
+  return a.slice(2, b.base, b.base + b.count * b.w)
+      .reshape({a.size(0), a.size(1), b.count, b.w, a.size(3)});
 }
 
 }  // namespace
 
-// Query i reads token j in full precision iff j is in i's window block
-// [W*floor(i/W), i] (W = 1 for per-token formats, R for kivi), and quantized
-// otherwise. So the scores and outputs are those of the fully quantized cache,
-// corrected on the diagonal blocks: O(T*W) extra work instead of O(T^2).
+// Query i reads token j in full precision iff first_full_precision(i) <= j
+// <= i, and quantized otherwise. So the scores and outputs are those of the
+// fully quantized cache, corrected on the full-precision blocks: O(T*W + T0^2)
+// extra work instead of O(T^2).
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const TensorQuantizer& keys,
-                                  const TensorQuantizer& values) {
+                                  const TensorQuantizer& values, const ReadPlan& plan) {
   if (!keys.active() && !values.active()) return causal_attention(q, k, v);
   const int64_t len = q.size(1);
   const int64_t group = q.size(2) / k.size(2);
@@ -208,13 +262,15 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
   } else {
     const torch::Tensor kh = heads(k);
     scores = torch::matmul(qh, heads(fake_quant_batch(keys, k)).transpose(-2, -1)).contiguous();
-    const int64_t w = keys.full_precision_window();
-    const int64_t full = (len / w) * w;
-    const auto [q_blocks, q_rest] = split_blocks(qh, w);
-    const auto [k_blocks, k_rest] = split_blocks(kh, w);
-    diagonal_blocks(scores, w).copy_(torch::matmul(q_blocks, k_blocks.transpose(-2, -1)));
-    if (full < len) {
-      scores.slice(2, full).slice(3, full).copy_(torch::matmul(q_rest, k_rest.transpose(-2, -1)));
+    const FullPrecisionBlocks b = full_precision_blocks(keys, len, plan);
+    if (b.count > 0) {
+      diagonal_blocks(scores, b).copy_(
+          torch::matmul(row_blocks(qh, b), row_blocks(kh, b).transpose(-2, -1)));
+    }
+    for (const auto& r : b.rects) {
+      scores.slice(2, r.q0, r.q1)
+          .slice(3, r.k0, r.q1)
+          .copy_(torch::matmul(qh.slice(2, r.q0, r.q1), kh.slice(2, r.k0, r.q1).transpose(-2, -1)));
     }
   }
   const torch::Tensor future = torch::ones({len, len}, q.options().dtype(torch::kBool)).triu(1);
@@ -224,36 +280,79 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
 
   const torch::Tensor vq = heads(fake_quant_batch(values, v));
   torch::Tensor out = torch::matmul(p, vq);
-  // Add back, on the diagonal blocks, what full precision changes.
-  const int64_t w = values.full_precision_window();
-  const int64_t full = (len / w) * w;
-  const auto [d_blocks, d_rest] = split_blocks(heads(v) - vq, w);
-  out.slice(2, 0, full) += torch::matmul(diagonal_blocks(p, w), d_blocks)
-                               .reshape({out.size(0), out.size(1), full, out.size(3)});
-  if (full < len) out.slice(2, full) += torch::matmul(p.slice(2, full).slice(3, full), d_rest);
+  // Add back, on the full-precision blocks, what full precision changes.
+  const FullPrecisionBlocks b = full_precision_blocks(values, len, plan);
+  const torch::Tensor d = heads(v) - vq;
+  if (b.count > 0) {
+    out.slice(2, b.base, b.base + b.count * b.w) +=
+        torch::matmul(diagonal_blocks(p, b), row_blocks(d, b))
+            .reshape({out.size(0), out.size(1), b.count * b.w, out.size(3)});
+  }
+  for (const auto& r : b.rects) {
+    out.slice(2, r.q0, r.q1) +=
+        torch::matmul(p.slice(2, r.q0, r.q1).slice(3, r.k0, r.q1), d.slice(2, r.k0, r.q1));
+  }
   return out.transpose(1, 2);
 }
 
 // ---------------------------------------------------------------------------
 // QuantizedKvCache
 
-QuantizedKvCache::QuantizedKvCache(LayerQuantizers layers)
-    : quantizers_(std::move(layers)), streams_(quantizers_.size()) {}
+QuantizedKvCache::QuantizedKvCache(LayerQuantizers layers, ReadPlan plan)
+    : quantizers_(std::move(layers)), plan_(plan), streams_(quantizers_.size()) {
+  check_read_rule(quantizers_, plan_.rule);
+}
 
+// Appends x [n, KVH, hd] and returns what the query of this step reads. The
+// bookkeeping is the cache's own: which tokens it holds quantized, and what
+// it hands the attention, step by step.
 torch::Tensor QuantizedKvCache::push(Stream& s, const TensorQuantizer& q,
                                      const torch::Tensor& x) const {
+  const auto join = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return a.defined() ? torch::cat({a, b}) : b;
+  };
   const int64_t flushed = s.quantized.defined() ? s.quantized.size(0) : 0;
   const int64_t recent = s.recent.defined() ? s.recent.size(0) : 0;
-  const int64_t position = flushed + recent;  // of the token being appended
-  const int64_t due = q.quantized_before(position) - flushed;
+  const int64_t position = flushed + recent;  // of the first token being appended
+  const int64_t t0 = plan_.prompt_tokens;
+  const int64_t w = q.full_precision_window();
+  if (!q.active()) {
+    s.recent = join(s.recent, x);
+    return s.recent;
+  }
+  if (position < t0) {
+    // The prefill: all T0 prompt tokens in one step. The cache keeps whole
+    // windows from position 0 quantized; the prompt's own attention reads
+    // the fresh K/V or what was just written.
+    if (position != 0 || x.size(0) != t0) {
+      throw Error("QuantizedKvCache: the prompt of " + std::to_string(t0) +
+                  " tokens must be appended in one step, not " + std::to_string(x.size(0)) +
+                  " at position " + std::to_string(position));
+    }
+    const int64_t stored = (t0 / w) * w;
+    s.quantized = q.quantize_dequantize(x.slice(0, 0, stored));
+    s.recent = x.slice(0, stored);
+    if (plan_.rule.prefill == ReadRule::Source::Fresh) return x;
+    return torch::cat({s.quantized, s.recent});
+  }
+  if (x.size(0) != 1) {
+    throw Error("QuantizedKvCache: decoding appends one token at a time, not " +
+                std::to_string(x.size(0)) + " at position " + std::to_string(position));
+  }
+  const int64_t due = (position / w) * w - flushed;
   if (due > 0) {
     // Tokens leaving the full-precision window are quantized once, as a chunk
     // (a whole kivi window, or one token), and read back from their codes.
-    const torch::Tensor chunk = q.quantize_dequantize(s.recent.slice(0, 0, due));
-    s.quantized = s.quantized.defined() ? torch::cat({s.quantized, chunk}) : chunk;
+    s.quantized = join(s.quantized, q.quantize_dequantize(s.recent.slice(0, 0, due)));
     s.recent = s.recent.slice(0, due);
   }
-  s.recent = s.recent.defined() ? torch::cat({s.recent, x.unsqueeze(0)}) : x.unsqueeze(0);
+  if (plan_.rule.current == ReadRule::Source::Cache) {
+    // Written to the cache first, then read back quantized like the rest.
+    s.quantized = join(s.quantized, q.quantize_dequantize(x));
+    return s.recent.defined() && s.recent.size(0) > 0 ? torch::cat({s.quantized, s.recent})
+                                                      : s.quantized;
+  }
+  s.recent = join(s.recent, x);
   return s.quantized.defined() ? torch::cat({s.quantized, s.recent}) : s.recent;
 }
 
@@ -277,6 +376,7 @@ std::pair<torch::Tensor, torch::Tensor> QuantizedKvCache::append(int64_t layer,
 
 nlohmann::json Metrics::to_json() const {
   return {{"kl", kl},
+          {"kl_all", kl_all},
           {"delta_nll", delta_nll},
           {"ppl_fp", ppl_fp},
           {"ppl_q", ppl_q},
@@ -287,11 +387,17 @@ nlohmann::json Metrics::to_json() const {
           {"tokens", tokens}};
 }
 
-Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences)
+Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences,
+                     const std::vector<int64_t>& prompts)
     : model_(model), transformer_(model) {
   const ModelConfig& c = model.config;
   if (sequences.empty()) throw Error("the calibration data holds no sequences");
-  std::map<int64_t, std::vector<torch::Tensor>> by_length;
+  if (!prompts.empty() && prompts.size() != sequences.size()) {
+    throw Error("the calibration data has " + std::to_string(sequences.size()) + " sequences but " +
+                std::to_string(prompts.size()) + " prompt lengths");
+  }
+  // Sequences of one length and one prompt length form a batch.
+  std::map<std::pair<int64_t, int64_t>, std::vector<torch::Tensor>> by_shape;
   for (size_t s = 0; s < sequences.size(); ++s) {
     const auto& seq = sequences[s];
     if (seq.size() < 2 || static_cast<int64_t>(seq.size()) > c.max_seq_len) {
@@ -306,13 +412,21 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
                     " is outside the vocabulary of " + std::to_string(c.vocab_size));
       }
     }
-    by_length[static_cast<int64_t>(seq.size())].push_back(torch::tensor(seq, torch::kInt64));
-    longest_ = std::max(longest_, static_cast<int64_t>(seq.size()));
+    const int64_t t0 = prompts.empty() ? 0 : prompts[s];
+    const auto len = static_cast<int64_t>(seq.size());
+    if (t0 < 0 || t0 > len - 2) {
+      throw Error("calibration sequence " + std::to_string(s) + " has " + std::to_string(len) +
+                  " tokens and a prompt of " + std::to_string(t0) +
+                  "; the prompt must leave at least 2 tokens to continue");
+    }
+    by_shape[{len, t0}].push_back(torch::tensor(seq, torch::kInt64));
+    longest_ = std::max(longest_, len);
   }
   amax_ = KvAmax::zeros(c);
   const AttentionFn record_amax = amax_.recording_attention();
-  for (auto& [len, seqs] : by_length) {
+  for (auto& [shape, seqs] : by_shape) {
     Batch b;
+    b.prompt_tokens = shape.second;
     b.tokens = torch::stack(seqs).to(model.embedding.device());
     b.ref_logp =
         torch::log_softmax(transformer_.forward(b.tokens, record_amax), -1, torch::kFloat32);
@@ -360,13 +474,23 @@ LayerQuantizers make_quantizers(const ModelConfig& c, const std::vector<Precisio
   return out;
 }
 
+namespace {
+
+std::string attn_err_key(const Scheme& scheme, const ReadRule& rule, size_t layer,
+                         const PrecisionPair& pair) {
+  return scheme.key() + "|" + rule.name() + "|" + std::to_string(layer) + "|" + pair.name();
+}
+
+}  // namespace
+
 void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
-                                      const Scheme& scheme, const LayerQuantizers& qs) {
+                                      const Scheme& scheme, const ReadRule& rule,
+                                      const LayerQuantizers& qs) {
   std::vector<std::string> keys;
   std::vector<bool> needed;
   bool any = false;
   for (size_t l = 0; l < layers.size(); ++l) {
-    keys.push_back(scheme.key() + "|" + std::to_string(l) + "|" + layers[l].name());
+    keys.push_back(attn_err_key(scheme, rule, l, layers[l]));
     const bool active = qs[l].first.active() || qs[l].second.active();
     if (!active) attn_err_memo_[keys.back()] = 0.0;
     needed.push_back(!attn_err_memo_.contains(keys.back()));
@@ -376,46 +500,62 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
   // Replay the unquantized model; at each layer compare its own attention
   // output with the one read through that layer's quantized cache.
   std::vector<double> num(layers.size(), 0.0), den(layers.size(), 0.0);
+  ReadPlan plan{0, rule};
   const AttentionFn compare = [&](int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v) {
     const auto l = static_cast<size_t>(layer);
     torch::Tensor out = causal_attention(q, k, v);
     if (needed[l]) {
-      const torch::Tensor diff = quantized_attention(q, k, v, qs[l].first, qs[l].second) - out;
+      // Over the continuation rows, as the other metrics.
+      const int64_t t0 = plan.prompt_tokens;
+      const torch::Tensor diff =
+          (quantized_attention(q, k, v, qs[l].first, qs[l].second, plan) - out).slice(1, t0);
       num[l] += diff.pow(2).sum().item<double>();
-      den[l] += out.pow(2).sum().item<double>();
+      den[l] += out.slice(1, t0).pow(2).sum().item<double>();
     }
     return out;
   };
-  for (const Batch& b : batches_) transformer_.forward(b.tokens, compare);
+  for (const Batch& b : batches_) {
+    plan.prompt_tokens = b.prompt_tokens;
+    transformer_.forward(b.tokens, compare);
+  }
   for (size_t l = 0; l < layers.size(); ++l) {
     if (needed[l]) attn_err_memo_[keys[l]] = den[l] > 0 ? std::sqrt(num[l] / den[l]) : 0.0;
   }
 }
 
-Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme) {
+Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
+                            const ReadRule& rule) {
   const ModelConfig& c = model_.config;
   const auto qs = quantizers(layers, scheme);
-  fill_attention_errors(layers, scheme, qs);
-  const AttentionFn attention = [&qs](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
-                                      const torch::Tensor& v) {
+  check_read_rule(qs, rule);
+  fill_attention_errors(layers, scheme, rule, qs);
+  ReadPlan plan{0, rule};
+  const AttentionFn attention = [&qs, &plan](int64_t l, const torch::Tensor& q,
+                                             const torch::Tensor& k, const torch::Tensor& v) {
     const auto& [kq, vq] = qs[static_cast<size_t>(l)];
-    return quantized_attention(q, k, v, kq, vq);
+    return quantized_attention(q, k, v, kq, vq, plan);
   };
-  double kl = 0, nll_fp = 0, nll_q = 0, agree = 0;
-  int64_t positions = 0, predicted = 0;
+  double kl = 0, kl_all = 0, nll_fp = 0, nll_q = 0, agree = 0;
+  int64_t positions = 0, all_positions = 0, predicted = 0;
   for (const Batch& b : batches_) {
+    plan.prompt_tokens = b.prompt_tokens;
     const torch::Tensor logp =
         torch::log_softmax(transformer_.forward(b.tokens, attention), -1, torch::kFloat32);
-    kl += (b.ref_logp.exp() * (b.ref_logp - logp)).sum().to(torch::kFloat64).item<double>();
-    agree += (b.ref_logp.argmax(-1) == logp.argmax(-1)).sum().item<double>();
-    positions += b.tokens.numel();
-    const int64_t len = b.tokens.size(1);
-    const torch::Tensor next = b.tokens.slice(1, 1).unsqueeze(-1);
+    const int64_t t0 = b.prompt_tokens, len = b.tokens.size(1);
+    const torch::Tensor kl_terms = b.ref_logp.exp() * (b.ref_logp - logp);
+    // The continuation positions i >= T0 (all of them when T0 = 0).
+    const torch::Tensor ref = b.ref_logp.slice(1, t0), q = logp.slice(1, t0);
+    kl += kl_terms.slice(1, t0).sum().to(torch::kFloat64).item<double>();
+    kl_all += t0 == 0 ? 0.0 : kl_terms.sum().to(torch::kFloat64).item<double>();
+    agree += (ref.argmax(-1) == q.argmax(-1)).sum().item<double>();
+    positions += ref.size(0) * ref.size(1);
+    all_positions += b.tokens.numel();
+    const torch::Tensor next = b.tokens.slice(1, t0 + 1).unsqueeze(-1);
     nll_fp -=
-        b.ref_logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
-    nll_q -= logp.slice(1, 0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
-    predicted += next.numel();
+        b.ref_logp.slice(1, t0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
+    nll_q -= logp.slice(1, t0, len - 1).gather(-1, next).sum().to(torch::kFloat64).item<double>();
+    predicted += next.size(0) * next.size(1);
   }
   if (!std::isfinite(kl) || !std::isfinite(nll_q)) {
     throw Error("the quantized evaluation of " + format_layer_config(layers) +
@@ -424,6 +564,8 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
   Metrics m;
   m.tokens = positions;
   m.kl = kl / static_cast<double>(positions);
+  // With no prompt anywhere the two are one sum (T0 = 0 is today's metric exactly).
+  m.kl_all = all_positions == positions ? m.kl : (kl_all / static_cast<double>(all_positions));
   m.top1_agreement = agree / static_cast<double>(positions);
   m.delta_nll = (nll_q - nll_fp) / static_cast<double>(predicted);
   m.ppl_fp = std::exp(nll_fp / static_cast<double>(predicted));
@@ -433,8 +575,7 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     const double bits = qs[l].first.storage_bits(longest_, c.n_kv_heads, c.head_dim) +
                         qs[l].second.storage_bits(longest_, c.n_kv_heads, c.head_dim);
     m.bytes_per_token += bits * static_cast<double>(c.n_kv_heads * c.head_dim) / 8.0;
-    m.attn_rel_err.push_back(
-        attn_err_memo_.at(scheme.key() + "|" + std::to_string(l) + "|" + layers[l].name()));
+    m.attn_rel_err.push_back(attn_err_memo_.at(attn_err_key(scheme, rule, l, layers[l])));
   }
   return m;
 }

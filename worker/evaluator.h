@@ -10,11 +10,19 @@
 #include <vector>
 
 #include "kvtune/common/precision.h"
+#include "kvtune/common/read_rule.h"
 #include "kvtune/common/scheme.h"
 #include "kvtune/kernels/quant.h"
 #include "llama.h"
 
 namespace kvtune::worker {
+
+// How the sequences of one batch are read: the prompt length T0 (prefilled
+// in one step; the rest is decoded a token at a time) and the read rule.
+struct ReadPlan {
+  int64_t prompt_tokens = 0;
+  ReadRule rule;
+};
 
 // One layer's keys or values under one format: what the emulated cache holds.
 // Integer formats follow the scheme's grouping and full-precision window; fp8
@@ -26,9 +34,13 @@ class TensorQuantizer {
                   std::vector<float> head_amax);
 
   bool active() const { return format_.kind != KvFormat::Kind::Full; }
-  // Tokens the query at position i reads in quantized form: j < this, which
-  // is W * floor(i / W) for the window W below.
-  int64_t quantized_before(int64_t i) const;
+  // The query at position i reads tokens [this, i] in full precision and the
+  // earlier ones quantized (i + 1: it reads every token quantized). Prompt
+  // queries (i < T0) read the prompt fresh or from the cache as the rule
+  // says; a decoded token reads W * floor(i / W) onwards in full precision
+  // (W below), or, when the rule reads the current token from the cache,
+  // nothing.
+  int64_t first_full_precision(int64_t i, const ReadPlan& plan) const;
   // R for kivi integer formats (whole windows are flushed), else 1.
   int64_t full_precision_window() const;
   // Fake-quantizes one sequence's x [tokens, kv_heads, head_dim] in one pass.
@@ -51,17 +63,24 @@ class TensorQuantizer {
 using LayerQuantizers = std::vector<std::pair<TensorQuantizer, TensorQuantizer>>;
 
 // Causal attention of q [B, T, H, hd] over k, v [B, T, KVH, hd] where query i
-// reads key/value j quantized iff j < quantized_before(i) of its quantizer.
+// reads key/value j quantized iff j < first_full_precision(i, plan) of its
+// quantizer.
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const TensorQuantizer& keys,
-                                  const TensorQuantizer& values);
+                                  const TensorQuantizer& values, const ReadPlan& plan = {});
+
+// Throws kvtune::Error when a layer's format cannot be read by `rule`: kivi
+// windows are read in full precision, never back from the cache.
+void check_read_rule(const LayerQuantizers& layers, const ReadRule& rule);
 
 // A real decoding cache: tokens leaving the full-precision window are
-// quantized to codes and read back dequantized.
+// quantized to codes and read back dequantized. With a prompt (T0 > 0) the
+// first append is the prefill of all T0 tokens at once; every later append
+// is one decoded token.
 class QuantizedKvCache : public KvCache {
  public:
   // One quantizer pair per layer.
-  explicit QuantizedKvCache(LayerQuantizers layers);
+  explicit QuantizedKvCache(LayerQuantizers layers, ReadPlan plan = {});
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k,
                                                  const torch::Tensor& v) override;
   int64_t length() const override { return length_; }
@@ -73,13 +92,16 @@ class QuantizedKvCache : public KvCache {
   };
   torch::Tensor push(Stream& s, const TensorQuantizer& q, const torch::Tensor& x) const;
   LayerQuantizers quantizers_;
+  ReadPlan plan_;
   std::vector<std::pair<Stream, Stream>> streams_;
   int64_t length_ = 0;
   int64_t position_ = 0;  // position of the token being appended
 };
 
+// Over the continuation positions i >= T0 (every position when T0 = 0).
 struct Metrics {
-  double kl = 0;         // mean KL(fp || quantized), nats/token, over every position
+  double kl = 0;         // mean KL(fp || quantized), nats/token
+  double kl_all = 0;     // the same over every position, the prompt's included
   double delta_nll = 0;  // mean NLL change over positions that have a next token
   double ppl_fp = 0;
   double ppl_q = 0;
@@ -112,9 +134,13 @@ LayerQuantizers make_quantizers(const ModelConfig& config, const std::vector<Pre
 // The unquantized reference (log-probabilities and amax) is computed once.
 class Evaluator {
  public:
-  Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences);
+  // `prompts`: each sequence's prompt length T0 (empty: 0 for every one);
+  // each leaves at least two continuation tokens.
+  Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences,
+            const std::vector<int64_t>& prompts = {});
 
-  Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme);
+  Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
+                   const ReadRule& rule = {});
 
   // The quantizers of a configuration, scaled by this calibration set's amax.
   LayerQuantizers quantizers(const std::vector<PrecisionPair>& layers, const Scheme& scheme) const {
@@ -127,16 +153,17 @@ class Evaluator {
   struct Batch {
     torch::Tensor tokens;    // [B, T]
     torch::Tensor ref_logp;  // [B, T, V]
+    int64_t prompt_tokens = 0;
   };
   void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
-                             const LayerQuantizers& qs);
+                             const ReadRule& rule, const LayerQuantizers& qs);
 
   const Model& model_;
   Transformer transformer_;
   std::vector<Batch> batches_;  // sequences grouped by length
   int64_t longest_ = 0;
   KvAmax amax_;
-  std::map<std::string, double> attn_err_memo_;  // (scheme, layer, pair) -> relative error
+  std::map<std::string, double> attn_err_memo_;  // (scheme, rule, layer, pair) -> relative error
 };
 
 }  // namespace kvtune::worker

@@ -107,9 +107,10 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
 class KvCache {
  public:
   virtual ~KvCache() = default;
-  // Appends the current token's keys and values [kv_heads, head_dim] at
-  // `layer`; returns the keys and values the current query reads, [tokens,
-  // kv_heads, head_dim] each, oldest first and the current token last.
+  // Appends the step's keys and values [n, kv_heads, head_dim] (n tokens: a
+  // prefill, or one decoded token) at `layer`; returns the keys and values
+  // the step's queries read, [tokens, kv_heads, head_dim] each, oldest first
+  // and the step's tokens last.
   virtual std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k,
                                                          const torch::Tensor& v) = 0;
   // Tokens cached so far (all layers hold the same number after a step).
@@ -139,6 +140,9 @@ class Transformer {
   // Logits [vocab] of the next token after appending `token` at position
   // cache.length(); appends its keys and values to `cache`.
   torch::Tensor step(int64_t token, KvCache& cache) const;
+  // The same for several tokens in one step (a prefill): logits [n, vocab],
+  // each position attending causally to the cache and the earlier tokens.
+  torch::Tensor extend(const std::vector<int64_t>& tokens, KvCache& cache) const;
 
   const ModelConfig& config() const { return model_.config; }
 

@@ -188,8 +188,8 @@ std::pair<torch::Tensor, torch::Tensor> FullPrecisionCache::append(int64_t layer
     keys_.resize(l + 1);
     values_.resize(l + 1);
   }
-  keys_[l] = keys_[l].defined() ? torch::cat({keys_[l], k.unsqueeze(0)}) : k.unsqueeze(0);
-  values_[l] = values_[l].defined() ? torch::cat({values_[l], v.unsqueeze(0)}) : v.unsqueeze(0);
+  keys_[l] = keys_[l].defined() ? torch::cat({keys_[l], k}) : k;
+  values_[l] = values_[l].defined() ? torch::cat({values_[l], v}) : v;
   return {keys_[l], values_[l]};
 }
 
@@ -291,29 +291,40 @@ torch::Tensor Transformer::forward(const torch::Tensor& tokens,
 }
 
 torch::Tensor Transformer::step(int64_t token, KvCache& cache) const {
+  return extend({token}, cache).view({model_.config.vocab_size});
+}
+
+torch::Tensor Transformer::extend(const std::vector<int64_t>& tokens, KvCache& cache) const {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model_.config;
-  if (token < 0 || token >= c.vocab_size) {
-    throw Error("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
-                std::to_string(c.vocab_size) + ")");
+  for (const int64_t token : tokens) {
+    if (token < 0 || token >= c.vocab_size) {
+      throw Error("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                  std::to_string(c.vocab_size) + ")");
+    }
   }
   const int64_t pos = cache.length();
-  if (pos >= c.max_seq_len) {
-    throw Error("position " + std::to_string(pos) + " is beyond the model's context of " +
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (pos + n > c.max_seq_len) {
+    throw Error("position " + std::to_string(pos + n - 1) + " is beyond the model's context of " +
                 std::to_string(c.max_seq_len) + " tokens");
   }
+  const auto device = model_.embedding.device();
   const torch::Tensor positions =
-      torch::full({1}, pos, model_.embedding.options().dtype(torch::kInt64));
-  torch::Tensor x = model_.embedding[token].view({1, 1, c.dim});  // [batch 1, token 1, dim]
+      torch::arange(pos, pos + n, model_.embedding.options().dtype(torch::kInt64));
+  torch::Tensor x =
+      model_.embedding.index_select(0, torch::tensor(tokens, torch::kInt64).to(device))
+          .view({1, n, c.dim});  // [batch 1, n tokens, dim]
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     const LayerWeights& w = model_.layers[l];
     const auto [q, k, v] = project_qkv(w, rms_norm(x, w.attn_norm), positions);
-    const auto [keys, values] = cache.append(static_cast<int64_t>(l), k[0][0], v[0][0]);
+    const auto [keys, values] = cache.append(static_cast<int64_t>(l), k[0], v[0]);
     const torch::Tensor attn = causal_attention(q, keys.unsqueeze(0), values.unsqueeze(0));
-    x = x + torch::matmul(attn.reshape({1, 1, c.n_heads * c.head_dim}), w.wo.t());
+    x = x + torch::matmul(attn.reshape({1, n, c.n_heads * c.head_dim}), w.wo.t());
     x = x + feed_forward(w, rms_norm(x, w.ffn_norm));
   }
-  return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t()).view({c.vocab_size});
+  return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t())
+      .view({n, c.vocab_size});
 }
 
 }  // namespace kvtune::worker

@@ -72,6 +72,7 @@ void fill_model_info(const Entry& entry, schema::ModelInfo::Builder info) {
 void fill_eval_result(const Metrics& m, const std::string& worker_id, double seconds,
                       schema::EvalResult::Builder out) {
   out.setKl(m.kl);
+  out.setKlAll(m.kl_all);
   out.setDeltaNll(m.delta_nll);
   out.setPplFp(m.ppl_fp);
   out.setPplQ(m.ppl_q);

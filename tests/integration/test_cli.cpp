@@ -126,6 +126,60 @@ TEST(CliEval, JsonHasEveryMetricAndKv16IsLossless) {
   EXPECT_EQ(q["config"], "K8V4,KV2,KV4,KV4,KV8");
 }
 
+TEST(CliEval, PromptTokensReportContinuationKlBesideAllPositionsKl) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base =
+      kKvtune + " eval --model " + kStories + " --data sample:2:64:0 --json --config KV2";
+  const auto plain = nlohmann::json::parse(run_command(base).output);
+  EXPECT_EQ(plain["kl_all"], plain["kl"]);
+  EXPECT_EQ(plain["prompt_tokens"], 0);
+  EXPECT_EQ(plain["read"], "fresh");
+  // --prompt-tokens 0 is the same evaluation.
+  EXPECT_EQ(nlohmann::json::parse(run_command(base + " --prompt-tokens 0").output)["kl"],
+            plain["kl"]);
+
+  const auto fresh = nlohmann::json::parse(run_command(base + " --prompt-tokens 32").output);
+  EXPECT_EQ(fresh["prompt_tokens"], 32);
+  EXPECT_EQ(fresh["tokens"], 2 * (64 - 32));
+  EXPECT_NE(fresh["kl"], fresh["kl_all"]);
+  EXPECT_LT(fresh["kl_all"].get<double>(), fresh["kl"].get<double>());  // the prompt is fresh
+  const auto cache =
+      nlohmann::json::parse(run_command(base + " --prompt-tokens 32 --read cache").output);
+  EXPECT_EQ(cache["read"], "cache");
+  EXPECT_GT(cache["kl_all"].get<double>(), fresh["kl_all"].get<double>());
+
+  // A JSONL line's "prompt" overrides --prompt-tokens; a bad one is named.
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvtune_cli_prompt_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string tokens = "[1";
+  for (int i = 2; i < 40; ++i) tokens += "," + std::to_string(i * 5);
+  tokens += "]";
+  std::ofstream(dir / "data.jsonl") << "{\"tokens\": " << tokens << ", \"prompt\": 20}\n"
+                                    << "{\"tokens\": " << tokens << "}\n";
+  const auto mixed = nlohmann::json::parse(
+      run_command(kKvtune + " eval --model " + kStories + " --json --config KV2 --data " +
+                  (dir / "data.jsonl").string() + " --prompt-tokens 10")
+          .output);
+  EXPECT_EQ(mixed["prompt_tokens"], nlohmann::json::array({20, 10}));
+  EXPECT_EQ(mixed["tokens"], (39 - 20) + (39 - 10));
+  std::ofstream(dir / "bad.jsonl") << "{\"tokens\": " << tokens << ", \"prompt\": 38}\n";
+  const CommandResult bad = run_command(kKvtune + " eval --model " + kStories +
+                                            " --config KV2 --data " + (dir / "bad.jsonl").string(),
+                                        true);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("bad.jsonl:1: \"prompt\" is 38; it must be a whole number of tokens "
+                            "from 0 to 37 (at least 2 of the sequence's 39 tokens continue it)"),
+            std::string::npos)
+      << bad.output;
+  const CommandResult rule = run_command(base + " --read stale", true);
+  EXPECT_NE(rule.exit_code, 0);
+  EXPECT_NE(rule.output.find("read rule 'stale' is not fresh, cache, fresh-prefill"),
+            std::string::npos)
+      << rule.output;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CliEval, KvtunerYamlConfigFileEqualsTheSameConfigInline) {
   SKIP_WITHOUT_SHARED();
   const auto dir =

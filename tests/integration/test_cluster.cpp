@@ -71,7 +71,10 @@ std::map<std::string, json> single_process_eval(const std::vector<std::string>& 
   while (std::getline(lines, line)) {
     if (line.empty()) continue;
     json m = json::parse(line);
-    for (const char* k : {"config", "scheme", "model", "synthetic", "device", "dtype"}) m.erase(k);
+    for (const char* k :
+         {"config", "scheme", "read", "prompt_tokens", "model", "synthetic", "device", "dtype"}) {
+      m.erase(k);
+    }
     out[configs.at(i++)] = m;
   }
   EXPECT_EQ(out.size(), configs.size());

@@ -89,6 +89,124 @@ INSTANTIATE_TEST_SUITE_P(
                       EmulationCase{"kivi", 4, 8, "float", "KV2,K2V4,KV16,K4V2,KV3"},
                       EmulationCase{"kivi", 8, 16, "int", "Kfp8Vnvfp4,KV2,KVfp8,K4Vnvfp4,KV1"}));
 
+// --- read rules and prompts ---------------------------------------------------
+
+struct ReadCase {
+  std::string model;  // "stories" or "demo" (the generated built-in model)
+  std::string scheme;
+  std::string rule;
+  int64_t prompt;
+  std::string layers;  // a pair per layer of the model, or one for all
+};
+
+void PrintTo(const ReadCase& c, std::ostream* os) {
+  *os << c.model << " " << c.scheme << " read=" << c.rule << " T0=" << c.prompt << " " << c.layers;
+}
+
+class ReadRuleVsDecode : public ::testing::TestWithParam<ReadCase> {};
+
+// The literal decode of a prompt and its continuation: the prompt prefilled
+// in one step through the cache, then one token at a time.
+TEST_P(ReadRuleVsDecode, OnePassEqualsPrefillThenTokenByTokenDecode) {
+  const ReadCase& p = GetParam();
+  if (p.model == "stories") SKIP_WITHOUT_SHARED();
+  const Model model =
+      to_double(p.model == "stories" ? load_llama2c(kStoriesModel) : make_demo_model());
+  std::vector<int64_t> ids = reference_tokens(75);
+  if (p.model != "stories") {
+    for (size_t i = 1; i < ids.size(); ++i) ids[i] = (ids[i] * 7 + 3) % model.config.vocab_size;
+  }
+  Evaluator ev(model, {ids});
+  const Scheme scheme = Scheme::parse(p.scheme, 8, 16, "int");
+  const ReadPlan plan{p.prompt, ReadRule::parse(p.rule)};
+  const auto qs =
+      ev.quantizers(parse_layer_config(p.layers, static_cast<int>(model.config.n_layers)), scheme);
+
+  const AttentionFn emulate = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v) {
+    return quantized_attention(q, k, v, qs[static_cast<size_t>(l)].first,
+                               qs[static_cast<size_t>(l)].second, plan);
+  };
+  const torch::Tensor tokens = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+  const torch::Tensor one_pass = ev.transformer().forward(tokens, emulate)[0];
+  const torch::Tensor fp_pass = ev.transformer().forward(tokens)[0];
+
+  QuantizedKvCache cache(qs, plan);
+  std::vector<torch::Tensor> rows;
+  if (p.prompt > 0) {
+    rows.push_back(ev.transformer().extend({ids.begin(), ids.begin() + p.prompt}, cache));
+  }
+  for (size_t i = static_cast<size_t>(p.prompt); i < ids.size(); ++i) {
+    rows.push_back(ev.transformer().step(ids[i], cache).unsqueeze(0));
+  }
+  const torch::Tensor literal = torch::cat(rows);
+  EXPECT_LT((literal - one_pass).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
+  // The quantization shows in the continuation; a fresh prompt reads nothing quantized.
+  EXPECT_GT((literal - fp_pass).slice(0, p.prompt).abs().max().item<double>(), 1e-3);
+  if (p.prompt > 0) {
+    const double prompt_effect =
+        (literal - fp_pass).slice(0, 0, p.prompt).abs().max().item<double>();
+    if (plan.rule.prefill == ReadRule::Source::Fresh) {
+      EXPECT_LT(prompt_effect, 1e-9);
+    } else {
+      EXPECT_GT(prompt_effect, 1e-3);
+    }
+  }
+}
+
+std::vector<ReadCase> read_cases() {
+  std::vector<ReadCase> out;
+  for (const std::string model : {"stories", "demo"}) {
+    const std::string mixed = model == "stories" ? "K8V4,KV2,K4V2,K2V8,KV4" : "K4V2";
+    const std::string formats = model == "stories" ? "Kfp8Vnvfp4,KV2,KVfp8,K4Vnvfp4,KV3" : "KVfp8";
+    for (int64_t t0 : {0, 17, 64}) {
+      for (const std::string rule :
+           {"fresh", "cache", "fresh-prefill", "prefill=cache,current=fresh"}) {
+        out.push_back({model, "per-token-asym", rule, t0, mixed});
+      }
+      out.push_back({model, "per-token-asym", "cache", t0, formats});
+      out.push_back({model, "kivi", "fresh", t0, mixed});  // R = 16: T0 = 17 ends mid-window
+      out.push_back({model, "kivi", "fresh", t0, formats});
+    }
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(RulesPromptsAndModels, ReadRuleVsDecode,
+                         ::testing::ValuesIn(read_cases()));
+
+TEST(ReadRules, KiviRefusesRulesThatReadTheCache) {
+  const Model model = make_demo_model();
+  Evaluator ev(model, {{1, 2, 3, 4, 5, 6}});
+  const Scheme kivi = Scheme::parse("kivi", 8, 16, "int");
+  const auto layers = parse_layer_config("KV4", static_cast<int>(model.config.n_layers));
+  const std::string message =
+      testing::message_of([&] { ev.evaluate(layers, kivi, ReadRule::parse("cache")); });
+  EXPECT_NE(message.find("read rule 'cache' reads tokens back from the quantized cache"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("kivi takes the fresh rule"), std::string::npos) << message;
+  // fp8 under a kivi scheme is per-token: the rule applies to it.
+  EXPECT_NO_THROW(ev.evaluate(parse_layer_config("KVfp8", static_cast<int>(model.config.n_layers)),
+                              kivi, ReadRule::parse("cache")));
+  EXPECT_THROW(ReadRule::parse("prefill=cache,current=stale"), Error);
+  EXPECT_THROW(ReadRule::parse("prefill=fresh,prefill=cache"), Error);
+  EXPECT_EQ(ReadRule::parse("prefill=fresh,current=cache").name(), "fresh-prefill");
+  EXPECT_EQ(ReadRule::parse("prefill=cache,current=fresh").name(), "prefill=cache,current=fresh");
+}
+
+TEST(ReadRules, PromptsMustLeaveAContinuation) {
+  const Model model = make_demo_model();
+  const std::string message = testing::message_of([&] {
+    Evaluator(model, {{1, 2, 3, 4}, {1, 2, 3}}, {0, 2});
+  });
+  EXPECT_EQ(message,
+            "calibration sequence 1 has 3 tokens and a prompt of 2; the prompt must leave at least "
+            "2 tokens to continue");
+  EXPECT_THROW(Evaluator(model, {{1, 2, 3, 4}}, {0, 0}), Error);
+}
+
 class Stories : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -172,6 +290,35 @@ TEST_F(Stories, HardwareFormatsAreOrderedByPrecision) {
   EXPECT_LT(fp8.kl, nvfp4.kl);
   // head_dim 8: NVFP4 blocks of 8 values share an E4M3 scale (4 + 8/8 bits).
   EXPECT_LT(nvfp4.bytes_per_token, fp8.bytes_per_token);
+}
+
+TEST_F(Stories, ContinuationKlIsReportedBesideTheAllPositionsKl) {
+  SKIP_WITHOUT_SHARED();
+  const auto layers = config("KV2");
+  const Scheme scheme = Scheme::parse("per-token-asym", 32, 32, "int");
+  const Metrics today = evaluator_->evaluate(layers, scheme);
+  // T0 = 0 is today's evaluation exactly, whatever the prompt rule.
+  Evaluator no_prompt(*model_, {reference_tokens(257)}, {0});
+  const Metrics zero =
+      no_prompt.evaluate(layers, scheme, ReadRule::parse("prefill=cache,current=fresh"));
+  EXPECT_EQ(zero.kl, today.kl);
+  EXPECT_EQ(zero.kl_all, today.kl);
+  EXPECT_EQ(zero.delta_nll, today.delta_nll);
+  EXPECT_EQ(zero.top1_agreement, today.top1_agreement);
+  EXPECT_EQ(zero.attn_rel_err, today.attn_rel_err);
+  EXPECT_EQ(today.kl_all, today.kl);
+
+  Evaluator prompted(*model_, {reference_tokens(257)}, {128});
+  const Metrics fresh = prompted.evaluate(layers, scheme);
+  EXPECT_EQ(fresh.tokens, 257 - 128);
+  EXPECT_GT(fresh.kl, 0.0);
+  // The fresh prompt adds 128 positions of zero KL to the all-positions mean.
+  EXPECT_NEAR(fresh.kl_all, fresh.kl * (257.0 - 128.0) / 257.0, 1e-5);
+  EXPECT_NE(fresh.kl, today.kl);
+  // Reading the prompt from the cache perturbs the prompt positions too.
+  const Metrics cache = prompted.evaluate(layers, scheme, ReadRule::parse("cache"));
+  EXPECT_GT(cache.kl_all, fresh.kl_all);
+  EXPECT_NE(cache.kl, fresh.kl);
 }
 
 TEST_F(Stories, WrongLayerCountIsAnError) {
