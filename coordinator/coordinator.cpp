@@ -227,6 +227,7 @@ class Coordinator::Impl {
         d.setModelSpec(job.spec.model);
         d.setDataSpec(job.spec.data);
         d.setSeqLen(static_cast<uint32_t>(job.spec.seq_len));
+        d.setPromptTokens(static_cast<uint32_t>(job.spec.prompt_tokens));
       } else {
         auto task = root.initTask();
         task.setTaskId(t.id);

@@ -191,8 +191,14 @@ void SearchDriver::finish(Job& job) {
 
 // Merges a finished search's frontier into its registry entry.
 void SearchDriver::record_frontier(const Job& job) {
-  const std::string key = registry::key(job.model->fingerprint, job.spec.scheme.key(),
-                                        job.model->data_fingerprint, job.spec.metric);
+  // A prompt or another read rule is another question: another entry.
+  std::string scheme = job.spec.scheme.key();
+  if (job.spec.prompt_tokens > 0 || !job.spec.read.is_default()) {
+    scheme += "/T0=" + std::to_string(job.spec.prompt_tokens) +
+              "/read=" + job.spec.read.key(job.spec.prompt_tokens);
+  }
+  const std::string key =
+      registry::key(job.model->fingerprint, scheme, job.model->data_fingerprint, job.spec.metric);
   std::vector<registry::Config> found;
   for (const auto& f : job.search->frontier()) {
     registry::Config c;
@@ -215,6 +221,8 @@ void SearchDriver::record_frontier(const Job& job) {
                 {"fingerprint", job.model->fingerprint},
                 {"layers", job.model->layers},
                 {"scheme", job.spec.scheme.key()},
+                {"prompt_tokens", job.spec.prompt_tokens},
+                {"read", job.spec.read.name()},
                 {"data", job.spec.data},
                 {"data_fingerprint", job.model->data_fingerprint},
                 {"metric", job.spec.metric},

@@ -144,6 +144,8 @@ void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry
   in.scheme = job.spec.scheme;
   in.layers = layers;
   in.metric = job.spec.metric;
+  in.prompt_tokens = job.spec.prompt_tokens;
+  in.read = job.spec.read;
   capnp::MallocMessageBuilder message;
   auto request = message.initRoot<schema::EvalRequest>();
   build_eval_request(in, request);

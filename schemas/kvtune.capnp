@@ -20,6 +20,12 @@ struct KvFormat {
   bits @1 :UInt8 = 16;
 }
 
+# Where a query reads a token from (ENGINES.md, "Read rules").
+enum ReadSource {
+  fresh @0;
+  cache @1;
+}
+
 struct PrecisionPair {
   key @0 :KvFormat;
   value @1 :KvFormat;
@@ -51,6 +57,12 @@ struct EvalRequest {
   scheme @5 :Scheme;
   layers @6 :List(PrecisionPair);
   metric @7 :Text = "kl";
+  # The prompt length T0 of every sequence without its own (JSONL "prompt"),
+  # and the read rule; 0 and fresh leave the canonical encoding, and so the
+  # keys of evaluations without them, as they were.
+  promptTokens @8 :UInt32;
+  readPrefill @9 :ReadSource;
+  readCurrent @10 :ReadSource;
 }
 
 struct EvalResult {
@@ -179,6 +191,7 @@ struct CoordinatorMessage {
       modelSpec @7 :Text;
       dataSpec @8 :Text;
       seqLen @9 :UInt32;
+      promptTokens @10 :UInt32;
     }
   }
 }

@@ -229,6 +229,7 @@ class Daemon {
         job.inputs.model_spec = describe.getModelSpec();
         job.inputs.data_spec = describe.getDataSpec();
         job.inputs.seq_len = static_cast<int>(describe.getSeqLen());
+        job.inputs.prompt_tokens = describe.getPromptTokens();
         if (stopping_) {
           log_line(prefix_ + "shutting down; not starting task " + job.task_id);
           return;

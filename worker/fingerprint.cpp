@@ -205,7 +205,8 @@ std::string model_fingerprint(const std::string& spec) {
               "Hugging Face directory with config.json, or builtin:demo)");
 }
 
-std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences) {
+std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences,
+                             const std::vector<int64_t>& prompts) {
   Hasher h;
   h.update_u64(sequences.size());
   std::vector<unsigned char> bytes;
@@ -217,6 +218,12 @@ std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences)
       for (int b = 0; b < 8; ++b) bytes[i * 8 + b] = static_cast<unsigned char>(v >> (8 * b));
     }
     h.update(bytes.data(), bytes.size());
+  }
+  // JSONL prompt lengths, where any line has one (data without them keeps
+  // the fingerprint it always had).
+  if (std::any_of(prompts.begin(), prompts.end(), [](int64_t p) { return p >= 0; })) {
+    h.update_u64(prompts.size());
+    for (const int64_t p : prompts) h.update_u64(static_cast<uint64_t>(p));
   }
   return h.hex_digest();
 }

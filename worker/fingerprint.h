@@ -14,6 +14,7 @@ namespace kvtune::worker {
 std::string model_fingerprint(const std::string& spec);
 
 // A hex digest of token sequences (their lengths and ids).
-std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences);
+std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences,
+                             const std::vector<int64_t>& prompts = {});
 
 }  // namespace kvtune::worker

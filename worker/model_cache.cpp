@@ -133,7 +133,7 @@ ModelCache::~ModelCache() = default;
 
 void ModelCache::describe(const EvalInputs& in, schema::ModelInfo::Builder out) {
   torch_errors_as_kvtune([&] {
-    const EntryKey key{in.model_spec, in.data_spec, in.seq_len};
+    const EntryKey key{in.model_spec, in.data_spec, in.seq_len, in.prompt_tokens};
     Entry* entry = cache_.find(key);
     // A describe reports what is on disk now: a cached entry is reused only
     // while the model file and (for token files) the data are unchanged.
@@ -149,7 +149,7 @@ void ModelCache::describe(const EvalInputs& in, schema::ModelInfo::Builder out) 
 void ModelCache::evaluate(const EvalInputs& in, const std::string& worker_id,
                           schema::EvalResult::Builder out) {
   torch_errors_as_kvtune([&] {
-    const EntryKey key{in.model_spec, in.data_spec, in.seq_len};
+    const EntryKey key{in.model_spec, in.data_spec, in.seq_len, in.prompt_tokens};
     Entry* entry = cache_.find(key);
     // The cached entry serves requests for exactly its content. A request
     // for other content is worth a reload only when the files changed since
@@ -176,7 +176,7 @@ void ModelCache::evaluate(const EvalInputs& in, const std::string& worker_id,
                   " layers but model " + in.model_spec + " has " + std::to_string(layers));
     }
     const auto start = Clock::now();
-    const Metrics metrics = entry->evaluator->evaluate(in.layers, in.scheme);
+    const Metrics metrics = entry->evaluator->evaluate(in.layers, in.scheme, in.read);
     fill_eval_result(metrics, worker_id, seconds_since(start), out);
   });
 }
@@ -192,7 +192,7 @@ bool ModelCache::still_current(const Entry& entry, const EntryKey& key) const {
   if (model_fingerprint(key.model_spec) != entry.model_fingerprint) return false;
   if (key.data_spec.rfind("sample:", 0) == 0) return true;
   const CalibrationData data = load_calibration(key.data_spec, key.seq_len, *entry.model);
-  return data_fingerprint(data.sequences) == entry.data_fingerprint;
+  return data_fingerprint(data.sequences, data.prompts) == entry.data_fingerprint;
 }
 
 // Loads a model and its data and computes the reference, after evicting
@@ -208,9 +208,10 @@ Entry& ModelCache::load(const EntryKey& key) {
   entry->model_fingerprint = model_fingerprint(key.model_spec);
   entry->model = std::make_unique<Model>(place(load_model(key.model_spec), device_, dtype_));
   entry->data = load_calibration(key.data_spec, key.seq_len, *entry->model);
-  entry->data_fingerprint = data_fingerprint(entry->data.sequences);
+  entry->data_fingerprint = data_fingerprint(entry->data.sequences, entry->data.prompts);
   for (const auto& sequence : entry->data.sequences) entry->tokens += sequence.size();
-  entry->evaluator = std::make_unique<Evaluator>(*entry->model, entry->data.sequences);
+  entry->evaluator = std::make_unique<Evaluator>(*entry->model, entry->data.sequences,
+                                                 prompt_lengths(entry->data, key.prompt_tokens));
   log_line(prefix_ + "loaded " + key.model_spec + " with data " + key.data_spec + " (" +
            std::to_string(entry->data.sequences.size()) + " sequences, " +
            std::to_string(entry->tokens) + " tokens) in " + seconds_text(seconds_since(start)) +

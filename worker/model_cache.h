@@ -33,6 +33,7 @@ struct EntryKey {
   std::string model_spec;
   std::string data_spec;
   int64_t seq_len = 0;
+  int64_t prompt_tokens = 0;  // the Evaluator's reference depends on it
   bool operator==(const EntryKey&) const = default;
 };
 

@@ -283,8 +283,8 @@ JobSpec JobSpec::parse(const json& spec) {
       [](const std::string& t) { return escape_utf8(t); }, errors);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
   r.only(spec,
-         {"kind", "name", "model", "data", "seq_len", "scheme", "metric", "configs", "candidates",
-          "search"},
+         {"kind", "name", "model", "data", "seq_len", "scheme", "prompt_tokens", "read", "metric",
+          "configs", "candidates", "search"},
          "");
 
   if (auto kind = r.string(spec, "kind", "kind", true)) {
@@ -315,6 +315,23 @@ JobSpec JobSpec::parse(const json& spec) {
   }
   if (auto seq_len = r.integer(spec, "seq_len", "seq_len", 2, 1 << 20)) out.seq_len = *seq_len;
   if (spec.contains("scheme")) read_scheme(spec.at("scheme"), r, out.scheme);
+  if (auto t0 = r.integer(spec, "prompt_tokens", "prompt_tokens", 0, 1 << 20)) {
+    out.prompt_tokens = *t0;
+  }
+  if (auto read = r.string(spec, "read", "read", false)) {
+    try {
+      out.read = ReadRule::parse(*read);
+      const bool reads_cache = out.read.prefill == ReadRule::Source::Cache ||
+                               out.read.current == ReadRule::Source::Cache;
+      if (reads_cache && out.scheme.grouping == kernels::Grouping::Kivi) {
+        r.fail("read", "'" + *read +
+                           "' reads tokens back from the quantized cache; the kivi scheme keeps "
+                           "its window in full precision and takes the fresh rule");
+      }
+    } catch (const Error& e) {
+      r.fail("read", e.what());
+    }
+  }
   if (auto metric = r.string(spec, "metric", "metric", false)) {
     if (*metric != "kl") {
       r.fail("metric", "'" + *metric + "' is not supported (kl)");
@@ -382,6 +399,8 @@ json JobSpec::to_json() const {
                 {"group_size", scheme.group_size},
                 {"residual", scheme.residual},
                 {"zero_point", scheme.zero_point == kernels::ZeroPoint::Int ? "int" : "float"}}},
+              {"prompt_tokens", prompt_tokens},
+              {"read", read.name()},
               {"metric", metric},
               {"candidates", candidate_names}};
   if (!name.empty()) out["name"] = name;

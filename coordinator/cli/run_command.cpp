@@ -116,9 +116,10 @@ class WorkDir {
 
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
-                         scheme = "per-token-asym", zero_point = "int", db;
+                         scheme = "per-token-asym", zero_point = "int", read = "fresh", db;
   std::vector<std::string> configs, candidates, config_files;
-  int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0;
+  int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0,
+      prompt_tokens = 0;
   double max_bits = 16;
   int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   bool json_output = false, verbose = false;
@@ -136,6 +137,10 @@ int run_command(const std::vector<std::string>& args) {
       "group-size", po::value(&group_size)->default_value(group_size), "kivi group size G")(
       "residual", po::value(&residual)->default_value(residual), "kivi window R (0: R = G)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
+      "prompt-tokens", po::value(&prompt_tokens)->default_value(prompt_tokens),
+      "T0: each sequence's first T0 tokens are a prompt; metrics over the continuation")(
+      "read", po::value(&read)->default_value(read),
+      "read rule: fresh, cache, fresh-prefill, or prefill=fresh|cache,current=fresh|cache")(
       "config", po::value(&configs)->composing(), "a config to evaluate (repeatable)")(
       "config-file", po::value(&config_files)->composing(),
       "a config to evaluate from a KVTuner YAML preset or JSON list (repeatable)")(
@@ -174,7 +179,9 @@ int run_command(const std::vector<std::string>& args) {
              {{"name", scheme},
               {"group_size", group_size},
               {"residual", residual == 0 ? group_size : residual},
-              {"zero_point", zero_point}}}};
+              {"zero_point", zero_point}}},
+            {"prompt_tokens", prompt_tokens},
+            {"read", read}};
     if (!configs.empty()) spec["configs"] = configs;
     if (kind == "search") {
       spec["search"] = {

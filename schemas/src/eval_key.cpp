@@ -78,6 +78,12 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
   }
   in.metric = request.getMetric();
   if (in.metric != "kl") throw Error("metric '" + in.metric + "' is not supported (kl)");
+  in.prompt_tokens = request.getPromptTokens();
+  const auto source = [](schema::ReadSource s) {
+    return s == schema::ReadSource::CACHE ? ReadRule::Source::Cache : ReadRule::Source::Fresh;
+  };
+  in.read.prefill = source(request.getReadPrefill());
+  in.read.current = source(request.getReadCurrent());
   return in;
 }
 
@@ -102,6 +108,15 @@ void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder o
     set_format(inputs.layers[i].value, layers[i].initValue());
   }
   out.setMetric(inputs.metric);
+  if (inputs.prompt_tokens < 0) {
+    throw Error("prompt_tokens " + std::to_string(inputs.prompt_tokens) + " < 0");
+  }
+  const auto source = [](ReadRule::Source s) {
+    return s == ReadRule::Source::Cache ? schema::ReadSource::CACHE : schema::ReadSource::FRESH;
+  };
+  out.setPromptTokens(static_cast<uint32_t>(inputs.prompt_tokens));
+  out.setReadPrefill(source(inputs.read.prefill));
+  out.setReadCurrent(source(inputs.read.current));
 }
 
 std::string evaluation_key(const schema::EvalRequest::Reader& request) {
@@ -136,6 +151,11 @@ std::string evaluation_key(const schema::EvalRequest::Reader& request) {
     value.setBits(in_layers[i].getValue().getBits());
   }
   norm.setMetric(request.getMetric());
+  norm.setPromptTokens(request.getPromptTokens());
+  norm.setReadCurrent(request.getReadCurrent());
+  // Without a prompt (and JSONL prompts are in the data fingerprint) the
+  // prefill rule reads nothing.
+  if (request.getPromptTokens() > 0) norm.setReadPrefill(request.getReadPrefill());
 
   const kj::Array<capnp::word> canonical = capnp::canonicalize(norm.asReader());
   const auto bytes = canonical.asBytes();

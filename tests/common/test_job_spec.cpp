@@ -2,6 +2,8 @@
 // named for each thing they refuse.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "kvtune/common/job_spec.h"
 
 namespace kvtune {
@@ -79,6 +81,48 @@ TEST(JobSpec, ErrorMessagesSayWhatIsWrong) {
     EXPECT_EQ(e.fields()[0].field, "configs[0]");
     EXPECT_NE(e.fields()[0].message.find("KVx"), std::string::npos) << e.fields()[0].message;
     EXPECT_NE(std::string(e.what()).find("configs[0]"), std::string::npos);
+  }
+}
+
+TEST(JobSpec, PromptTokensAndReadRule) {
+  const JobSpec d =
+      JobSpec::parse(json{{"kind", "evaluate"}, {"model", "m"}, {"configs", {"KV4"}}});
+  EXPECT_EQ(d.prompt_tokens, 0);
+  EXPECT_TRUE(d.read.is_default());
+  const JobSpec s = JobSpec::parse(json{{"kind", "evaluate"},
+                                        {"model", "m"},
+                                        {"configs", {"KV4"}},
+                                        {"prompt_tokens", 64},
+                                        {"read", "fresh-prefill"}});
+  EXPECT_EQ(s.prompt_tokens, 64);
+  EXPECT_EQ(s.read.name(), "fresh-prefill");
+  EXPECT_EQ(JobSpec::parse(s.to_json()).to_json(), s.to_json());
+  try {
+    JobSpec::parse(json{{"kind", "evaluate"},
+                        {"model", "m"},
+                        {"configs", {"KV4"}},
+                        {"prompt_tokens", -1},
+                        {"read", "stale"}});
+    ADD_FAILURE() << "accepted";
+  } catch (const JobSpecError& e) {
+    std::map<std::string, std::string> fields;
+    for (const auto& f : e.fields()) fields[f.field] = f.message;
+    EXPECT_EQ(fields.size(), 2u) << e.what();
+    EXPECT_NE(fields["prompt_tokens"].find("-1 is out of range"), std::string::npos);
+    EXPECT_NE(fields["read"].find("read rule 'stale' is not fresh, cache"), std::string::npos);
+  }
+  try {
+    JobSpec::parse(json{{"kind", "evaluate"},
+                        {"model", "m"},
+                        {"configs", {"KV4"}},
+                        {"scheme", {{"name", "kivi"}}},
+                        {"read", "cache"}});
+    ADD_FAILURE() << "accepted";
+  } catch (const JobSpecError& e) {
+    ASSERT_EQ(e.fields().size(), 1u) << e.what();
+    EXPECT_EQ(e.fields()[0].field, "read");
+    EXPECT_NE(e.fields()[0].message.find("kivi scheme keeps its window in full precision"),
+              std::string::npos);
   }
 }
 

@@ -11,11 +11,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
-#include "kvtune/schemas/eval_key.h"
 #include "kvtune/common/error.h"
+#include "kvtune/schemas/eval_key.h"
 #include "store.h"
 
 namespace kvtune {
@@ -81,6 +82,38 @@ TEST(EvalKey, AnyInputChangesTheKey) {
   for (size_t i = 0; i < keys.size(); ++i) {
     for (size_t j = i + 1; j < keys.size(); ++j) EXPECT_NE(keys[i], keys[j]) << i << " vs " << j;
   }
+}
+
+TEST(EvalKey, PromptAndReadRuleChangeTheKeyAndTheirDefaultsLeaveItAsItWas) {
+  // Keys written before prompts and read rules existed (computed by that
+  // code): an existing database still finds its results.
+  EXPECT_EQ(key_of(sample_inputs()), "2dace2651f3f35cccfb7c8582de6dac3");
+  EvalInputs per_token = sample_inputs();
+  per_token.scheme = Scheme::parse("per-token-asym", 32, 32, "int");
+  EXPECT_EQ(key_of(per_token), "367b4a2530355cb355de30d3f0b05a20");
+
+  EvalInputs prompted = per_token, cached = per_token, both = per_token;
+  prompted.prompt_tokens = 17;
+  cached.read = ReadRule::parse("cache");
+  both.prompt_tokens = 17;
+  both.read = ReadRule::parse("cache");
+  const std::set<std::string> keys{key_of(per_token), key_of(prompted), key_of(cached),
+                                   key_of(both)};
+  EXPECT_EQ(keys.size(), 4u);
+  // Without a prompt, the prefill rule reads nothing and does not count.
+  EvalInputs prefill_only = per_token;
+  prefill_only.read = ReadRule::parse("prefill=cache,current=fresh");
+  EXPECT_EQ(key_of(prefill_only), key_of(per_token));
+  prefill_only.prompt_tokens = 17;
+  EXPECT_NE(key_of(prefill_only), key_of(prompted));
+
+  // The request carries them to the worker.
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::EvalRequest>();
+  build_eval_request(both, request);
+  const EvalInputs back = read_eval_request(request.asReader());
+  EXPECT_EQ(back.prompt_tokens, 17);
+  EXPECT_EQ(back.read, ReadRule::parse("cache"));
 }
 
 TEST(EvalKey, UnsetMetricEqualsDefaultAndPerTokenIgnoresGroups) {

@@ -56,11 +56,13 @@ json evaluate_spec(const std::vector<std::string>& configs) {
 }
 
 // `kvtune eval --json` of every config in one process: config -> metrics.
-std::map<std::string, json> single_process_eval(const std::vector<std::string>& configs) {
+std::map<std::string, json> single_process_eval(
+    const std::vector<std::string>& configs,
+    const std::string& options = "--scheme kivi --group-size 16 --residual 32") {
   // One BLAS thread, as the test's workers run: float32 sums in the same order.
   std::string cmd = "OPENBLAS_NUM_THREADS=1 " + build_path("kvtune") +
-                    " eval --threads 1 --json --model " + kModel + " --data " + kData +
-                    " --scheme kivi --group-size 16 --residual 32";
+                    " eval --threads 1 --json --model " + kModel + " --data " + kData + " " +
+                    options;
   for (const std::string& c : configs) cmd += " --config " + c;
   const CommandResult r = run_command(cmd);
   EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -131,6 +133,49 @@ TEST_F(Cluster, TwoWorkersEvaluateFortyConfigsAsOneProcessDoes) {
 
   const json listed = coordinator.get("/v1/workers");
   EXPECT_EQ(listed["workers"].size(), 2u);
+}
+
+TEST_F(Cluster, PromptsAndReadRulesReachTheWorkersAndKeyTheirResults) {
+  REQUIRE_MODEL();
+  const std::vector<std::string> configs = {"KV4", "K8V4,KV2,KV4,KV4,KV8", "KVfp8"};
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  json plain = evaluate_spec(configs);
+  plain["scheme"] = {{"name", "per-token-asym"}};
+  json cached = plain;
+  cached["prompt_tokens"] = 48;
+  cached["read"] = "cache";
+  json kivi = evaluate_spec(configs);
+  kivi["prompt_tokens"] = 48;  // mid-window for R = 32
+  const json a = coordinator.wait_job(coordinator.submit(plain));
+  const json b = coordinator.wait_job(coordinator.submit(cached));
+  const json c = coordinator.wait_job(coordinator.submit(kivi));
+  // Each is what one process computes with the same options.
+  expect_results_equal(a, single_process_eval(configs, "--scheme per-token-asym"));
+  expect_results_equal(b, single_process_eval(configs, "--prompt-tokens 48 --read cache"));
+  expect_results_equal(c, single_process_eval(configs,
+                                              "--scheme kivi --group-size 16 --residual 32 "
+                                              "--prompt-tokens 48"));
+  EXPECT_EQ(b["spec"]["prompt_tokens"], 48);
+  EXPECT_EQ(b["spec"]["read"], "cache");
+  // Other questions, other keys: nothing was reused between the three jobs.
+  std::set<std::string> keys;
+  for (const json* job : {&a, &b, &c}) {
+    for (const std::string& k : result_keys(*job)) keys.insert(k);
+  }
+  EXPECT_EQ(keys.size(), 9u);
+  EXPECT_EQ(coordinator.metric("kvtune_cache_hits_total"), 0);
+  for (const json& r : b["results"]) {
+    EXPECT_EQ(r["metrics"]["tokens"], 8 * (128 - 48));
+    EXPECT_GT(r["metrics"]["kl_all"].get<double>(), 0.0);
+  }
+  // A prompt that leaves no continuation fails the job at its describe, named.
+  json too_long = plain;
+  too_long["prompt_tokens"] = 127;
+  const json failed = coordinator.wait_job(coordinator.submit(too_long));
+  EXPECT_EQ(failed["state"], "failed");
+  EXPECT_NE(failed["error"].get<std::string>().find("a prompt of 127"), std::string::npos)
+      << failed.dump(1);
 }
 
 TEST_F(Cluster, KilledWorkersTaskIsReleasedAndNothingIsStoredTwice) {

@@ -8,6 +8,8 @@
 //    "seq_len": 256,                           default
 //    "scheme": {"name": "per-token-asym" | "kivi", "group_size": 32,
 //               "residual": 32, "zero_point": "int" | "float"},
+//    "prompt_tokens": 0,                      T0: each sequence's prompt (JSONL "prompt" wins)
+//    "read": "fresh",                          the read rule (kvtune/common/read_rule.h)
 //    "metric": "kl",
 //    "configs": ["KV4", "K8V4,KV4,..."],       evaluate: required
 //    "candidates": ["KV8", "K8V4", ...],       profile: default the nine of {8,4,2}^2
@@ -21,6 +23,7 @@
 
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
+#include "kvtune/common/read_rule.h"
 #include "kvtune/common/scheme.h"
 
 namespace kvtune {
@@ -49,6 +52,8 @@ struct JobSpec {
   std::string data = "sample:8:128:0";
   int seq_len = 256;
   Scheme scheme;
+  int prompt_tokens = 0;
+  ReadRule read;
   std::string metric = "kl";
   std::vector<std::string> configs;       // evaluate: one entry per configuration
   std::vector<PrecisionPair> candidates;  // profile: the pairs tried on each layer

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvtune/common/precision.h"
+#include "kvtune/common/read_rule.h"
 #include "kvtune/common/scheme.h"
 #include "kvtune/schemas/kvtune.capnp.h"
 
@@ -23,6 +24,8 @@ struct EvalInputs {
   Scheme scheme;
   std::vector<PrecisionPair> layers;
   std::string metric = "kl";
+  int64_t prompt_tokens = 0;  // T0 of sequences without their own
+  ReadRule read;
 };
 
 // Fills `out` from `inputs`; every field is set explicitly.
@@ -35,8 +38,8 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request);
 
 // Hex XXH3-128 (32 lowercase hex characters) of the canonical Cap'n Proto
 // encoding of `request`, after normalizing what does not change the result:
-// the group size and residual of a per-token-asym scheme, and an unset metric
-// (which reads as its default, "kl").
+// the group size and residual of a per-token-asym scheme, an unset metric
+// (which reads as its default, "kl"), and the prefill rule when T0 = 0.
 std::string evaluation_key(const schema::EvalRequest::Reader& request);
 
 }  // namespace kvtune
