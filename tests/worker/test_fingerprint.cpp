@@ -225,6 +225,15 @@ TEST_F(Fingerprint, DataDigestCoversCountLengthsAndIds) {
   EXPECT_NE(data_fingerprint(data), data_fingerprint({{1, 2}, {300, 4}}));
   EXPECT_NE(data_fingerprint(data), data_fingerprint({{1, 2, 301}, {4}}));
   EXPECT_NE(data_fingerprint({}), data_fingerprint({{}}));
+  // JSONL prompt lengths follow, where any sequence has one (-1: none).
+  EXPECT_EQ(data_fingerprint(data, {-1, -1}), data_fingerprint(data));
+  const std::string without = bytes;
+  put(2);
+  put(1);
+  put(-1);
+  EXPECT_EQ(data_fingerprint(data, {1, -1}), expected_digest(bytes));
+  EXPECT_NE(data_fingerprint(data, {0, -1}), data_fingerprint(data, {1, -1}));
+  EXPECT_NE(data_fingerprint(data, {0, -1}), expected_digest(without));
 }
 
 }  // namespace
