@@ -42,7 +42,7 @@ int64_t TensorQuantizer::first_full_precision(int64_t i, const ReadPlan& plan) c
 }
 
 void check_read_rule(const LayerQuantizers& layers, const ReadRule& rule) {
-  if (rule.prefill == ReadRule::Source::Fresh && rule.current == ReadRule::Source::Fresh) return;
+  if (!rule.reads_cache()) return;
   for (size_t l = 0; l < layers.size(); ++l) {
     for (const TensorQuantizer* q : {&layers[l].first, &layers[l].second}) {
       if (q->active() && q->full_precision_window() > 1) {
@@ -347,10 +347,10 @@ torch::Tensor QuantizedKvCache::push(Stream& s, const TensorQuantizer& q,
     s.recent = s.recent.slice(0, due);
   }
   if (plan_.rule.current == ReadRule::Source::Cache) {
-    // Written to the cache first, then read back quantized like the rest.
+    // Written to the cache first, then read back quantized like the rest
+    // (check_read_rule allows this for W = 1 only, so nothing is recent).
     s.quantized = join(s.quantized, q.quantize_dequantize(x));
-    return s.recent.defined() && s.recent.size(0) > 0 ? torch::cat({s.quantized, s.recent})
-                                                      : s.quantized;
+    return s.quantized;
   }
   s.recent = join(s.recent, x);
   return s.quantized.defined() ? torch::cat({s.quantized, s.recent}) : s.recent;
@@ -546,8 +546,9 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     const torch::Tensor kl_terms = b.ref_logp.exp() * (b.ref_logp - logp);
     // The continuation positions i >= T0 (all of them when T0 = 0).
     const torch::Tensor ref = b.ref_logp.slice(1, t0), q = logp.slice(1, t0);
-    kl += kl_terms.slice(1, t0).sum().to(torch::kFloat64).item<double>();
-    kl_all += t0 == 0 ? 0.0 : kl_terms.sum().to(torch::kFloat64).item<double>();
+    const double continuation = kl_terms.slice(1, t0).sum().to(torch::kFloat64).item<double>();
+    kl += continuation;
+    kl_all += t0 == 0 ? continuation : kl_terms.sum().to(torch::kFloat64).item<double>();
     agree += (ref.argmax(-1) == q.argmax(-1)).sum().item<double>();
     positions += ref.size(0) * ref.size(1);
     all_positions += b.tokens.numel();

@@ -321,9 +321,7 @@ JobSpec JobSpec::parse(const json& spec) {
   if (auto read = r.string(spec, "read", "read", false)) {
     try {
       out.read = ReadRule::parse(*read);
-      const bool reads_cache = out.read.prefill == ReadRule::Source::Cache ||
-                               out.read.current == ReadRule::Source::Cache;
-      if (reads_cache && out.scheme.grouping == kernels::Grouping::Kivi) {
+      if (out.read.reads_cache() && out.scheme.grouping == kernels::Grouping::Kivi) {
         r.fail("read", "'" + *read +
                            "' reads tokens back from the quantized cache; the kivi scheme keeps "
                            "its window in full precision and takes the fresh rule");

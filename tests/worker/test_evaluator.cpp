@@ -315,6 +315,15 @@ TEST_F(Stories, ContinuationKlIsReportedBesideTheAllPositionsKl) {
   // The fresh prompt adds 128 positions of zero KL to the all-positions mean.
   EXPECT_NEAR(fresh.kl_all, fresh.kl * (257.0 - 128.0) / 257.0, 1e-5);
   EXPECT_NE(fresh.kl, today.kl);
+  // Sequences with and without a prompt in one calibration set: each mean
+  // weighs the positions it covers.
+  Evaluator mixed(*model_, {reference_tokens(257), reference_tokens(200)}, {128, 0});
+  Evaluator short_one(*model_, {reference_tokens(200)});
+  const Metrics both = mixed.evaluate(layers, scheme);
+  const Metrics second = short_one.evaluate(layers, scheme);
+  EXPECT_EQ(both.tokens, (257 - 128) + 200);
+  EXPECT_NEAR(both.kl_all, (fresh.kl_all * 257 + second.kl * 200) / (257 + 200), 1e-5);
+  EXPECT_NEAR(both.kl, (fresh.kl * (257 - 128) + second.kl * 200) / both.tokens, 1e-5);
   // Reading the prompt from the cache perturbs the prompt positions too.
   const Metrics cache = prompted.evaluate(layers, scheme, ReadRule::parse("cache"));
   EXPECT_GT(cache.kl_all, fresh.kl_all);

@@ -32,6 +32,8 @@ struct ReadRule {
   // left out, so equal evaluations get equal keys.
   std::string key(int64_t prompt_tokens) const;
   bool is_default() const { return *this == ReadRule{}; }
+  // Whether any token is read back from the quantized cache it was written to.
+  bool reads_cache() const { return prefill == Source::Cache || current == Source::Cache; }
   // A name from name() (presets, or the list form). Throws kvtune::Error
   // naming the bad part.
   static ReadRule parse(const std::string& text);
