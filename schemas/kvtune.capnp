@@ -44,6 +44,9 @@ struct Scheme {
   groupSize @1 :UInt32 = 32;
   residual @2 :UInt32 = 32;
   zeroPoint @3 :ZeroPoint;
+  # The kvtuner target: KVTuner's own cache (grouping kivi is its
+  # per-channel-asym setting; groupSize 0 is head_dim, residual may be 0).
+  kvtuner @4 :Bool;
 }
 
 # The canonical inputs of one evaluation; its canonical encoding is hashed

@@ -25,19 +25,27 @@ constexpr const char* kSyntheticNote =
 
 // Options shared by the commands that quantize a cache.
 struct QuantOptions {
+  std::string target = "kvtune";
   std::string scheme = "per-token-asym";
-  int group_size = 32;
-  int residual = 0;  // 0: R = G
+  int group_size = kUnset;
+  int residual = kUnset;
+  static constexpr int kUnset = -1000;
   std::string zero_point = "int";
   std::vector<std::string> configs;
   std::string config_file;
 
   void add_to(po::options_description& opts) {
-    opts.add_options()("scheme", po::value(&scheme)->default_value(scheme),
-                       "per-token-asym or kivi")(
-        "group-size", po::value(&group_size)->default_value(group_size), "kivi group size G")(
-        "residual", po::value(&residual)->default_value(residual),
-        "kivi full-precision window R, a multiple of G (0: R = G)")(
+    opts.add_options()(
+        "target", po::value(&target)->default_value(target),
+        "kvtune (its idealized caches) or kvtuner (KVTuner's own cache, re-quantized at each "
+        "flush, bf16 arithmetic)")(
+        "scheme", po::value(&scheme)->default_value(scheme),
+        "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
+        "group-size", po::value(&group_size),
+        "kivi group size G (default 32); kvtuner: q_group_size (-1: head_dim; default its "
+        "setting's)")("residual", po::value(&residual),
+                      "kivi full-precision window R, a multiple of G (default R = G); kvtuner: "
+                      "residual_length (default its setting's)")(
         "zero-point", po::value(&zero_point)->default_value(zero_point),
         "int (KVTuner) or float (KIVI)")(
         "config", po::value(&configs)->composing(),
@@ -46,7 +54,15 @@ struct QuantOptions {
   }
   bool has_config() const { return !configs.empty() || !config_file.empty(); }
   Scheme quant_scheme() const {
-    return Scheme::parse(scheme, group_size, residual == 0 ? group_size : residual, zero_point);
+    if (target == "kvtuner") {
+      const Scheme setting = Scheme::kvtuner(scheme);
+      return Scheme::parse(scheme,
+                           group_size == kUnset ? setting.group_size : std::max(group_size, 0),
+                           residual == kUnset ? setting.residual : residual, zero_point, target);
+    }
+    const int g = group_size == kUnset ? 32 : group_size;
+    return Scheme::parse(scheme, g, residual == kUnset || residual == 0 ? g : residual, zero_point,
+                         target);
   }
   // Every configuration given, in order.
   std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {

@@ -27,8 +27,13 @@ kk::IntSpec TensorQuantizer::int_spec() const {
   return scheme_.int_spec(role_, format_.bits);
 }
 
+kk::KvtunerSpec TensorQuantizer::kvtuner_spec() const {
+  return scheme_.kvtuner_spec(role_, format_.bits);
+}
+
 int64_t TensorQuantizer::full_precision_window() const {
-  const bool kivi = format_.kind == KvFormat::Kind::Int && scheme_.grouping == kk::Grouping::Kivi;
+  const bool kivi = format_.kind == KvFormat::Kind::Int && scheme_.grouping == kk::Grouping::Kivi &&
+                    scheme_.target == Scheme::Target::Kvtune;
   return kivi ? scheme_.residual : 1;
 }
 
@@ -44,6 +49,12 @@ int64_t TensorQuantizer::first_full_precision(int64_t i, const ReadPlan& plan) c
 void check_read_rule(const LayerQuantizers& layers, const ReadRule& rule) {
   if (!rule.reads_cache()) return;
   for (size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].first.requantizes() || layers[l].second.requantizes()) {
+      throw Error("the read rule '" + rule.name() +
+                  "' reads tokens back from the quantized cache, but the kvtuner target is "
+                  "KVTuner's cache, which reads the prompt and each new token fresh: it takes the "
+                  "fresh rule");
+    }
     for (const TensorQuantizer* q : {&layers[l].first, &layers[l].second}) {
       if (q->active() && q->full_precision_window() > 1) {
         throw Error("the read rule '" + rule.name() +
@@ -89,7 +100,11 @@ torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
   }
   switch (format_.kind) {
     case KvFormat::Kind::Int:
-      kk::cpu::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr());
+      if (requantizes()) {
+        kk::cpu::fake_quant_kvtuner(kvtuner_spec(), shape, dtype, in.data_ptr(), out.data_ptr());
+      } else {
+        kk::cpu::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr());
+      }
       break;
     case KvFormat::Kind::Fp8:
       kk::cpu::fake_quant_fp8(shape, dtype, in.data_ptr(), head_scales_.data(), out.data_ptr());
@@ -109,6 +124,11 @@ void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor& ou
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
   const kk::CacheShape shape = shape_of(in);
   const kk::DType dtype = kernel_dtype(in);
+  if (requantizes()) {
+    kk::cuda::fake_quant_kvtuner(kvtuner_spec(), shape, dtype, in.data_ptr(), out.data_ptr(),
+                                 stream);
+    return;
+  }
   if (format_.kind == KvFormat::Kind::Int) {
     kk::cuda::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr(), stream);
     return;
@@ -131,6 +151,9 @@ void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor&) c
 
 torch::Tensor TensorQuantizer::quantize_dequantize(const torch::Tensor& x) const {
   if (!active()) return x;
+  // KVTuner's cache stores int8 codes with bf16 scales and zero points and
+  // reads them back with the same arithmetic: its round trip is fake_quant.
+  if (requantizes()) return fake_quant(x);
   // The decoding cache quantizes a window at a time; on a GPU it round-trips
   // through the CPU reference, which gives the same codes.
   if (!x.device().is_cpu()) return quantize_dequantize(x.cpu()).to(x.device());
@@ -166,6 +189,7 @@ double TensorQuantizer::storage_bits(int64_t tokens, int64_t kv_heads, int64_t h
   const kk::CacheShape shape{tokens, kv_heads, head_dim};
   switch (format_.kind) {
     case KvFormat::Kind::Int:
+      if (requantizes()) return kk::kvtuner_storage_bits(kvtuner_spec(), shape, scheme_.residual);
       return kk::int_storage_bits(int_spec(), shape);
     case KvFormat::Kind::Fp8:
       return kk::fp8_storage_bits(shape);
@@ -242,6 +266,44 @@ torch::Tensor row_blocks(const torch::Tensor& a, const FullPrecisionBlocks& b) {
 
 }  // namespace
 
+namespace {
+
+// KVTuner's cache read by whole sequences at once. Its first update is the
+// prefill (the prompt, or the first token when there is none): quantized
+// whole, read fresh. Decoded tokens then come in periods of P =
+// flush_period(): a period's queries read the cache as quantized at the end
+// of the previous period, and the period's own tokens fresh; its last step
+// re-quantizes everything, the dequantized old tokens included. Still one
+// pass over the layers, but each layer quantizes a growing cache T / P times
+// (O(T^2 / P) quantizer work where the mask emulation quantizes once).
+torch::Tensor requantizing_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v, const TensorQuantizer& keys,
+                                     const TensorQuantizer& values, const ReadPlan& plan,
+                                     int64_t period) {
+  const int64_t len = q.size(1);
+  const int64_t t0 = std::min(len, std::max<int64_t>(plan.prompt_tokens, 1));
+  const auto store = [](const TensorQuantizer& quantizer, const torch::Tensor& x) {
+    return quantizer.active() ? fake_quant_batch(quantizer, x) : x;
+  };
+  std::vector<torch::Tensor> out{
+      causal_attention(q.slice(1, 0, t0), k.slice(1, 0, t0), v.slice(1, 0, t0))};
+  torch::Tensor cached_k = store(keys, k.slice(1, 0, t0)),
+                cached_v = store(values, v.slice(1, 0, t0));
+  for (int64_t s = t0; s < len; s += period) {
+    const int64_t e = std::min(len, s + period);
+    const torch::Tensor read_k = torch::cat({cached_k, k.slice(1, s, e)}, 1);
+    const torch::Tensor read_v = torch::cat({cached_v, v.slice(1, s, e)}, 1);
+    out.push_back(causal_attention(q.slice(1, s, e), read_k, read_v));
+    if (e < len) {
+      cached_k = store(keys, read_k);
+      cached_v = store(values, read_v);
+    }
+  }
+  return torch::cat(out, 1);
+}
+
+}  // namespace
+
 // Query i reads token j in full precision iff first_full_precision(i) <= j
 // <= i, and quantized otherwise. So the scores and outputs are those of the
 // fully quantized cache, corrected on the full-precision blocks: O(T*W + T0^2)
@@ -250,6 +312,9 @@ torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const TensorQuantizer& keys,
                                   const TensorQuantizer& values, const ReadPlan& plan) {
   if (!keys.active() && !values.active()) return causal_attention(q, k, v);
+  if (keys.requantizes() || values.requantizes()) {
+    return requantizing_attention(q, k, v, keys, values, plan, keys.flush_period());
+  }
   const int64_t len = q.size(1);
   const int64_t group = q.size(2) / k.size(2);
   const auto heads = [group](const torch::Tensor& x) {  // [B, T, KVH, hd] -> [B, H, T, hd]
@@ -311,6 +376,23 @@ torch::Tensor QuantizedKvCache::push(Stream& s, const TensorQuantizer& q,
   const auto join = [](const torch::Tensor& a, const torch::Tensor& b) {
     return a.defined() ? torch::cat({a, b}) : b;
   };
+  if (q.requantizes()) {
+    // KVTuner's update(), step for step. Its first call quantizes what it is
+    // given (the prompt) and returns it fresh; `recent` is undefined where
+    // KVTuner holds its 1-D empty tensor, which its flush condition skips.
+    if (!s.quantized.defined()) {
+      s.quantized = q.quantize_dequantize(x);
+      return x;
+    }
+    torch::Tensor read = torch::cat({s.quantized, join(s.recent, x)});
+    if (s.recent.defined() && s.recent.size(0) + 1 >= q.flush_period()) {
+      s.quantized = q.quantize_dequantize(read);
+      s.recent = torch::Tensor();
+    } else {
+      s.recent = join(s.recent, x);
+    }
+    return read;
+  }
   const int64_t flushed = s.quantized.defined() ? s.quantized.size(0) : 0;
   const int64_t recent = s.recent.defined() ? s.recent.size(0) : 0;
   const int64_t position = flushed + recent;  // of the first token being appended
@@ -464,6 +546,11 @@ LayerQuantizers make_quantizers(const ModelConfig& c, const std::vector<Precisio
   }
   LayerQuantizers out;
   for (size_t l = 0; l < layers.size(); ++l) {
+    for (const KvFormat& f : {layers[l].key, layers[l].value}) {
+      if (const std::string why = scheme.refusal(f); !why.empty()) {
+        throw Error("layer " + std::to_string(l) + " (" + layers[l].name() + "): " + why);
+      }
+    }
     if (layers[l].key.kind == KvFormat::Kind::Nvfp4 ||
         layers[l].value.kind == KvFormat::Kind::Nvfp4) {
       kk::nvfp4_block(c.head_dim);  // throws when head_dim does not fit NVFP4 blocks

@@ -34,6 +34,10 @@ class TensorQuantizer {
                   std::vector<float> head_amax);
 
   bool active() const { return format_.kind != KvFormat::Kind::Full; }
+  // The kvtuner target: KVTuner's cache, which re-quantizes at each flush.
+  bool requantizes() const { return active() && scheme_.target == Scheme::Target::Kvtuner; }
+  // Kvtuner: decoded tokens between two flushes.
+  int64_t flush_period() const { return scheme_.flush_period(); }
   // The query at position i reads tokens [this, i] in full precision and the
   // earlier ones quantized (i + 1: it reads every token quantized). Prompt
   // queries (i < T0) read the prompt fresh or from the cache as the rule
@@ -52,6 +56,7 @@ class TensorQuantizer {
 
  private:
   kernels::IntSpec int_spec() const;
+  kernels::KvtunerSpec kvtuner_spec() const;
   void fake_quant_cuda(const torch::Tensor& in, torch::Tensor& out) const;
   KvFormat format_;
   kernels::Role role_;

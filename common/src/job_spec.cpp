@@ -178,12 +178,42 @@ class Reader {
   std::vector<FieldError>& errors_;
 };
 
+// The kvtuner target's scheme: KVTuner's settings by name, sizes as it takes them.
+void read_kvtuner_scheme(const json& obj, Reader& r, Scheme& scheme) {
+  std::string name = "per-token-asym";
+  if (auto n = r.string(obj, "name", "scheme.name", false)) {
+    if (*n != "per-token-asym" && *n != "per-channel-asym") {
+      r.fail("scheme.name", "'" + *n +
+                                "' is not one of KVTuner's per-token-asym, per-channel-asym "
+                                "(target kvtuner)");
+      return;
+    }
+    name = *n;
+  }
+  scheme = Scheme::kvtuner(name);
+  if (auto zp = r.string(obj, "zero_point", "scheme.zero_point", false); zp && *zp != "int") {
+    r.fail("scheme.zero_point", "'" + *zp + "': KVTuner's quantizer has an integer zero point");
+  }
+  // q_group_size: -1 (or 0) is head_dim, for per-token-asym only.
+  if (auto g = r.integer(obj, "group_size", "scheme.group_size", -1, 1 << 16)) {
+    if (*g <= 0 && scheme.grouping == kernels::Grouping::Kivi) {
+      r.fail("scheme.group_size", std::to_string(*g) + ": per-channel-asym needs a group size");
+    }
+    scheme.group_size = std::max(*g, 0);
+  }
+  if (auto res = r.integer(obj, "residual", "scheme.residual", 0, 1 << 20)) scheme.residual = *res;
+}
+
 void read_scheme(const json& obj, Reader& r, Scheme& scheme) {
   if (!obj.is_object()) {
     r.fail("scheme", "must be an object, not " + type_name(obj));
     return;
   }
   r.only(obj, {"name", "group_size", "residual", "zero_point"}, "scheme.");
+  if (scheme.target == Scheme::Target::Kvtuner) {
+    read_kvtuner_scheme(obj, r, scheme);
+    return;
+  }
   if (auto name = r.string(obj, "name", "scheme.name", false)) {
     if (*name == "kivi") {
       scheme.grouping = kernels::Grouping::Kivi;
@@ -283,8 +313,8 @@ JobSpec JobSpec::parse(const json& spec) {
       [](const std::string& t) { return escape_utf8(t); }, errors);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
   r.only(spec,
-         {"kind", "name", "model", "data", "seq_len", "scheme", "prompt_tokens", "read", "metric",
-          "configs", "candidates", "search"},
+         {"kind", "name", "model", "data", "seq_len", "target", "scheme", "prompt_tokens", "read",
+          "metric", "configs", "candidates", "search"},
          "");
 
   if (auto kind = r.string(spec, "kind", "kind", true)) {
@@ -314,6 +344,13 @@ JobSpec JobSpec::parse(const json& spec) {
     }
   }
   if (auto seq_len = r.integer(spec, "seq_len", "seq_len", 2, 1 << 20)) out.seq_len = *seq_len;
+  if (auto target = r.string(spec, "target", "target", false)) {
+    if (*target == "kvtuner") {
+      out.scheme = Scheme::kvtuner("per-token-asym");
+    } else if (*target != "kvtune") {
+      r.fail("target", "'" + *target + "' is not one of kvtune, kvtuner");
+    }
+  }
   if (spec.contains("scheme")) read_scheme(spec.at("scheme"), r, out.scheme);
   if (auto t0 = r.integer(spec, "prompt_tokens", "prompt_tokens", 0, 1 << 20)) {
     out.prompt_tokens = *t0;
@@ -321,7 +358,11 @@ JobSpec JobSpec::parse(const json& spec) {
   if (auto read = r.string(spec, "read", "read", false)) {
     try {
       out.read = ReadRule::parse(*read);
-      if (out.read.reads_cache() && out.scheme.grouping == kernels::Grouping::Kivi) {
+      if (!out.read.is_default() && out.scheme.target == Scheme::Target::Kvtuner) {
+        r.fail("read", "'" + *read +
+                           "': the kvtuner target reads as KVTuner's cache does (the prompt and "
+                           "each new token fresh) and takes the fresh rule");
+      } else if (out.read.reads_cache() && out.scheme.grouping == kernels::Grouping::Kivi) {
         r.fail("read", "'" + *read +
                            "' reads tokens back from the quantized cache; the kivi scheme keeps "
                            "its window in full precision and takes the fresh rule");
@@ -342,7 +383,11 @@ JobSpec JobSpec::parse(const json& spec) {
     for_each_string(spec, "configs", r, [&](const std::string& path, const std::string& c) {
       try {
         const auto count = static_cast<int>(std::count(c.begin(), c.end(), ',') + 1);
-        parse_layer_config(c, count);
+        for (const PrecisionPair& p : parse_layer_config(c, count)) {
+          for (const KvFormat& f : {p.key, p.value}) {
+            if (const std::string why = out.scheme.refusal(f); !why.empty()) throw Error(why);
+          }
+        }
         out.configs.push_back(c);
       } catch (const Error& e) {
         r.fail(path, e.what());
@@ -359,6 +404,9 @@ JobSpec JobSpec::parse(const json& spec) {
     for_each_string(spec, "candidates", r, [&](const std::string& path, const std::string& c) {
       try {
         const PrecisionPair p = PrecisionPair::parse(c);
+        for (const KvFormat& f : {p.key, p.value}) {
+          if (const std::string why = out.scheme.refusal(f); !why.empty()) throw Error(why);
+        }
         if (std::find(out.candidates.begin(), out.candidates.end(), p) != out.candidates.end()) {
           r.fail(path, p.name() + " is listed twice");
         }
@@ -392,6 +440,7 @@ json JobSpec::to_json() const {
               {"model", model},
               {"data", data},
               {"seq_len", seq_len},
+              {"target", scheme.target_name()},
               {"scheme",
                {{"name", scheme.name()},
                 {"group_size", scheme.group_size},

@@ -6,10 +6,24 @@ namespace kvtune {
 namespace kk = kvtune::kernels;
 
 std::string Scheme::name() const {
+  if (target == Target::Kvtuner) {
+    return grouping == kk::Grouping::Kivi ? "per-channel-asym" : "per-token-asym";
+  }
   return grouping == kk::Grouping::Kivi ? "kivi" : "per-token-asym";
 }
 
+std::string Scheme::target_name() const {
+  return target == Target::Kvtuner ? "kvtuner" : "kvtune";
+}
+
+std::string Scheme::label() const {
+  return target == Target::Kvtuner ? "kvtuner:" + name() : name();
+}
+
 std::string Scheme::key() const {
+  if (target == Target::Kvtuner) {
+    return label() + "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
+  }
   std::string k = name();
   if (grouping == kk::Grouping::Kivi) {
     k += "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
@@ -17,8 +31,40 @@ std::string Scheme::key() const {
   return k + (zero_point == kk::ZeroPoint::Int ? "/zp=int" : "/zp=float");
 }
 
-Scheme Scheme::parse(const std::string& name, int group_size, int residual,
+namespace {
+
+Scheme parse_kvtuner(const std::string& name, int group_size, int residual,
                      const std::string& zero_point) {
+  Scheme s;
+  s.target = Scheme::Target::Kvtuner;
+  if (name == "per-token-asym") {
+    s.grouping = kk::Grouping::PerToken;
+  } else if (name == "per-channel-asym") {
+    s.grouping = kk::Grouping::Kivi;
+  } else {
+    throw Error("scheme '" + name +
+                "' is not one of KVTuner's per-token-asym, per-channel-asym (target kvtuner)");
+  }
+  if (zero_point != "int") {
+    throw Error("zero-point '" + zero_point +
+                "': KVTuner's quantizer has an integer zero point (target kvtuner takes int)");
+  }
+  if (group_size < 0 || (group_size == 0 && s.grouping == kk::Grouping::Kivi)) {
+    throw Error("group size " + std::to_string(group_size) +
+                " must be positive (or 0 for head_dim, per-token-asym only)");
+  }
+  if (residual < 0) throw Error("residual " + std::to_string(residual) + " must be 0 or more");
+  s.group_size = group_size;
+  s.residual = residual;
+  return s;
+}
+
+}  // namespace
+
+Scheme Scheme::parse(const std::string& name, int group_size, int residual,
+                     const std::string& zero_point, const std::string& target) {
+  if (target == "kvtuner") return parse_kvtuner(name, group_size, residual, zero_point);
+  if (target != "kvtune") throw Error("target '" + target + "' is not one of kvtune, kvtuner");
   Scheme s;
   if (name == "per-token-asym") {
     s.grouping = kk::Grouping::PerToken;
@@ -45,6 +91,11 @@ Scheme Scheme::parse(const std::string& name, int group_size, int residual,
   return s;
 }
 
+Scheme Scheme::kvtuner(const std::string& name) {
+  const bool channel = name == "per-channel-asym";
+  return parse_kvtuner(name, channel ? 32 : 0, channel ? 32 : 0, "int");
+}
+
 kk::IntSpec Scheme::int_spec(kk::Role role, int bits) const {
   kk::IntSpec s;
   s.grouping = grouping;
@@ -53,6 +104,25 @@ kk::IntSpec Scheme::int_spec(kk::Role role, int bits) const {
   s.zero_point = zero_point;
   s.group_size = group_size;
   s.residual = residual;
+  return s;
+}
+
+std::string Scheme::refusal(const KvFormat& format) const {
+  if (target != Target::Kvtuner || format.kind == KvFormat::Kind::Full) return "";
+  if (format.kind == KvFormat::Kind::Int &&
+      (format.bits == 2 || format.bits == 4 || format.bits == 8)) {
+    return "";
+  }
+  return "format " + format.name() +
+         " is not KVTuner's: the kvtuner target takes 2, 4 or 8 bits, or 16 (unquantized)";
+}
+
+kk::KvtunerSpec Scheme::kvtuner_spec(kk::Role role, int bits) const {
+  kk::KvtunerSpec s;
+  const bool channel_keys = grouping == kk::Grouping::Kivi && role == kk::Role::Key;
+  s.axis = channel_keys ? kk::KvtunerAxis::Channel : kk::KvtunerAxis::Token;
+  s.bits = bits;
+  s.group_size = group_size;
   return s;
 }
 

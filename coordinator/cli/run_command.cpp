@@ -116,7 +116,8 @@ class WorkDir {
 
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
-                         scheme = "per-token-asym", zero_point = "int", read = "fresh", db;
+                         scheme = "per-token-asym", zero_point = "int", read = "fresh", db,
+                         cache_target = "kvtune";
   std::vector<std::string> configs, candidates, config_files;
   int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0,
       prompt_tokens = 0;
@@ -133,9 +134,14 @@ int run_command(const std::vector<std::string>& args) {
       "llama2.c .bin, Hugging Face directory, or builtin:demo")(
       "data", po::value(&data)->default_value(data), "calibration data")(
       "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
-      "scheme", po::value(&scheme)->default_value(scheme), "per-token-asym or kivi")(
-      "group-size", po::value(&group_size)->default_value(group_size), "kivi group size G")(
-      "residual", po::value(&residual)->default_value(residual), "kivi window R (0: R = G)")(
+      "target", po::value(&cache_target)->default_value(cache_target),
+      "kvtune (its idealized caches) or kvtuner (KVTuner's own cache)")(
+      "scheme", po::value(&scheme)->default_value(scheme),
+      "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
+      "group-size", po::value(&group_size)->default_value(group_size),
+      "kivi group size G (kvtuner: q_group_size, -1 head_dim; default its setting's)")(
+      "residual", po::value(&residual)->default_value(residual),
+      "kivi window R (0: R = G); kvtuner: residual_length (default its setting's)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
       "prompt-tokens", po::value(&prompt_tokens)->default_value(prompt_tokens),
       "T0: each sequence's first T0 tokens are a prompt; metrics over the continuation")(
@@ -175,13 +181,17 @@ int run_command(const std::vector<std::string>& args) {
             {"model", model},
             {"data", data},
             {"seq_len", seq_len},
-            {"scheme",
-             {{"name", scheme},
-              {"group_size", group_size},
-              {"residual", residual == 0 ? group_size : residual},
-              {"zero_point", zero_point}}},
+            {"target", cache_target},
+            {"scheme", {{"name", scheme}, {"zero_point", zero_point}}},
             {"prompt_tokens", prompt_tokens},
             {"read", read}};
+    if (cache_target == "kvtuner") {  // KVTuner's setting unless given
+      if (!vm["group-size"].defaulted()) spec["scheme"]["group_size"] = group_size;
+      if (!vm["residual"].defaulted()) spec["scheme"]["residual"] = residual;
+    } else {
+      spec["scheme"]["group_size"] = group_size;
+      spec["scheme"]["residual"] = residual == 0 ? group_size : residual;
+    }
     if (!configs.empty()) spec["configs"] = configs;
     if (kind == "search") {
       spec["search"] = {

@@ -34,6 +34,10 @@ void fake_quant_int(const IntSpec&, const CacheShape&, DType, const void*, void*
 void accumulate_head_amax(const CacheShape&, DType, const void*, float*, cudaStream_t, int*) {
   absent();
 }
+void fake_quant_kvtuner(const KvtunerSpec&, const CacheShape&, DType, const void*, void*,
+                        cudaStream_t, int*) {
+  absent();
+}
 void quantize_fp8(const CacheShape&, DType, const void*, const float*, uint8_t*, cudaStream_t,
                   int*) {
   absent();

@@ -101,6 +101,40 @@ double int_storage_bits(const IntSpec& spec, const CacheShape& shape) {
   return bits / total;
 }
 
+int64_t kvtuner_group(const KvtunerSpec& spec, const CacheShape& shape) {
+  validate_shape(shape, "KVTuner quantizer");
+  if (spec.bits != 2 && spec.bits != 4 && spec.bits != 8) {
+    fail("KVTuner's quantizer takes 2, 4 or 8 bits, not " + std::to_string(spec.bits));
+  }
+  if (spec.group_size < 0) {
+    fail("KVTuner group size " + std::to_string(spec.group_size) + " must be positive or 0");
+  }
+  if (spec.group_size == 0 && spec.axis == KvtunerAxis::Channel) {
+    fail("KVTuner's per-channel quantization needs a group size (q_group_size -1 is per-token)");
+  }
+  const int64_t group = spec.group_size == 0 ? shape.head_dim : spec.group_size;
+  if (shape.elements() % group != 0) {
+    fail("KVTuner groups " + std::to_string(group) + " consecutive elements, but a KV tensor " +
+         shape.str() + " has " + std::to_string(shape.elements()) +
+         " elements (KVTuner's reshape(-1, " + std::to_string(group) + ") fails there)");
+  }
+  return group;
+}
+
+double kvtuner_storage_bits(const KvtunerSpec& spec, const CacheShape& shape, int residual) {
+  // Over the whole cache the group count is elements / group (checked per quantization).
+  const int64_t group =
+      kvtuner_group(spec, {1, 1, spec.group_size == 0 ? shape.head_dim : spec.group_size});
+  validate_shape(shape, "KV format");
+  const int64_t cycle = residual > 2 ? residual : 2;
+  const int64_t flushed = 1 + cycle * ((shape.tokens - 1) / cycle);
+  const double tokens = static_cast<double>(shape.tokens);
+  const double code_bits = spec.bits + 2.0 * kMetadataBits / static_cast<double>(group);
+  return (static_cast<double>(flushed) * code_bits +
+          (tokens - static_cast<double>(flushed)) * kFullPrecisionBits) /
+         tokens;
+}
+
 float fp8_head_scale(float amax) {
   return amax > 0.0f ? amax / kE4M3Max : 1.0f;
 }

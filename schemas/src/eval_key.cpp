@@ -60,12 +60,14 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
   const auto scheme = request.getScheme();
   const bool kivi = scheme.getGrouping() == schema::Scheme::Grouping::KIVI;
   const bool float_zero = scheme.getZeroPoint() == schema::Scheme::ZeroPoint::FLOAT;
-  // A per-token scheme ignores G and R; the key normalizes them to 0.
-  const int group_size = kivi ? static_cast<int>(scheme.getGroupSize()) : 32;
-  const int residual = kivi ? static_cast<int>(scheme.getResidual()) : 32;
+  const bool kvtuner = scheme.getKvtuner();
+  // A kvtune per-token scheme ignores G and R; the key normalizes them to 0.
+  const int group_size = kivi || kvtuner ? static_cast<int>(scheme.getGroupSize()) : 32;
+  const int residual = kivi || kvtuner ? static_cast<int>(scheme.getResidual()) : 32;
   try {
-    in.scheme = Scheme::parse(kivi ? "kivi" : "per-token-asym", group_size, residual,
-                              float_zero ? "float" : "int");
+    const std::string name = kivi ? (kvtuner ? "per-channel-asym" : "kivi") : "per-token-asym";
+    in.scheme = Scheme::parse(name, group_size, residual, float_zero ? "float" : "int",
+                              kvtuner ? "kvtuner" : "kvtune");
   } catch (const Error& e) {
     throw Error(std::string("scheme: ") + e.what());
   }
@@ -102,6 +104,7 @@ void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder o
   scheme.setZeroPoint(inputs.scheme.zero_point == kernels::ZeroPoint::Int
                           ? schema::Scheme::ZeroPoint::INT
                           : schema::Scheme::ZeroPoint::FLOAT);
+  scheme.setKvtuner(inputs.scheme.target == Scheme::Target::Kvtuner);
   auto layers = out.initLayers(static_cast<unsigned>(inputs.layers.size()));
   for (unsigned i = 0; i < inputs.layers.size(); ++i) {
     set_format(inputs.layers[i].key, layers[i].initKey());
@@ -133,7 +136,9 @@ std::string evaluation_key(const schema::EvalRequest::Reader& request) {
   auto scheme = norm.initScheme();
   scheme.setGrouping(in_scheme.getGrouping());
   scheme.setZeroPoint(in_scheme.getZeroPoint());
-  if (in_scheme.getGrouping() == schema::Scheme::Grouping::KIVI) {
+  // false (kvtune's own schemes) encodes as the field's absence: old keys stay.
+  scheme.setKvtuner(in_scheme.getKvtuner());
+  if (in_scheme.getGrouping() == schema::Scheme::Grouping::KIVI || in_scheme.getKvtuner()) {
     scheme.setGroupSize(in_scheme.getGroupSize());
     scheme.setResidual(in_scheme.getResidual());
   } else {  // per-token-asym has no groups over tokens and no residual window

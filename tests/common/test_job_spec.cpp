@@ -126,6 +126,54 @@ TEST(JobSpec, PromptTokensAndReadRule) {
   }
 }
 
+TEST(JobSpec, KvtunerTargetTakesKvtunersSettings) {
+  const json base = {{"kind", "profile"}, {"model", "m"}, {"target", "kvtuner"}};
+  // No scheme: KVTuner's per-token-asym (residual_length 0, q_group_size -1).
+  const JobSpec token = JobSpec::parse(base);
+  EXPECT_EQ(token.scheme.target, Scheme::Target::Kvtuner);
+  EXPECT_EQ(token.scheme.key(), "kvtuner:per-token-asym/G=0/R=0");
+  json channel = base;
+  channel["scheme"] = {{"name", "per-channel-asym"}};
+  EXPECT_EQ(JobSpec::parse(channel).scheme.key(), "kvtuner:per-channel-asym/G=32/R=32");
+  channel["scheme"]["residual"] = 0;
+  channel["scheme"]["group_size"] = 64;
+  const JobSpec given = JobSpec::parse(channel);
+  EXPECT_EQ(given.scheme.key(), "kvtuner:per-channel-asym/G=64/R=0");
+  EXPECT_EQ(given.scheme.flush_period(), 2);
+  // -1 is KVTuner's spelling of head_dim.
+  json minus = base;
+  minus["scheme"] = {{"name", "per-token-asym"}, {"group_size", -1}};
+  EXPECT_EQ(JobSpec::parse(minus).scheme.group_size, 0);
+  // The echo names the target and parses back to the same spec.
+  EXPECT_EQ(given.to_json()["target"], "kvtuner");
+  EXPECT_EQ(JobSpec::parse(given.to_json()).scheme.key(), given.scheme.key());
+  EXPECT_EQ(JobSpec::parse({{"kind", "profile"}, {"model", "m"}}).to_json()["target"], "kvtune");
+}
+
+TEST(JobSpec, KvtunerTargetRefusesWhatKvtunerDoesNotRun) {
+  const json base = {{"kind", "profile"}, {"model", "m"}, {"target", "kvtuner"}};
+  const auto with = [&](const std::string& key, const json& value) {
+    json s = base;
+    s[key] = value;
+    return errors_of(s);
+  };
+  EXPECT_EQ(with("target", "vllm-ish"), std::vector<std::string>{"target"});
+  EXPECT_EQ(with("scheme", {{"name", "kivi"}}), std::vector<std::string>{"scheme.name"});
+  EXPECT_EQ(with("scheme", {{"zero_point", "float"}}),
+            std::vector<std::string>{"scheme.zero_point"});
+  EXPECT_EQ(with("scheme", {{"name", "per-channel-asym"}, {"group_size", -1}}),
+            std::vector<std::string>{"scheme.group_size"});
+  EXPECT_EQ(with("read", "cache"), std::vector<std::string>{"read"});
+  EXPECT_EQ(with("candidates", {"KV8", "K3V4", "KVfp8"}),
+            (std::vector<std::string>{"candidates[1]", "candidates[2]"}));
+  json evaluate = base;
+  evaluate["kind"] = "evaluate";
+  evaluate["configs"] = {"KV4", "K8V4,KVnvfp4"};
+  EXPECT_EQ(errors_of(evaluate), std::vector<std::string>{"configs[1]"});
+  evaluate["configs"] = {"KV4", "K8V2,KV16"};
+  EXPECT_TRUE(errors_of(evaluate).empty());
+}
+
 TEST(JobSpec, EvaluateNeedsConfigs) {
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}}), std::vector<std::string>{"configs"});
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}, {"configs", json::array()}}),

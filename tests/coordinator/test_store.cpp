@@ -116,6 +116,25 @@ TEST(EvalKey, PromptAndReadRuleChangeTheKeyAndTheirDefaultsLeaveItAsItWas) {
   EXPECT_EQ(back.read, ReadRule::parse("cache"));
 }
 
+TEST(EvalKey, KvtunerTargetHasItsOwnKeysAndCrossesTheWire) {
+  EvalInputs idealized = sample_inputs(), token = sample_inputs(), channel = sample_inputs();
+  idealized.scheme = Scheme::parse("per-token-asym", 32, 32, "int");
+  idealized.layers = token.layers = channel.layers = parse_layer_config("K8V4,KV4,KV2,K4V2,KV16", 5);
+  token.scheme = Scheme::kvtuner("per-token-asym");
+  channel.scheme = Scheme::kvtuner("per-channel-asym");
+  EvalInputs token_r4 = token;
+  token_r4.scheme.residual = 4;  // per-token settings differ by R, unlike kvtune's
+  const std::set<std::string> keys{key_of(idealized), key_of(token), key_of(channel),
+                                   key_of(token_r4)};
+  EXPECT_EQ(keys.size(), 4u);
+  for (const EvalInputs& in : {token, channel, token_r4}) {
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<schema::EvalRequest>();
+    build_eval_request(in, request);
+    EXPECT_EQ(read_eval_request(request.asReader()).scheme.key(), in.scheme.key());
+  }
+}
+
 TEST(EvalKey, UnsetMetricEqualsDefaultAndPerTokenIgnoresGroups) {
   capnp::MallocMessageBuilder a, b;
   auto ra = a.initRoot<schema::EvalRequest>();

@@ -402,6 +402,52 @@ TYPED_TEST(CudaKernels, Fp8MatchesCpu) {
   }
 }
 
+template <class T>
+std::vector<float> widened(const std::vector<T>& x) {
+  std::vector<float> out;
+  for (const T& v : x) out.push_back(to_float(v));
+  return out;
+}
+
+// KVTuner's quantizer: bit-identical to the CPU reference (both round each
+// op to bf16 through format_math.h), over every shape whose element count
+// its groups divide.
+TYPED_TEST(CudaKernels, KvtunerQuantizerMatchesCpu) {
+  using T = TypeParam;
+  constexpr DType dtype = dtype_of<T>();
+  uint32_t seed = 700;
+  for (const Case& c : test_cases()) {
+    const CacheShape& shape = c.shape;
+    for (const KvtunerAxis axis : {KvtunerAxis::Token, KvtunerAxis::Channel}) {
+      for (const int group : {0, 32}) {
+        for (const int bits : {2, 4, 8}) {
+          const KvtunerSpec spec{axis, bits, group};
+          if (group == 0 && axis == KvtunerAxis::Channel) continue;
+          if (shape.elements() % (group == 0 ? shape.head_dim : group) != 0) continue;
+          SCOPED_TRACE(c.str() + " axis " + std::to_string(static_cast<int>(axis)) + " group " +
+                       std::to_string(group) + " bits " + std::to_string(bits));
+          const auto x = random_cache<T>(shape, seed++);
+          const size_t n = x.size();
+          std::vector<T> y(n);
+          cpu::fake_quant_kvtuner(spec, shape, dtype, x.data(), y.data());
+          const auto dx = this->place(x, c.misaligned);
+          auto dy = this->place(std::vector<T>(n), c.misaligned);
+          cuda::fake_quant_kvtuner(spec, shape, dtype, dx.get(), dy.get(), this->stream(),
+                                   this->flag());
+          ASSERT_NO_THROW(cuda::check_flag(this->flag(), this->stream(), "fake_quant_kvtuner"));
+          ASSERT_TRUE(identical(widened(dy.download(this->stream())), widened(y), n))
+              << "fake quant";
+          auto inplace = this->place(x, c.misaligned);
+          cuda::fake_quant_kvtuner(spec, shape, dtype, inplace.get(), inplace.get(),
+                                   this->stream());
+          ASSERT_TRUE(identical(widened(inplace.download(this->stream())), widened(y), n))
+              << "in place";
+        }
+      }
+    }
+  }
+}
+
 TYPED_TEST(CudaKernels, Nvfp4MatchesCpu) {
   using T = TypeParam;
   constexpr DType dtype = dtype_of<T>();

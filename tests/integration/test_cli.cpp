@@ -199,6 +199,37 @@ TEST(CliEval, KvtunerYamlConfigFileEqualsTheSameConfigInline) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(CliEval, KvtunerTargetRunsKvtunersCacheAndRefusesWhatItCannot) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base = kKvtune + " eval --model " + kStories +
+                           " --data sample:2:64:0 --json --config K8V4 --prompt-tokens 16";
+  const auto idealized = nlohmann::json::parse(run_command(base).output);
+  const auto token = nlohmann::json::parse(run_command(base + " --target kvtuner").output);
+  EXPECT_EQ(token["scheme"], "kvtuner:per-token-asym/G=0/R=0");
+  EXPECT_NE(token["kl"], idealized["kl"]);
+  EXPECT_NE(token["kl"], token["kl_all"]);
+  const auto channel = nlohmann::json::parse(
+      run_command(base + " --target kvtuner --scheme per-channel-asym").output);
+  EXPECT_EQ(channel["scheme"], "kvtuner:per-channel-asym/G=32/R=32");
+  const auto r8 = nlohmann::json::parse(
+      run_command(base + " --target kvtuner --scheme per-channel-asym --residual 8").output);
+  EXPECT_EQ(r8["scheme"], "kvtuner:per-channel-asym/G=32/R=8");
+  EXPECT_NE(r8["kl"], channel["kl"]);
+
+  CommandResult r = run_command(base + " --target kvtuner --scheme kivi", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("not one of KVTuner's per-token-asym, per-channel-asym"),
+            std::string::npos)
+      << r.output;
+  r = run_command(base + " --target kvtuner --config KV3", true);
+  EXPECT_NE(r.output.find("format 3 is not KVTuner's"), std::string::npos) << r.output;
+  r = run_command(base + " --target kvtuner --read cache", true);
+  EXPECT_NE(r.output.find("takes the fresh rule"), std::string::npos) << r.output;
+  r = run_command(base + " --target vllm", true);
+  EXPECT_NE(r.output.find("target 'vllm' is not one of kvtune, kvtuner"), std::string::npos)
+      << r.output;
+}
+
 TEST(CliEval, BadInputsAreNamed) {
   SKIP_WITHOUT_SHARED();
   const std::string base = kKvtune + " eval --model " + kStories + " --data sample:2:40:3";

@@ -150,6 +150,17 @@ TEST_F(Cluster, PromptsAndReadRulesReachTheWorkersAndKeyTheirResults) {
   const json a = coordinator.wait_job(coordinator.submit(plain));
   const json b = coordinator.wait_job(coordinator.submit(cached));
   const json c = coordinator.wait_job(coordinator.submit(kivi));
+  // The kvtuner target (KVTuner's own cache) crosses the wire the same way.
+  const std::vector<std::string> kvtuner_configs = {"KV4", "K8V4,KV2,KV4,KV4,KV8"};
+  json kvtuner = evaluate_spec(kvtuner_configs);
+  kvtuner["target"] = "kvtuner";
+  kvtuner["scheme"] = {{"name", "per-channel-asym"}};
+  kvtuner["prompt_tokens"] = 48;
+  const json d = coordinator.wait_job(coordinator.submit(kvtuner));
+  expect_results_equal(d, single_process_eval(kvtuner_configs,
+                                              "--target kvtuner --scheme per-channel-asym "
+                                              "--prompt-tokens 48"));
+  EXPECT_EQ(d["spec"]["target"], "kvtuner");
   // Each is what one process computes with the same options.
   expect_results_equal(a, single_process_eval(configs, "--scheme per-token-asym"));
   expect_results_equal(b, single_process_eval(configs, "--prompt-tokens 48 --read cache"));
@@ -160,10 +171,10 @@ TEST_F(Cluster, PromptsAndReadRulesReachTheWorkersAndKeyTheirResults) {
   EXPECT_EQ(b["spec"]["read"], "cache");
   // Other questions, other keys: nothing was reused between the three jobs.
   std::set<std::string> keys;
-  for (const json* job : {&a, &b, &c}) {
+  for (const json* job : {&a, &b, &c, &d}) {
     for (const std::string& k : result_keys(*job)) keys.insert(k);
   }
-  EXPECT_EQ(keys.size(), 9u);
+  EXPECT_EQ(keys.size(), 11u);
   EXPECT_EQ(coordinator.metric("kvtune_cache_hits_total"), 0);
   for (const json& r : b["results"]) {
     EXPECT_EQ(r["metrics"]["tokens"], 8 * (128 - 48));

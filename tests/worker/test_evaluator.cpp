@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "../support/shared_files.h"
 #include "evaluator.h"
@@ -207,6 +208,253 @@ TEST(ReadRules, PromptsMustLeaveAContinuation) {
   EXPECT_THROW(Evaluator(model, {{1, 2, 3, 4}}, {0, 0}), Error);
 }
 
+// --- KVTuner's own cache --------------------------------------------------------
+//
+// A literal transcription of KVTuner's code (cmd2001/KVTuner:
+// flexible_quant/vanilla_quantizer.py, and FlexibleQuantizedCache.update with
+// the vanilla backend, asym=True, force_quant=False, compute_dtype bf16) in
+// LibTorch ops, the ATen operators its Python calls. kvtune's kernels and its
+// one-pass emulation are checked against it.
+
+struct VanillaQuantized {
+  torch::Tensor tensor, scaling, zeros;
+  std::vector<int64_t> original_shape;
+  int axis = 0;
+
+  torch::Tensor dequantize() const {
+    torch::Tensor dequant =
+        (tensor + zeros.unsqueeze(1)) * scaling.unsqueeze(1).to(torch::kBFloat16);
+    dequant = dequant.view(original_shape);
+    if (axis == 1) dequant = dequant.transpose(-2, -1);
+    return dequant;
+  }
+};
+
+VanillaQuantized vanilla_quantize(torch::Tensor tensor, int64_t q_group_size, int axis, int nbits) {
+  if (axis == 1) tensor = tensor.transpose(-2, -1);
+  if (q_group_size == -1) q_group_size = tensor.size(-1);
+  const torch::Tensor rs = tensor.reshape({-1, q_group_size});
+  const int64_t q_max = (1 << (nbits - 1)) - 1, q_min = -(1 << (nbits - 1));
+  const torch::Tensor max = std::get<0>(rs.max(1)), min = std::get<0>(rs.min(1));
+  const torch::Tensor scale = (max - min).clamp(1e-5).div(q_max - q_min);
+  const torch::Tensor zeros = (min / scale).round() - q_min;
+  const torch::Tensor quant = torch::round(rs / scale.unsqueeze(1) - zeros.unsqueeze(1))
+                                  .clip(q_min, q_max)
+                                  .to(torch::kInt8);
+  return {quant, scale, zeros, tensor.sizes().vec(), axis};
+}
+
+// KVTuner's setting as its search runs it (search_optuna_adaptive.py).
+struct KvtunerSetting {
+  std::string name;
+  int residual_length, q_group_size, axis_key, axis_value;
+};
+const KvtunerSetting kPerToken{"per-token-asym", 0, -1, 0, 0};
+const KvtunerSetting kPerChannel{"per-channel-asym", 32, 32, 1, 0};
+
+// FlexibleQuantizedCache.update(), one layer's keys or values at a time, in
+// HF's [batch, heads, tokens, head_dim] layout. An unquantized tensor (KV16,
+// a kvtune extension KVTuner's configs never use) is a DynamicCache.
+class LiteralKvtunerCache : public KvCache {
+ public:
+  LiteralKvtunerCache(std::vector<PrecisionPair> layers, KvtunerSetting setting)
+      : layers_(std::move(layers)), setting_(std::move(setting)), streams_(layers_.size()) {}
+
+  std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k,
+                                                 const torch::Tensor& v) override {
+    auto& [ks, vs] = streams_[static_cast<size_t>(layer)];
+    const PrecisionPair& p = layers_[static_cast<size_t>(layer)];
+    torch::Tensor keys = update(ks, hf(k), p.key, setting_.axis_key);
+    torch::Tensor values = update(vs, hf(v), p.value, setting_.axis_value);
+    if (layer == 0) length_ = keys.size(2);
+    return {back(keys), back(values)};
+  }
+  int64_t length() const override { return length_; }
+
+ private:
+  struct Stream {
+    std::optional<VanillaQuantized> quantized;
+    torch::Tensor cache;  // KVTuner's key_cache[layer_idx]
+  };
+  static torch::Tensor hf(const torch::Tensor& x) { return x.permute({1, 0, 2}).unsqueeze(0); }
+  static torch::Tensor back(const torch::Tensor& x) {
+    return x.squeeze(0).permute({1, 0, 2}).contiguous();
+  }
+  VanillaQuantized quantize(const torch::Tensor& x, const KvFormat& f, int axis) const {
+    // KVTuner's states are the bf16 model's.
+    return vanilla_quantize(x.to(torch::kFloat32).to(torch::kBFloat16).contiguous(),
+                            setting_.q_group_size, axis, f.bits);
+  }
+  torch::Tensor update(Stream& s, const torch::Tensor& states, const KvFormat& f, int axis) const {
+    if (f.kind == KvFormat::Kind::Full) {
+      s.cache = s.cache.defined() ? torch::cat({s.cache, states}, -2) : states;
+      return s.cache;
+    }
+    const auto empty = torch::zeros({0}, states.options());
+    if (!s.quantized) {  // len(self.key_cache) == layer_idx: the prefill
+      s.quantized = quantize(states, f, axis);
+      s.cache = empty;
+      return states;
+    }
+    const torch::Tensor dequant = s.quantized->dequantize().to(states.dtype());
+    const torch::Tensor to_return = torch::cat({dequant, s.cache, states}, -2);
+    if (s.cache.dim() == 4 && s.cache.size(-2) + 1 >= setting_.residual_length) {
+      s.quantized = quantize(to_return, f, axis);
+      s.cache = empty;
+    } else {
+      s.cache = torch::cat({s.cache, states}, -2);
+    }
+    return to_return;
+  }
+
+  std::vector<PrecisionPair> layers_;
+  KvtunerSetting setting_;
+  std::vector<std::pair<Stream, Stream>> streams_;
+  int64_t length_ = 0;
+};
+
+TEST(KvtunerQuantizer, KernelEqualsVanillaQuantizerOps) {
+  torch::manual_seed(3);
+  for (const int64_t tokens : {1, 17, 64}) {
+    for (const auto& [heads, head_dim] : {std::pair<int64_t, int64_t>{4, 8}, {2, 64}}) {
+      const torch::Tensor x = torch::randn({tokens, heads, head_dim}) * 3.0 + 0.5;
+      for (const int bits : {2, 4, 8}) {
+        for (const auto& [axis, group] : {std::pair<int, int>{0, -1}, {0, 32}, {1, 32}}) {
+          SCOPED_TRACE("T=" + std::to_string(tokens) + " hd=" + std::to_string(head_dim) +
+                       " bits " + std::to_string(bits) + " axis " + std::to_string(axis) +
+                       " group " + std::to_string(group));
+          kernels::KvtunerSpec spec;
+          spec.axis = axis == 1 ? kernels::KvtunerAxis::Channel : kernels::KvtunerAxis::Token;
+          spec.bits = bits;
+          spec.group_size = std::max(group, 0);
+          torch::Tensor y = torch::empty_like(x);
+          kernels::cpu::fake_quant_kvtuner(spec, {tokens, heads, head_dim}, kernels::DType::F32,
+                                           x.data_ptr(), y.data_ptr());
+          const torch::Tensor literal =
+              vanilla_quantize(x.permute({1, 0, 2}).unsqueeze(0).to(torch::kBFloat16), group, axis,
+                               bits)
+                  .dequantize()
+                  .squeeze(0)
+                  .permute({1, 0, 2})
+                  .to(torch::kFloat32);
+          EXPECT_TRUE(torch::equal(y, literal))
+              << "max diff " << (y - literal).abs().max().item<double>();
+        }
+      }
+    }
+  }
+}
+
+struct KvtunerCase {
+  std::string model;  // "stories" or "demo"
+  KvtunerSetting setting;
+  int64_t prompt;
+  std::string layers;
+};
+
+void PrintTo(const KvtunerCase& c, std::ostream* os) {
+  *os << c.model << " " << c.setting.name << " T0=" << c.prompt << " " << c.layers;
+}
+
+class KvtunerVsLiteral : public ::testing::TestWithParam<KvtunerCase> {};
+
+// The kvtuner target's one pass, and its decoding cache, against KVTuner's
+// bookkeeping run literally: the prompt prefilled in one step, then a token
+// at a time, flushes and whole-cache re-quantizations as its code does them.
+TEST_P(KvtunerVsLiteral, OnePassEqualsKvtunersOwnCacheDecoding) {
+  const KvtunerCase& p = GetParam();
+  if (p.model == "stories") SKIP_WITHOUT_SHARED();
+  const Model model =
+      to_double(p.model == "stories" ? load_llama2c(kStoriesModel) : make_demo_model());
+  std::vector<int64_t> ids = reference_tokens(140);
+  if (p.model != "stories") {
+    for (size_t i = 1; i < ids.size(); ++i) ids[i] = (ids[i] * 7 + 3) % model.config.vocab_size;
+  }
+  Evaluator ev(model, {ids});
+  const auto layers = parse_layer_config(p.layers, static_cast<int>(model.config.n_layers));
+  const Scheme scheme = Scheme::kvtuner(p.setting.name);
+  const ReadPlan plan{p.prompt, ReadRule{}};
+  const auto qs = ev.quantizers(layers, scheme);
+  const AttentionFn emulate = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v) {
+    return quantized_attention(q, k, v, qs[static_cast<size_t>(l)].first,
+                               qs[static_cast<size_t>(l)].second, plan);
+  };
+  const torch::Tensor tokens = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+  const torch::Tensor one_pass = ev.transformer().forward(tokens, emulate)[0];
+
+  const auto decode = [&](KvCache& cache) {
+    std::vector<torch::Tensor> rows;
+    if (p.prompt > 0) {
+      rows.push_back(ev.transformer().extend({ids.begin(), ids.begin() + p.prompt}, cache));
+    }
+    for (size_t i = static_cast<size_t>(p.prompt); i < ids.size(); ++i) {
+      rows.push_back(ev.transformer().step(ids[i], cache).unsqueeze(0));
+    }
+    EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
+    return torch::cat(rows);
+  };
+  LiteralKvtunerCache literal_cache(layers, p.setting);
+  const torch::Tensor literal = decode(literal_cache);
+  QuantizedKvCache product_cache(qs, plan);
+  const torch::Tensor product = decode(product_cache);
+  EXPECT_LT((literal - one_pass).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((literal - product).abs().max().item<double>(), 1e-5);
+
+  // The prompt reads itself fresh; the continuation is perturbed, and not as
+  // kvtune's idealized scheme of the same name perturbs it.
+  const torch::Tensor fp_pass = ev.transformer().forward(tokens)[0];
+  const int64_t t0 = std::max<int64_t>(p.prompt, 1);
+  EXPECT_LT((literal - fp_pass).slice(0, 0, t0).abs().max().item<double>(), 1e-9);
+  EXPECT_GT((literal - fp_pass).slice(0, t0).abs().max().item<double>(), 1e-3);
+  const Scheme idealized = p.setting.name == "per-token-asym"
+                               ? Scheme::parse("per-token-asym", 32, 32, "int")
+                               : Scheme::parse("kivi", 32, 32, "int");
+  const auto iq = ev.quantizers(layers, idealized);
+  const AttentionFn ideal = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v) {
+    return quantized_attention(q, k, v, iq[static_cast<size_t>(l)].first,
+                               iq[static_cast<size_t>(l)].second, plan);
+  };
+  EXPECT_GT((ev.transformer().forward(tokens, ideal)[0] - one_pass).abs().max().item<double>(),
+            1e-4);
+}
+
+std::vector<KvtunerCase> kvtuner_cases() {
+  std::vector<KvtunerCase> out;
+  for (const std::string model : {"stories", "demo"}) {
+    const std::string mixed =
+        model == "stories" ? "K8V4,KV2,K16V4,K2V8,KV4" : "K8V4,KV2,K4V16,K2V8,KV4,KV8";
+    for (const KvtunerSetting& setting : {kPerToken, kPerChannel}) {
+      for (int64_t t0 : {0, 17, 64}) out.push_back({model, setting, t0, mixed});
+    }
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(SettingsPromptsAndModels, KvtunerVsLiteral,
+                         ::testing::ValuesIn(kvtuner_cases()));
+
+TEST(KvtunerTarget, RefusesFormatsAndRulesKvtunerDoesNotHave) {
+  const Model model = make_demo_model();
+  Evaluator ev(model, {{1, 2, 3, 4, 5, 6}});
+  const Scheme scheme = Scheme::kvtuner("per-channel-asym");
+  const int n = static_cast<int>(model.config.n_layers);
+  EXPECT_NE(testing::message_of([&] {
+              ev.evaluate(parse_layer_config("KV3", n), scheme);
+            }).find("format 3 is not KVTuner's"),
+            std::string::npos);
+  EXPECT_NE(testing::message_of([&] {
+              ev.evaluate(parse_layer_config("KVfp8", n), scheme);
+            }).find("layer 0 (KVfp8)"),
+            std::string::npos);
+  EXPECT_NE(testing::message_of([&] {
+              ev.evaluate(parse_layer_config("KV4", n), scheme, ReadRule::parse("cache"));
+            }).find("it takes the fresh rule"),
+            std::string::npos);
+  EXPECT_NO_THROW(ev.evaluate(parse_layer_config("K8V2", n), scheme));
+}
+
 class Stories : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -328,6 +576,30 @@ TEST_F(Stories, ContinuationKlIsReportedBesideTheAllPositionsKl) {
   const Metrics cache = prompted.evaluate(layers, scheme, ReadRule::parse("cache"));
   EXPECT_GT(cache.kl_all, fresh.kl_all);
   EXPECT_NE(cache.kl, fresh.kl);
+}
+
+TEST_F(Stories, KvtunerTargetReportsContinuationKlAndDiffersFromTheIdealizedScheme) {
+  SKIP_WITHOUT_SHARED();
+  const auto layers = config("K4V2");
+  for (const std::string setting : {"per-token-asym", "per-channel-asym"}) {
+    SCOPED_TRACE(setting);
+    const Scheme scheme = Scheme::kvtuner(setting);
+    Evaluator prompted(*model_, {reference_tokens(257)}, {128});
+    const Metrics m = prompted.evaluate(layers, scheme);
+    EXPECT_EQ(m.tokens, 257 - 128);
+    EXPECT_GT(m.kl, 0.0);
+    // The prompt reads itself fresh: 128 positions of zero KL in kl_all.
+    EXPECT_NE(m.kl_all, m.kl);
+    EXPECT_NEAR(m.kl_all, m.kl * (257.0 - 128.0) / 257.0, 1e-5);
+    // Re-quantization and bf16 arithmetic are not kvtune's idealized cache.
+    const Scheme idealized = setting == "per-token-asym"
+                                 ? Scheme::parse("per-token-asym", 32, 32, "int")
+                                 : Scheme::parse("kivi", 32, 32, "int");
+    EXPECT_NE(prompted.evaluate(layers, idealized).kl, m.kl);
+  }
+  // KVTuner's bf16 KV8 is measurably coarser than exact 8-bit integers.
+  const Metrics kv8 = evaluator_->evaluate(config("KV8"), Scheme::kvtuner("per-token-asym"));
+  EXPECT_GT(kv8.kl, 1.5 * eval("KV8").kl);
 }
 
 TEST_F(Stories, WrongLayerCountIsAnError) {

@@ -6,8 +6,11 @@
 //    "model": "models/stories260K.bin",       required
 //    "data": "sample:8:128:0",                 default
 //    "seq_len": 256,                           default
+//    "target": "kvtune" | "kvtuner",           default kvtune (kvtune/common/scheme.h)
 //    "scheme": {"name": "per-token-asym" | "kivi", "group_size": 32,
 //               "residual": 32, "zero_point": "int" | "float"},
+//              kvtuner: {"name": "per-token-asym" | "per-channel-asym", "group_size",
+//               "residual"}, defaults KVTuner's settings (Scheme::kvtuner)
 //    "prompt_tokens": 0,                      T0: each sequence's prompt (JSONL "prompt" wins)
 //    "read": "fresh",                          the read rule (kvtune/common/read_rule.h)
 //    "metric": "kl",

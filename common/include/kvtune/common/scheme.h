@@ -1,28 +1,60 @@
-// The KV quantization scheme of a job, shared by every layer: how integer
-// formats group values (per-token-asym or kivi) and code them.
+// The KV quantization scheme of a job, shared by every layer: which cache is
+// emulated (the target) and how its integer formats group values and code them.
 #pragma once
 
 #include <string>
 
+#include "kvtune/common/precision.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune {
 
 struct Scheme {
+  enum class Target {
+    // kvtune's idealized caches: per-token-asym and kivi, exact float32
+    // quantizer arithmetic, every token quantized once, when it leaves the
+    // full-precision window (windows counted from position 0).
+    Kvtune,
+    // KVTuner's own cache as its code behaves (cmd2001/KVTuner
+    // FlexibleVanillaQuantizedCache): the prompt quantized once after prefill
+    // and read fresh, a flush every max(R, 2) decoded tokens re-quantizing the
+    // whole cache, grouping in HF's flattened order, bf16 arithmetic.
+    Kvtuner
+  };
+  Target target = Target::Kvtune;
+  // Kvtune: per-token-asym or kivi. Kvtuner: PerToken is its per-token-asym
+  // setting (axis_key 0), Kivi its per-channel-asym one (axis_key 1); values
+  // are per token under both.
   kernels::Grouping grouping = kernels::Grouping::PerToken;
-  int group_size = 32;  // kivi G
-  int residual = 32;    // kivi R
+  int group_size = 32;  // kivi G; kvtuner q_group_size (0: head_dim, KVTuner's -1)
+  int residual = 32;    // kivi R; kvtuner residual_length (0 allowed)
   kernels::ZeroPoint zero_point = kernels::ZeroPoint::Int;
 
-  // "per-token-asym" or "kivi".
+  // "per-token-asym" or "kivi"; under the kvtuner target "per-token-asym" or
+  // "per-channel-asym" (KVTuner's own names).
   std::string name() const;
+  // "kvtune" or "kvtuner".
+  std::string target_name() const;
+  // The name as shown to users: "kivi", or "kvtuner:per-channel-asym".
+  std::string label() const;
   // A canonical description that identifies the scheme in cache keys.
   std::string key() const;
   // Validates names and sizes; throws kvtune::Error naming the option.
   static Scheme parse(const std::string& name, int group_size, int residual,
-                      const std::string& zero_point);
-  // The kernel spec of one tensor (keys or values) at `bits`.
+                      const std::string& zero_point, const std::string& target = "kvtune");
+  // KVTuner's setting of that name as its search runs it (search_optuna_*.py):
+  // per-token-asym R 0, q_group_size -1; per-channel-asym R 32, q_group_size 32.
+  static Scheme kvtuner(const std::string& name);
+  // The kernel spec of one tensor (keys or values) at `bits`: kvtune target.
   kernels::IntSpec int_spec(kernels::Role role, int bits) const;
+  // The same under the kvtuner target.
+  kernels::KvtunerSpec kvtuner_spec(kernels::Role role, int bits) const;
+  // Why this scheme cannot store `format` (empty when it can): the kvtuner
+  // target runs KVTuner's quantizer, 2, 4 or 8 bits, or leaves a tensor unquantized.
+  std::string refusal(const KvFormat& format) const;
+  // Kvtuner: decoded tokens between two flushes (its flush condition
+  // `len(recent) + 1 >= residual_length` holds after max(R, 2) tokens).
+  int flush_period() const { return residual > 2 ? residual : 2; }
 };
 
 }  // namespace kvtune

@@ -316,4 +316,41 @@ KVT_HD BFloat16 from_float<BFloat16>(float v) {
   return BFloat16{float_to_bf16(v)};
 }
 
+// ---------------------------------------------------------------------------
+// KVTuner's vanilla quantizer (cmd2001/KVTuner, flexible_quant/
+// vanilla_quantizer.py, asym=True) as PyTorch runs it on the model's bf16
+// tensors: each tensor op computes in float from bf16 operands and rounds its
+// result to bf16 (8 significant bits), so KV8 is coarser than exact integer
+// arithmetic. Codes are signed, q in [-2^(b-1), 2^(b-1) - 1].
+
+KVT_HD float bf16_round(float f) {
+  return bf16_to_float(float_to_bf16(f));
+}
+
+struct KvtunerParams {
+  float scale;
+  float zero;  // integer-valued
+};
+
+// The scale and zero point of a group whose bf16 values span [mn, mx].
+KVT_HD KvtunerParams kvtuner_params(float mn, float mx, int bits) {
+  const float qmin = int_qmin(bits);
+  // scale = (_max - _min).clamp(min=1e-5).div(q_max - q_min): the clamp bound
+  // is converted to bf16 first (PyTorch's clamp_min on a bf16 tensor).
+  const float range = max_f(bf16_round(mx - mn), bf16_round(1e-5f));
+  const float scale = bf16_round(range / int_levels(bits));
+  // zeros = (_min / scale).round() - q_min
+  const float zero = bf16_round(round_half_even(bf16_round(mn / scale)) - qmin);
+  return {scale, zero};
+}
+
+// dequantize(quantize(x)) of a bf16 value x:
+// q = round(x / scale - zeros).clip(q_min, q_max); (q + zeros) * scale.
+KVT_HD float kvtuner_fake_quant(float x, KvtunerParams p, int bits) {
+  const float qmin = int_qmin(bits);
+  const float t = bf16_round(bf16_round(x / p.scale) - p.zero);
+  const float q = clamp_f(round_half_even(t), qmin, qmin + int_levels(bits));
+  return bf16_round(bf16_round(q + p.zero) * p.scale);
+}
+
 }  // namespace kvtune::kernels

@@ -126,6 +126,41 @@ int nvfp4_block(int64_t head_dim);
 double fp8_storage_bits(const CacheShape& shape);
 double nvfp4_storage_bits(const CacheShape& shape);
 
+// KVTuner's own cache (cmd2001/KVTuner, FlexibleVanillaQuantizedCache with
+// the vanilla quantizer). It quantizes a sequence's whole [heads, tokens,
+// head_dim] tensor (HF layout) at once, in groups of `group_size` consecutive
+// elements of its flattened order: (head, token, channel) for per-token
+// (axis 0), (head, channel, token) for per-channel (axis 1), so per-channel
+// groups straddle channels (and heads) whenever the token count is not a
+// multiple of the group. Arithmetic in bf16 (format_math.h).
+enum class KvtunerAxis : uint8_t { Token, Channel };
+struct KvtunerSpec {
+  KvtunerAxis axis = KvtunerAxis::Token;
+  int bits = 4;        // 2, 4 or 8
+  int group_size = 0;  // elements per group; 0: head_dim (KVTuner's -1), per-token only
+};
+
+// Validates spec and shape (throws std::invalid_argument naming the value: a
+// tensor KVTuner could not reshape into its groups is refused) and returns
+// the group size in elements.
+int64_t kvtuner_group(const KvtunerSpec& spec, const CacheShape& shape);
+
+// The offset in the [tokens, heads, head_dim] layout of element f of
+// KVTuner's flattened order.
+KVT_HD int64_t kvtuner_offset(int64_t f, int64_t tokens, int64_t heads, int64_t head_dim,
+                              KvtunerAxis axis) {
+  const int64_t per_head = tokens * head_dim;
+  const int64_t h = f / per_head, r = f % per_head;
+  const int64_t t = axis == KvtunerAxis::Token ? r / head_dim : r % tokens;
+  const int64_t d = axis == KvtunerAxis::Token ? r % head_dim : r / tokens;
+  return (t * heads + h) * head_dim + d;
+}
+
+// Storage bits per element of a KVTuner cache of shape.tokens tokens decoded
+// from its first token, with flushes every max(residual, 2) steps: codes at
+// `bits` plus a bf16 scale and zero point per group, the unflushed tokens at 16.
+double kvtuner_storage_bits(const KvtunerSpec& spec, const CacheShape& shape, int residual);
+
 struct Nvfp4Buffers {
   uint32_t* codes = nullptr;        // elements / 8 words (rounded up), 4-bit codes
   uint8_t* block_scales = nullptr;  // elements / block, E4M3
@@ -153,6 +188,11 @@ void fake_quant_int(const IntSpec& spec, const CacheShape& shape, DType dtype, c
 
 // amax[h] = max(amax[h], max |x| over head h): accumulates over calibration batches.
 void accumulate_head_amax(const CacheShape& shape, DType dtype, const void* x, float* amax);
+
+// KVTuner's quantizer over every token of x: y = dequantize(quantize(x)),
+// with x rounded to bf16 first (KVTuner's model runs in bf16); y may alias x.
+void fake_quant_kvtuner(const KvtunerSpec& spec, const CacheShape& shape, DType dtype,
+                        const void* x, void* y);
 
 // FP8 E4M3 with one static scale per head; one byte code per element.
 void quantize_fp8(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
@@ -191,6 +231,9 @@ void fake_quant_int(const IntSpec& spec, const CacheShape& shape, DType dtype, c
 
 void accumulate_head_amax(const CacheShape& shape, DType dtype, const void* x, float* amax,
                           cudaStream_t stream, int* nonfinite_flag = nullptr);
+
+void fake_quant_kvtuner(const KvtunerSpec& spec, const CacheShape& shape, DType dtype,
+                        const void* x, void* y, cudaStream_t stream, int* nonfinite_flag = nullptr);
 
 void quantize_fp8(const CacheShape& shape, DType dtype, const void* x, const float* head_scales,
                   uint8_t* codes, cudaStream_t stream, int* nonfinite_flag = nullptr);
