@@ -97,13 +97,20 @@ void run(const std::string& title, const kw::Model& model,
     const char* name;
     const char* pair;
     const char* scheme;
+    const char* target = "kvtune";
   };
+  // The kvtuner rows re-quantize the whole cache at every flush (R = 0: every
+  // 2 tokens; R = 32: every 32): their cost beside the one-pass mask rows.
   for (const Case& c : {Case{"evaluate KV4 per-token", "KV4", "per-token-asym"},
                         Case{"evaluate KV2 kivi", "KV2", "kivi"},
                         Case{"evaluate Kfp8Vnvfp4", "Kfp8Vnvfp4", "per-token-asym"},
-                        Case{"evaluate K8V4 kivi", "K8V4", "kivi"}}) {
+                        Case{"evaluate K8V4 kivi", "K8V4", "kivi"},
+                        Case{"kvtuner KV4 per-token R0", "KV4", "per-token-asym", "kvtuner"},
+                        Case{"kvtuner KV4 per-chan R32", "KV4", "per-channel-asym", "kvtuner"}}) {
     const auto config = kvtune::parse_layer_config(c.pair, static_cast<int>(layers));
-    const auto scheme = kvtune::Scheme::parse(c.scheme, 32, 32, "int");
+    const auto scheme = std::string(c.target) == "kvtuner"
+                            ? kvtune::Scheme::kvtuner(c.scheme)
+                            : kvtune::Scheme::parse(c.scheme, 32, 32, "int");
     ev.evaluate(config, scheme);  // the first call also measures layer-local attention errors
     const double t = seconds([&] { ev.evaluate(config, scheme); }, repeats);
     std::printf("  %-25s %8.3f s  %10.0f tokens/s  %.2fx\n", c.name, t,

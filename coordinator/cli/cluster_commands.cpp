@@ -378,8 +378,17 @@ void print_job(const json& job) {
   const json& p = job["progress"];
   std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
             << "state     " << job.value("state", "") << "\n"
-            << "model     " << job.value("model", "") << "\n"
-            << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
+            << "model     " << job.value("model", "") << "\n";
+  if (job.contains("spec") && job["spec"].contains("scheme")) {
+    // Which cache was emulated: kvtune's idealized one or KVTuner's own.
+    const json& spec = job["spec"];
+    const json& scheme = spec["scheme"];
+    std::cout << "cache     target " << spec.value("target", "kvtune") << ", scheme "
+              << scheme.value("name", "") << " (G " << scheme.value("group_size", 0) << ", R "
+              << scheme.value("residual", 0) << "), read " << spec.value("read", "fresh")
+              << ", prompt " << spec.value("prompt_tokens", 0) << " tokens\n";
+  }
+  std::cout << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
   if (p.value("failed", 0) > 0) std::cout << ", " << p.value("failed", 0) << " failed";
   std::cout << "\n";
   if (job.contains("error")) std::cout << "error     " << job["error"].get<std::string>() << "\n";
