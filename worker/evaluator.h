@@ -38,6 +38,9 @@ class TensorQuantizer {
   bool requantizes() const { return active() && scheme_.target == Scheme::Target::Kvtuner; }
   // Kvtuner: decoded tokens between two flushes.
   int64_t flush_period() const { return scheme_.flush_period(); }
+  // Kvtuner: whether every group lies within one token's head (per-token
+  // groups of head_dim or a divisor of it), so tokens re-quantize independently.
+  bool groups_within_tokens(int64_t head_dim) const;
   // The query at position i reads tokens [this, i] in full precision and the
   // earlier ones quantized (i + 1: it reads every token quantized). Prompt
   // queries (i < T0) read the prompt fresh or from the cache as the rule

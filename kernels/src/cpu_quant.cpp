@@ -12,89 +12,14 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_common.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::kernels::cpu {
+using namespace detail;
 namespace {
 
 std::atomic<int> g_threads{0};
-
-// The hot loops are also compiled for AVX2 and picked at load time. Contraction
-// stays off, so both clones compute the same floats as the baseline.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KVT_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define KVT_VECTOR_CLONES
-#endif
-
-// Runs fn(begin, end) over [0, n) split across the worker threads; chunks are
-// at least `grain` items so that small tensors stay on the calling thread.
-template <class Fn>
-void parallel_for(int64_t n, int64_t grain, const Fn& fn) {
-  const int64_t by_size = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-  const int64_t threads = std::min<int64_t>(num_threads(), by_size);
-  if (threads <= 1) {
-    if (n > 0) fn(int64_t{0}, n);
-    return;
-  }
-  const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::jthread> pool;
-  pool.reserve(static_cast<size_t>(threads));
-  for (int64_t begin = 0; begin < n; begin += chunk) {
-    const int64_t end = std::min(n, begin + chunk);
-    pool.emplace_back([&fn, begin, end] { fn(begin, end); });
-  }
-}
-
-// The lowest flat index of a non-finite input seen by any thread.
-class FirstBad {
- public:
-  void report(int64_t index) {
-    int64_t seen = first_.load(std::memory_order_relaxed);
-    while (index < seen && !first_.compare_exchange_weak(seen, index)) {
-    }
-  }
-  // Throws naming the offending element, if any was reported.
-  void raise_if_any(const CacheShape& shape, const void* x, DType dtype, const char* what) const {
-    const int64_t e = first_.load();
-    if (e == kNone) return;
-    float value = 0.0f;
-    if (dtype == DType::F32) value = static_cast<const float*>(x)[e];
-    if (dtype == DType::F16) value = to_float(static_cast<const Half*>(x)[e]);
-    if (dtype == DType::BF16) value = to_float(static_cast<const BFloat16*>(x)[e]);
-    const int64_t row = shape.heads * shape.head_dim;
-    throw std::invalid_argument(
-        std::string(what) + ": non-finite input value " + std::to_string(value) + " at token " +
-        std::to_string(e / row) + ", head " + std::to_string((e % row) / shape.head_dim) +
-        ", channel " + std::to_string(e % shape.head_dim) + " of KV tensor " + shape.str());
-  }
-
- private:
-  static constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  std::atomic<int64_t> first_{kNone};
-};
-
-// Calls fn with a typed null pointer selecting the storage type of `dtype`.
-template <class Fn>
-void dispatch(DType dtype, const Fn& fn) {
-  switch (dtype) {
-    case DType::F32:
-      fn(static_cast<float*>(nullptr));
-      return;
-    case DType::F16:
-      fn(static_cast<Half*>(nullptr));
-      return;
-    case DType::BF16:
-      fn(static_cast<BFloat16*>(nullptr));
-      return;
-  }
-  throw std::invalid_argument("unknown dtype");
-}
-
-void check_pointers(const void* x, const void* y, const char* what) {
-  if (x == nullptr || y == nullptr)
-    throw std::invalid_argument(std::string(what) + ": null buffer");
-}
 
 // Min and max of n values `stride` apart; returns the offset of a non-finite
 // value or -1. Contiguous groups keep 8 independent lanes so that the compiler
@@ -355,48 +280,6 @@ void dequantize_int(const IntSpec& spec, const CacheShape& shape, ConstIntBuffer
       }
     });
   });
-}
-
-void fake_quant_kvtuner(const KvtunerSpec& spec, const CacheShape& shape, DType dtype,
-                        const void* x, void* y) {
-  const int64_t group = kvtuner_group(spec, shape);
-  check_pointers(x, y, "fake_quant_kvtuner");
-  FirstBad bad;
-  dispatch(dtype, [&]<class T>(T*) {
-    const T* in = static_cast<const T*>(x);
-    T* out = static_cast<T*>(y);
-    parallel_for(shape.elements() / group, 256 / group + 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> offsets(static_cast<size_t>(group));
-      std::vector<float> values(offsets.size());
-      for (int64_t g = begin; g < end; ++g) {
-        float mn = 0, mx = 0;
-        bool any_bad = false;
-        for (int64_t i = 0; i < group; ++i) {
-          const int64_t off =
-              kvtuner_offset(g * group + i, shape.tokens, shape.heads, shape.head_dim, spec.axis);
-          const float v = bf16_round(to_float(in[off]));
-          offsets[static_cast<size_t>(i)] = off;
-          values[static_cast<size_t>(i)] = v;
-          mn = i == 0 ? v : min_f(mn, v);
-          mx = i == 0 ? v : max_f(mx, v);
-          any_bad |= is_nonfinite(v);
-        }
-        if (any_bad) {
-          for (int64_t i = 0; i < group; ++i) {
-            if (is_nonfinite(values[static_cast<size_t>(i)]))
-              bad.report(offsets[static_cast<size_t>(i)]);
-          }
-          continue;
-        }
-        const KvtunerParams p = kvtuner_params(mn, mx, spec.bits);
-        for (int64_t i = 0; i < group; ++i) {
-          out[offsets[static_cast<size_t>(i)]] =
-              from_float<T>(kvtuner_fake_quant(values[static_cast<size_t>(i)], p, spec.bits));
-        }
-      }
-    });
-  });
-  bad.raise_if_any(shape, x, dtype, "fake_quant_kvtuner");
 }
 
 void accumulate_head_amax(const CacheShape& shape, DType dtype, const void* x, float* amax) {
