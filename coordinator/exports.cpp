@@ -56,7 +56,7 @@ std::vector<FormatInfo> describe_formats() {
       {"kvtuner",
        "KVTuner (per-layer presets; kvtune imports it too)",
        "0:\n  nbits_key: 8\n  nbits_value: 4\n",
-       "integer widths 1/2/3/4/8 and 16, K and V apart",
+       "integer widths 2/4/8, K and V apart (KVTuner's quantizers take no others)",
        "KVTuner's own preset format.",
        {kKvtunerSource, "common/include/kvtune/common/config_file.h"}},
       {"trtllm",
@@ -100,6 +100,20 @@ std::string describe_formats_text() {
 
 std::string kvtuner_yaml(const std::vector<PrecisionPair>& layers) {
   require_layers(layers, "KVTuner YAML");
+  // 16 is not "unquantized" to KVTuner: its vanilla backend clips to int8
+  // codes and corrupts the values, quanto and HQQ reject it; 1 and 3 bits
+  // neither backend of its searches takes.
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (const bool keys : {true, false}) {
+      const KvFormat& f = keys ? layers[l].key : layers[l].value;
+      const bool integer = f.kind == KvFormat::Kind::Int || f.kind == KvFormat::Kind::Full;
+      if (!integer || f.bits == 2 || f.bits == 4 || f.bits == 8) continue;  // fp8: below
+      throw Error("KVTuner YAML: layer " + std::to_string(l) + " (" + layers[l].name() + ") has " +
+                  f.name() + "-bit " + (keys ? "keys" : "values") +
+                  "; KVTuner's quantizers take 2, 4 or 8 bits (16 is not unquantized there: "
+                  "its vanilla backend clips to int8)");
+    }
+  }
   try {
     return to_kvtuner_yaml(layers);
   } catch (const Error& e) {

@@ -18,6 +18,8 @@ bool parse_options(
 
 // `kvtune formats`: every KV format's storage cost and error on a synthetic cache.
 int formats_command(const std::vector<std::string>& args);
+// `kvtune fake-quant`: one layer's keys or values through one format, raw float32 in and out.
+int fake_quant_command(const std::vector<std::string>& args);
 
 // Replaces this process with `kvtune-worker <args...>` from the directory of
 // the running executable, so arguments, output and exit code pass through.

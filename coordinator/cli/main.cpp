@@ -14,6 +14,7 @@ usage: kvtune <command> [options]
 
 commands:
   formats     storage cost and quantization error of every KV format on a synthetic cache
+  fake-quant  the values the emulated cache holds for one tensor (raw float32 in and out)
   inspect     print a model's architecture and fingerprint        (runs kvtune-worker)
   eval        evaluate a per-layer KV config on a model           (runs kvtune-worker)
   generate    greedy decode with a quantized KV cache             (runs kvtune-worker)
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
       return kvtune::cli::exec_worker(args);
     }
     if (command == "formats") return kvtune::cli::formats_command(args);
+    if (command == "fake-quant") return kvtune::cli::fake_quant_command(args);
     if (command == "coordinator") return kvtune::cli::coordinator_command(args);
     if (command == "run") return kvtune::cli::run_command(args);
     if (command == "submit") return kvtune::cli::submit_command(args);

@@ -27,14 +27,23 @@ std::string error_of(F&& f) {
 }
 
 TEST(Exports, KvtunerYamlIsKvtunersLayerMap) {
-  EXPECT_EQ(kvtuner_yaml(cfg("K8V4,KV2,KV16")),
+  EXPECT_EQ(kvtuner_yaml(cfg("K8V4,KV2,KV4")),
             "0:\n  nbits_key: 8\n  nbits_value: 4\n"
             "1:\n  nbits_key: 2\n  nbits_value: 2\n"
-            "2:\n  nbits_key: 16\n  nbits_value: 16\n");
+            "2:\n  nbits_key: 4\n  nbits_value: 4\n");
+}
+
+TEST(Exports, KvtunerYamlRefusesWidthsKvtunerCannotRunNamingTheLayer) {
+  // KV16 is not "unquantized" in KVTuner: its vanilla backend clips to int8.
+  std::string msg = error_of([] { kvtuner_yaml(cfg("K8V4,KV2,K4V16")); });
+  EXPECT_NE(msg.find("layer 2 (K4V16) has 16-bit values"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("2, 4 or 8 bits"), std::string::npos) << msg;
+  msg = error_of([] { kvtuner_yaml(cfg("KV3,KV2")); });
+  EXPECT_NE(msg.find("layer 0 (KV3) has 3-bit keys"), std::string::npos) << msg;
 }
 
 TEST(Exports, KvtunerYamlRoundTripsThroughTheImporter) {
-  const auto layers = cfg("K8V4,KV2,K4V8,KV16,K2V4");
+  const auto layers = cfg("K8V4,KV2,K4V8,KV8,K2V4");
   EXPECT_EQ(parse_layer_config_text(kvtuner_yaml(layers), 5, "export"), layers);
 }
 

@@ -48,6 +48,63 @@ TEST(CliFormats, KiviBeatsPerTokenOnOutlierKeysAtTwoBits) {
   EXPECT_LT(run("kivi"), run("per-token-asym"));
 }
 
+// Raw float32 files for `kvtune fake-quant`.
+void write_floats(const std::filesystem::path& path, const std::vector<float>& x) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(x.data()),
+             static_cast<std::streamsize>(x.size() * sizeof(float)));
+}
+std::vector<float> read_floats(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<float> x(std::filesystem::file_size(path) / sizeof(float));
+  in.read(reinterpret_cast<char*>(x.data()), static_cast<std::streamsize>(x.size() * 4));
+  return x;
+}
+
+TEST(CliFakeQuant, WritesWhatTheEmulatedCacheHolds) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvtune_fq_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto in = dir / "x.f32", out = dir / "y.f32";
+  // One token's head, worked by hand (as in tests/kernels/test_kvtuner.cpp).
+  write_floats(in, {-1.0f, 0.3f, 0.7f, 1.5f, 2.0f, -0.55f, 0.05f, 1.23f});
+  const std::string base =
+      kKvtune + " fake-quant --shape 1,1,8 --in " + in.string() + " --out " + out.string();
+  auto r = run_command(base + " --format 8 --target kvtuner");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // KVTuner's bf16 arithmetic: 0.3 comes back as 0.294921875.
+  EXPECT_EQ(read_floats(out), (std::vector<float>{-1.0f, 0.294921875f, 0.6953125f, 1.4921875f, 2.0f,
+                                                  -0.5546875f, 0.047119140625f, 1.2265625f}));
+  // kvtune's exact per-token-asym 2 bits: scale 3/3 = 1, zero round(-1) + 2 = 1;
+  // 1.5 - 1 = 0.5 rounds half to even, to code 0: 1.0.
+  ASSERT_EQ(run_command(base + " --format 2").exit_code, 0);
+  EXPECT_EQ(read_floats(out),
+            (std::vector<float>{-1.0f, 0.0f, 1.0f, 1.0f, 2.0f, -1.0f, 0.0f, 1.0f}));
+  // fp8 E4M3 with a per-layer scalar scale of 0.5: x / 0.5 rounded to 3
+  // mantissa bits (0.6 -> 0.625, 1.4 -> 1.375, 2.46 -> 2.5, 0.1 -> 0.1015625).
+  ASSERT_EQ(run_command(base + " --format fp8 --scale 0.5").exit_code, 0);
+  EXPECT_EQ(read_floats(out), (std::vector<float>{-1.0f, 0.3125f, 0.6875f, 1.5f, 2.0f, -0.5625f,
+                                                  0.05078125f, 1.25f}));
+  ASSERT_EQ(run_command(base + " --format 16").exit_code, 0);
+  EXPECT_EQ(read_floats(out),
+            (std::vector<float>{-1.0f, 0.3f, 0.7f, 1.5f, 2.0f, -0.55f, 0.05f, 1.23f}));
+
+  r = run_command(kKvtune + " fake-quant --shape 2,1,8 --format 4 --in " + in.string() + " --out " +
+                      out.string(),
+                  true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("has 32 bytes; a float32 tensor [tokens=2, heads=1, head_dim=8] has 64"),
+            std::string::npos)
+      << r.output;
+  r = run_command(base + " --format 3 --target kvtuner", true);
+  EXPECT_NE(r.output.find("format 3 is not KVTuner's"), std::string::npos) << r.output;
+  r = run_command(kKvtune + " fake-quant --format 4 --shape 1,x,8 --in " + in.string() + " --out " +
+                      out.string(),
+                  true);
+  EXPECT_NE(r.output.find("'x' is not a positive integer"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CliErrors, BadOptionValuesAreNamed) {
   CommandResult r = run_command(kKvtune + " formats --scheme bogus", true);
   EXPECT_EQ(r.exit_code, 1);
