@@ -97,11 +97,13 @@ http::Response Api::post_job(const std::string& body) {
   }
   if (spec.kind == JobSpec::Kind::Search) {
     try {
-      search::options_from_json(spec.search);
+      search::check_satisfiable(search::options_from_json(spec.search), spec.scheme);
     } catch (const Error& e) {
+      std::string message = e.what();
+      if (message.starts_with("search: ")) message.erase(0, 8);  // the field says it
       return json_response(
           400, {{"error", "invalid job spec"},
-                {"fields", {{{"field", "search"}, {"message", http::escape_utf8(e.what())}}}}});
+                {"fields", {{{"field", "search"}, {"message", http::escape_utf8(message)}}}}});
     }
   }
   const std::string id = jobs_.submit(spec);

@@ -2,6 +2,7 @@
 // cancel (jobs.h).
 #include "jobs.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "kvtune/common/error.h"
@@ -67,6 +68,16 @@ void Jobs::resume() {
     }
     Job& stored = jobs_[job.id] = std::move(job);
     if (!active(stored.state)) {
+      // A finished job keeps answering with its results after a restart.
+      stored.done = stored.failed = 0;
+      for (TaskEntry& t : stored.tasks) {
+        if (t.state == TaskState::FAILED) {
+          ++stored.failed;
+        } else if (t.state == TaskState::DONE || ledger_.result_stored(t.eval_key)) {
+          t.state = TaskState::DONE;
+          ++stored.done;
+        }
+      }
       if (stored.spec.kind == JobSpec::Kind::Search && stored.model) {
         if (auto state = store.get_raw(Store::Area::Search, stored.id)) {
           stored.tasks.clear();
@@ -263,8 +274,23 @@ void Jobs::completed(const std::vector<Scheduler::Task>& tasks, double kl) {
 }
 
 void Jobs::failed(const Scheduler::Failure& failure) {
+  // Each attempt's error, said once however many attempts gave it (a missing
+  // model file fails the same way every time), in the order first seen.
   std::string errors;
-  for (const std::string& e : failure.errors) errors += (errors.empty() ? "" : "; ") + e;
+  std::vector<std::pair<std::string, int>> distinct;
+  for (const std::string& e : failure.errors) {
+    const auto seen =
+        std::find_if(distinct.begin(), distinct.end(), [&](const auto& d) { return d.first == e; });
+    if (seen == distinct.end()) {
+      distinct.emplace_back(e, 1);
+    } else {
+      ++seen->second;
+    }
+  }
+  for (const auto& [e, times] : distinct) {
+    errors += (errors.empty() ? "" : "; ") + e +
+              (times > 1 ? " (" + std::to_string(times) + " attempts)" : "");
+  }
   for (const Scheduler::Task& t : failure.tasks) {
     const auto [job, index] = locate(t.id);
     if (job == nullptr || !active(job->state)) continue;

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
 
 namespace kvtune::search {
 
@@ -326,6 +327,11 @@ class Search {
 // 0.05, "patience": 3}); missing keys keep their defaults. Throws
 // kvtune::Error naming a bad field.
 Search::Options options_from_json(const nlohmann::json& spec);
+
+// Refuses, before anything runs, a search no configuration can satisfy: a
+// max_bits below every layer at the cheapest candidate (naming the least
+// reachable bits), or candidates the job's scheme cannot store. Throws Error.
+void check_satisfiable(const Search::Options& options, const Scheme& scheme);
 nlohmann::json options_to_json(const Search::Options& options);
 
 }  // namespace kvtune::search

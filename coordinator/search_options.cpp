@@ -1,6 +1,8 @@
 // The search's options as a job spec spells them (search.h): strategy names,
 // the candidate sets ("kvtuner", "hardware" or a list of pair names) and
 // options_from_json() / options_to_json().
+#include <algorithm>
+#include <cstdio>
 #include <set>
 #include <string>
 
@@ -110,6 +112,29 @@ nlohmann::json options_to_json(const Search::Options& o) {
           {"cluster_tolerance", o.cluster_tolerance},
           {"patience", o.patience},
           {"baselines", o.baselines}};
+}
+
+void check_satisfiable(const Search::Options& options, const Scheme& scheme) {
+  for (const PrecisionPair& p : options.candidates) {
+    for (const KvFormat& f : {p.key, p.value}) {
+      if (const std::string why = scheme.refusal(f); !why.empty()) {
+        throw Error("search: candidate " + p.name() + ": " + why);
+      }
+    }
+  }
+  if (options.candidates.empty()) return;
+  const auto cheapest = std::min_element(options.candidates.begin(), options.candidates.end(),
+                                         [](const PrecisionPair& a, const PrecisionPair& b) {
+                                           return a.equivalent_bits() < b.equivalent_bits();
+                                         });
+  if (options.max_bits < cheapest->equivalent_bits()) {
+    char text[160];
+    std::snprintf(text, sizeof text,
+                  "search: \"max_bits\" %g is below every configuration of these candidates; "
+                  "the least reachable is %g (every layer at %s)",
+                  options.max_bits, cheapest->equivalent_bits(), cheapest->name().c_str());
+    throw Error(text);
+  }
 }
 
 }  // namespace kvtune::search

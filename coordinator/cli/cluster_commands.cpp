@@ -408,7 +408,8 @@ void print_job(const json& job) {
       uniform = uniform && name.compare(start, first.size(), first) == 0 &&
                 (start + first.size() == name.size() || name[start + first.size()] == ',');
     }
-    if (uniform && name.find(',') != std::string::npos) name = first + " (all layers)";
+    // One pair for every layer, whether written once ("K8V4") or per layer.
+    if (uniform) name = first + " (all layers)";
     if (name.size() > 32) name = name.substr(0, 29) + "...";
     const json& m = r["metrics"];
     std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),

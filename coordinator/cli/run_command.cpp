@@ -115,7 +115,7 @@ class WorkDir {
 }  // namespace
 
 int run_command(const std::vector<std::string>& args) {
-  std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind = "evaluate",
+  std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind,
                          scheme = "per-token-asym", zero_point = "int", read = "fresh", db,
                          cache_target = "kvtune";
   std::vector<std::string> configs, candidates, config_files;
@@ -129,7 +129,8 @@ int run_command(const std::vector<std::string>& args) {
       "local worker processes");
   opts.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_file), "a job spec (JSON, as for kvtune submit); else the options:")(
-      "kind", po::value(&kind)->default_value(kind), "evaluate, profile or search")(
+      "kind", po::value(&kind),
+      "search (the default), profile or evaluate (the default when configs are given)")(
       "model", po::value(&model)->default_value(model),
       "llama2.c .bin, Hugging Face directory, or builtin:demo")(
       "data", po::value(&data)->default_value(data), "calibration data")(
@@ -164,6 +165,7 @@ int run_command(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
   if (workers < 1) throw Error("--workers " + std::to_string(workers) + " must be at least 1");
+  if (kind.empty()) kind = configs.empty() && config_files.empty() ? "search" : "evaluate";
 
   json spec;
   if (!spec_file.empty()) {
@@ -266,14 +268,41 @@ int run_command(const std::vector<std::string>& args) {
   };
 
   const LocalWorkers local(workers, coordinator.worker_endpoint(), dir.path());
-  const http::ClientResponse created = call("POST", "/v1/jobs", spec.dump());
-  if (created.status != 201) {
-    rethrow_if_stopped(std::chrono::seconds(5));
-    throw Error("the job was refused: " + created.body);
+  // Run again with the same --db and arguments: the store already holds this
+  // job, which the coordinator resumes where it stopped.
+  std::string id;
+  if (!db.empty()) {
+    const json wanted = JobSpec::parse(spec).to_json();
+    const json listed = json::parse(call("GET", "/v1/jobs").body);
+    for (const json& j : listed["jobs"]) {
+      const std::string state = j.value("state", "");
+      if (state == "failed" || state == "cancelled") continue;
+      const std::string candidate = j.value("id", "");
+      const json job = json::parse(call("GET", "/v1/jobs/" + candidate).body);
+      if (job.value("spec", json()) == wanted) id = candidate;
+    }
   }
-  const std::string id = json::parse(created.body)["id"];
-  std::cerr << "kvtune run: job " << id << " on " << workers << " local worker(s), store "
-            << options.db.string() << (db.empty() ? " (temporary)" : "") << "\n";
+  const bool resumed = !id.empty();
+  if (!resumed) {
+    const http::ClientResponse created = call("POST", "/v1/jobs", spec.dump());
+    if (created.status != 201) {
+      rethrow_if_stopped(std::chrono::seconds(5));
+      // The API names each bad field; say them as lines.
+      std::string why = created.body;
+      const json body = json::parse(created.body, nullptr, false);
+      if (body.is_object() && body.contains("fields")) {
+        why.clear();
+        for (const json& f : body["fields"]) {
+          why += "\n  " + f.value("field", "") + ": " + f.value("message", "");
+        }
+      }
+      throw Error("the job was refused:" + (why.starts_with("\n") ? why : " " + why));
+    }
+    id = json::parse(created.body)["id"];
+  }
+  std::cerr << "kvtune run: " << (resumed ? "resuming job " : "job ") << id << " on " << workers
+            << " local worker(s), store " << options.db.string()
+            << (db.empty() ? " (temporary)" : "") << "\n";
 
   json job;
   std::string last_progress;
@@ -284,7 +313,9 @@ int run_command(const std::vector<std::string>& args) {
     if (job_finished(job.value("state", ""))) break;
     if (interrupted.load()) {
       std::cerr << "\nkvtune run: interrupted; "
-                << (db.empty() ? "nothing is kept" : "run again with the same --db to resume")
+                << (db.empty() ? "nothing is kept (give --db DIR to make a run resumable)"
+                               : "job " + id + " is kept in " + db +
+                                     ": run the same command again to resume it")
                 << "\n";
       return 130;
     }

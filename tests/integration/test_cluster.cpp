@@ -682,6 +682,81 @@ TEST_F(Cluster, RunSearchesTheDemoModelAsTheQuickstartDoes) {
   for (const json& f : job["frontier"]) EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 5.0);
 }
 
+TEST_F(Cluster, RunAgainWithTheSameDbResumesTheInterruptedJobToTheSameFrontier) {
+  const std::string args =
+      " run --model builtin:demo --data sample:8:128:0 --candidate KV8 --candidate K8V4 "
+      "--candidate KV4 --candidate KV2 --max-evaluations 150 --max-bits 5 --workers 1 --json";
+  const auto frontier_of = [](const json& job) {
+    std::vector<std::pair<std::string, json>> out;
+    for (const json& f : job["frontier"]) out.emplace_back(f["layers"], f["metrics"]);
+    return out;
+  };
+  const CommandResult reference = run_command(build_path("kvtune") + args);
+  ASSERT_EQ(reference.exit_code, 0) << reference.output;
+  const json uninterrupted = json::parse(reference.output);
+  EXPECT_EQ(uninterrupted["kind"], "search");  // the default kind without configs
+
+  const std::string store = dir.file("resume-db");
+  std::vector<std::string> argv{build_path("kvtune")};
+  std::istringstream words(args + " --db " + store);
+  for (std::string w; words >> w;) argv.push_back(w);
+  Process first(argv, log("run-interrupted"));
+  std::string id;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto ids = captures(first.log(), "kvtune run: job (job-[0-9a-f-]+)");
+        if (ids.empty()) return false;
+        id = ids.front();
+        return true;
+      },
+      60s))
+      << first.log();
+  std::this_thread::sleep_for(4s);  // part of the way through
+  first.kill(SIGINT);
+  const int code = first.wait();
+  const bool interrupted = code == 130;
+  if (interrupted) {
+    EXPECT_NE(first.log().find("job " + id + " is kept in " + store +
+                               ": run the same command again to resume it"),
+              std::string::npos)
+        << first.log();
+  } else {
+    EXPECT_EQ(code, 0) << "finished before the interrupt: " << first.log();
+  }
+  const CommandResult again = run_command(build_path("kvtune") + args + " --db " + store);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  const json resumed = json::parse(again.output);
+  EXPECT_EQ(resumed["id"], id);
+  EXPECT_EQ(resumed["state"], "done");
+  EXPECT_EQ(frontier_of(resumed), frontier_of(uninterrupted));
+  EXPECT_EQ(resumed["search"]["evaluations"], uninterrupted["search"]["evaluations"]);
+}
+
+TEST_F(Cluster, RunRefusesBadInputAtTheDoorAndSaysEachErrorOnce) {
+  CommandResult r = run_command(
+      build_path("kvtune") + " run --model builtin:demo --data sample:2:32:0 --max-bits 0.5", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("search: \"max_bits\" 0.5 is below every configuration of these "
+                          "candidates; the least reachable is 2 (every layer at KV2)"),
+            std::string::npos)
+      << r.output;
+  r = run_command(
+      build_path("kvtune") + " run --model /nonexistent.bin --data sample:2:32:0 --workers 1",
+      true);
+  EXPECT_EQ(r.exit_code, 1);
+  const std::string said = "/nonexistent.bin: no such model file";
+  const auto first = r.output.find(said);
+  ASSERT_NE(first, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(said, first + 1), std::string::npos) << "said twice:\n" << r.output;
+  r = run_command(build_path("kvtune") +
+                      " run --target kvtuner --model builtin:demo --data sample:2:32:0 "
+                      "--candidate KV4 --candidate KVfp8",
+                  true);
+  EXPECT_NE(r.output.find("search: candidate KVfp8: format fp8 is not KVTuner's"),
+            std::string::npos)
+      << r.output;
+}
+
 // The processes whose parent is `parent`, from /proc.
 std::vector<pid_t> children_of(pid_t parent) {
   std::vector<pid_t> out;
