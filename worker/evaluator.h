@@ -28,6 +28,8 @@ struct ReadPlan {
 // Integer formats follow the scheme's grouping and full-precision window; fp8
 // and nvfp4 quantize every token once it is no longer the current one (as the
 // per-token scheme does), with static per-head scales from calibration amax.
+// Under the kvtuner target integer formats are KVTuner's quantizer instead
+// (requantizes(): the cache is re-quantized whole at every flush).
 class TensorQuantizer {
  public:
   TensorQuantizer(KvFormat format, kernels::Role role, const Scheme& scheme,
@@ -72,7 +74,9 @@ using LayerQuantizers = std::vector<std::pair<TensorQuantizer, TensorQuantizer>>
 
 // Causal attention of q [B, T, H, hd] over k, v [B, T, KVH, hd] where query i
 // reads key/value j quantized iff j < first_full_precision(i, plan) of its
-// quantizer.
+// quantizer; under the kvtuner target, as KVTuner's cache reads them: the
+// prompt fresh, then periods of flush_period() tokens reading the cache as
+// re-quantized at the end of the previous period (quantized_attention.cpp).
 torch::Tensor quantized_attention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const TensorQuantizer& keys,
                                   const TensorQuantizer& values, const ReadPlan& plan = {});
@@ -84,7 +88,8 @@ void check_read_rule(const LayerQuantizers& layers, const ReadRule& rule);
 // A real decoding cache: tokens leaving the full-precision window are
 // quantized to codes and read back dequantized. With a prompt (T0 > 0) the
 // first append is the prefill of all T0 tokens at once; every later append
-// is one decoded token.
+// is one decoded token. Under the kvtuner target it is KVTuner's update(),
+// step for step (its first append, whatever its size, is the prefill).
 class QuantizedKvCache : public KvCache {
  public:
   // One quantizer pair per layer.
