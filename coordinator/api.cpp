@@ -173,7 +173,37 @@ json Api::progress_json(const Job& job) const {
   if (job.search && active(job.state)) {
     total = std::max(total, static_cast<std::size_t>(job.search->options().max_evaluations));
   }
-  return {{"done", job.done}, {"failed", job.failed}, {"total", total}};
+  json out = {{"done", job.done}, {"failed", job.failed}, {"total", total}};
+  // What the job is doing now, for a progress line.
+  if (!active(job.state)) {
+    out["phase"] = state_name(job.state);
+  } else if (!job.model) {
+    out["phase"] = "describe";
+  } else if (!job.search) {
+    out["phase"] = job.spec.kind_name();
+  } else if (job.search->profiling()) {
+    const auto candidates = std::max<std::size_t>(1, job.search->options().candidates.size());
+    const int layers = job.search->num_layers();
+    const int layer = std::min(layers, static_cast<int>(job.done / candidates) + 1);
+    out["phase"] = "profile layer " + std::to_string(layer) + "/" + std::to_string(layers);
+  } else {
+    out["phase"] = "generation " + std::to_string(job.search->generation() + 1);
+  }
+  if (job.search) {
+    // The lowest-KL config measured so far within the budget (the frontier's
+    // last point under max_bits: it is ordered by bits, KL falling).
+    const double budget = job.search->options().max_bits;
+    std::optional<search::Evaluated> best;
+    for (const auto& f : job.search->frontier()) {
+      if (f.bits <= budget + 1e-9) best = f;
+    }
+    if (best) {
+      out["best"] = {{"layers", format_layer_config(best->layers)},
+                     {"avg_bits", best->bits},
+                     {"kl", best->error}};
+    }
+  }
+  return out;
 }
 
 json Api::job_json(const Job& job, bool full) const {

@@ -245,6 +245,8 @@ class Search {
   void tell(const std::vector<double>& errors);
 
   bool done() const { return stage_ == Stage::kDone; }
+  // Still evaluating the per-layer profile (strategy kvtune).
+  bool profiling() const { return stage_ == Stage::kProfile; }
 
   // Evaluations told so far, profile included.
   int evaluations() const { return evaluations_; }

@@ -1,6 +1,7 @@
 // The cluster's commands: `kvtune coordinator` (the server) and the API
 // clients `submit`, `jobs`, `status`, `cancel`, `workers`.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <boost/program_options.hpp>
@@ -193,9 +194,14 @@ int submit_command(const std::vector<std::string>& args) {
     return 0;
   }
   // Polls the summary (no results), then reads the whole job once.
-  while (!job_finished(client.call("GET", "/v1/jobs/" + id + "?view=summary").value("state", ""))) {
+  ProgressLine progress(::isatty(2) != 0);
+  while (true) {
+    const json summary = client.call("GET", "/v1/jobs/" + id + "?view=summary");
+    if (job_finished(summary.value("state", ""))) break;
+    progress.update(summary);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  progress.finish();
   const json job = client.call("GET", "/v1/jobs/" + id);
   if (client.json_output) {
     std::cout << job.dump() << "\n";

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -48,6 +49,23 @@ int run_command(const std::vector<std::string>& args);
 void print_job(const nlohmann::json& job);
 // True for the states a job does not leave: done, failed, cancelled.
 bool job_finished(const std::string& state);
+
+// A running job's progress from its `?view=summary`: phase (describe, profile
+// layer l/L, generation g), evaluations done / planned, rate, ETA and the best
+// config within the budget so far. On a terminal one live line on stderr;
+// otherwise a plain line whenever the phase changes.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool terminal);
+  void update(const nlohmann::json& summary);
+  void finish();  // clears the live line
+
+ private:
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_;
+  int first_done_ = -1;
+  std::string last_line_, last_phase_;
+};
 // Makes spec[field] absolute when it is a relative path that exists here
 // (workers open paths in their own working directory).
 void absolutize_path(nlohmann::json& spec, const char* field);

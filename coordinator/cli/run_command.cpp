@@ -305,14 +305,14 @@ int run_command(const std::vector<std::string>& args) {
             << (db.empty() ? " (temporary)" : "") << "\n";
 
   json job;
-  std::string last_progress;
-  const bool tty = ::isatty(2) != 0;
+  ProgressLine progress(::isatty(2) != 0);
   while (true) {
     rethrow_if_stopped(std::chrono::milliseconds(0));
     job = json::parse(call("GET", "/v1/jobs/" + id + "?view=summary").body);
     if (job_finished(job.value("state", ""))) break;
     if (interrupted.load()) {
-      std::cerr << "\nkvtune run: interrupted; "
+      progress.finish();
+      std::cerr << "kvtune run: interrupted; "
                 << (db.empty() ? "nothing is kept (give --db DIR to make a run resumable)"
                                : "job " + id + " is kept in " + db +
                                      ": run the same command again to resume it")
@@ -323,15 +323,10 @@ int run_command(const std::vector<std::string>& args) {
       throw Error("a local worker exited; its log is in " + dir.path().string() +
                   " (use --db DIR to keep it)");
     }
-    const std::string progress = std::to_string(job["progress"].value("done", 0)) + "/" +
-                                 std::to_string(job["progress"].value("total", 0));
-    if (tty && progress != last_progress) {
-      std::cerr << "\r" << job.value("state", "") << " " << progress << "   " << std::flush;
-      last_progress = progress;
-    }
+    progress.update(job);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  if (tty) std::cerr << "\r";
+  progress.finish();
   job = json::parse(call("GET", "/v1/jobs/" + id).body);
   if (json_output) {
     std::cout << job.dump() << "\n";

@@ -670,13 +670,23 @@ TEST_F(Cluster, RunEmbedsCoordinatorStoreAndWorkers) {
 }
 
 TEST_F(Cluster, RunSearchesTheDemoModelAsTheQuickstartDoes) {
+  const std::string err = dir.file("run.err");
   const CommandResult r = run_command(build_path("kvtune") +
                                       " run --kind search --model builtin:demo --data "
                                       "sample:2:32:0 --scheme kivi --max-bits 5 "
-                                      "--max-evaluations 90 --workers 2 --json");
+                                      "--max-evaluations 90 --workers 2 --json 2>" +
+                                      err);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json job = json::parse(r.output);
   ASSERT_EQ(job["state"], "done");
+  // Not a terminal: a plain progress line per phase, no carriage returns.
+  std::ifstream in(err);
+  const std::string progress((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(progress.find('\r'), std::string::npos) << progress;
+  EXPECT_NE(progress.find("kvtune: profile layer "), std::string::npos) << progress;
+  EXPECT_NE(progress.find("kvtune: generation "), std::string::npos) << progress;
+  EXPECT_NE(progress.find("/90 evaluations"), std::string::npos) << progress;
+  EXPECT_NE(progress.find("; best within budget "), std::string::npos) << progress;
   EXPECT_LE(job["search"]["evaluations"].get<int>(), 90);
   ASSERT_FALSE(job["frontier"].empty());
   for (const json& f : job["frontier"]) EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 5.0);
