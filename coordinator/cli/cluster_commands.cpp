@@ -144,6 +144,18 @@ int coordinator_command(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Polls the job's summary (no results) with a progress line until it finishes.
+static void watch_job(const ClientOptions& client, const std::string& id) {
+  ProgressLine progress(::isatty(2) != 0);
+  while (true) {
+    const json summary = client.call("GET", "/v1/jobs/" + id + "?view=summary");
+    if (job_finished(summary.value("state", ""))) break;
+    progress.update(summary);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  progress.finish();
+}
+
 int submit_command(const std::vector<std::string>& args) {
   ClientOptions client;
   std::string file;
@@ -194,14 +206,7 @@ int submit_command(const std::vector<std::string>& args) {
     return 0;
   }
   // Polls the summary (no results), then reads the whole job once.
-  ProgressLine progress(::isatty(2) != 0);
-  while (true) {
-    const json summary = client.call("GET", "/v1/jobs/" + id + "?view=summary");
-    if (job_finished(summary.value("state", ""))) break;
-    progress.update(summary);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  progress.finish();
+  watch_job(client, id);
   const json job = client.call("GET", "/v1/jobs/" + id);
   if (client.json_output) {
     std::cout << job.dump() << "\n";
@@ -239,9 +244,13 @@ namespace {
 // The job id argument and client options of `status` and `cancel`; false
 // when --help was printed.
 bool parse_job_command(const std::vector<std::string>& args, const char* usage,
-                       ClientOptions& client, std::string& id) {
+                       ClientOptions& client, std::string& id, bool* watch = nullptr) {
   po::options_description opts(usage);
   opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
+  if (watch != nullptr) {
+    opts.add_options()("watch", po::bool_switch(watch),
+                       "show the job's progress until it finishes, then its results");
+  }
   client.add_to(opts);
   po::positional_options_description positional;
   positional.add("id", 1);
@@ -254,7 +263,11 @@ bool parse_job_command(const std::vector<std::string>& args, const char* usage,
 int status_command(const std::vector<std::string>& args) {
   ClientOptions client;
   std::string id;
-  if (!parse_job_command(args, "kvtune status JOB_ID [options]", client, id)) return 0;
+  bool watch = false;
+  if (!parse_job_command(args, "kvtune status JOB_ID [options]", client, id, &watch)) return 0;
+  if (watch) {
+    watch_job(client, id);
+  }
   const json job = client.call("GET", "/v1/jobs/" + id);
   if (client.json_output) {
     std::cout << job.dump() << "\n";

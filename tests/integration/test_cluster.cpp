@@ -401,7 +401,17 @@ TEST_F(Cluster, CliClientSubmitsWaitsAndLists) {
   CommandResult r = run_command(build_path("kvtune") + " submit " + spec + " --wait" + api, true);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("state     done"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("KV2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("KV2 (all layers)"), std::string::npos) << r.output;
+  // status --watch follows a job to its end, then prints it.
+  std::ofstream(spec) << evaluate_spec({"K8V4", "K4V2", "KV4"}).dump();
+  r = run_command(build_path("kvtune") + " submit " + spec + api);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string submitted = r.output.substr(0, r.output.find('\n'));
+  r = run_command(build_path("kvtune") + " status " + submitted + " --watch --json" + api);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json watched = json::parse(r.output);
+  EXPECT_EQ(watched["state"], "done");
+  EXPECT_EQ(watched["results"].size(), 3u);
 
   r = run_command(build_path("kvtune") + " jobs" + api, true);
   ASSERT_EQ(r.exit_code, 0) << r.output;
