@@ -56,7 +56,7 @@ std::vector<FormatInfo> describe_formats() {
       {"kvtuner",
        "KVTuner (per-layer presets; kvtune imports it too)",
        "0:\n  nbits_key: 8\n  nbits_value: 4\n",
-       "integer widths 2/4/8, K and V apart (KVTuner's quantizers take no others)",
+       "integer widths 1/2/3/4/8, K and V apart (not 16: KVTuner has no unquantized layer)",
        "KVTuner's own preset format.",
        {kKvtunerSource, "common/include/kvtune/common/config_file.h"}},
       {"trtllm",
@@ -101,17 +101,16 @@ std::string describe_formats_text() {
 std::string kvtuner_yaml(const std::vector<PrecisionPair>& layers) {
   require_layers(layers, "KVTuner YAML");
   // 16 is not "unquantized" to KVTuner: its vanilla backend clips to int8
-  // codes and corrupts the values, quanto and HQQ reject it; 1 and 3 bits
-  // neither backend of its searches takes.
+  // codes and corrupts the values, quanto and HQQ reject it.
   for (size_t l = 0; l < layers.size(); ++l) {
     for (const bool keys : {true, false}) {
       const KvFormat& f = keys ? layers[l].key : layers[l].value;
       const bool integer = f.kind == KvFormat::Kind::Int || f.kind == KvFormat::Kind::Full;
-      if (!integer || f.bits == 2 || f.bits == 4 || f.bits == 8) continue;  // fp8: below
+      if (!integer || f.bits != 16) continue;  // fp8 and nvfp4: below
       throw Error("KVTuner YAML: layer " + std::to_string(l) + " (" + layers[l].name() + ") has " +
                   f.name() + "-bit " + (keys ? "keys" : "values") +
-                  "; KVTuner's quantizers take 2, 4 or 8 bits (16 is not unquantized there: "
-                  "its vanilla backend clips to int8)");
+                  "; KVTuner has no unquantized layer (its vanilla backend clips 16 bits to "
+                  "int8 codes, quanto and HQQ reject it)");
     }
   }
   try {

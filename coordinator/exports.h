@@ -5,7 +5,7 @@
 // (re-check the cited pull requests before relying on an engine's support):
 //
 // - KVTuner: `{layer: {nbits_key: B, nbits_value: B}}` YAML. Integer widths
-//   2/4/8 only (16 is not unquantized there). Read back with kvtune::parse_layer_config_text
+//   Integer widths only (16 is not unquantized there). Read back with kvtune::parse_layer_config_text
 //   (common/include/kvtune/common/config_file.h), so import needs no code here.
 //
 // - TensorRT-LLM: `KvCacheConfig.dtype` accepts a range string such as
@@ -58,7 +58,7 @@ std::vector<FormatInfo> describe_formats();
 std::string describe_formats_text();
 
 // KVTuner's YAML: `0:\n  nbits_key: 8\n  nbits_value: 4\n...` (wraps
-// kvtune::to_kvtuner_yaml). 2, 4 and 8 bits only: KVTuner has no unquantized
+// kvtune::to_kvtuner_yaml). Integer widths only: KVTuner has no unquantized
 // layer (`nbits_key: 16` is clipped to int8 by its vanilla backend), so KV16
 // layers are refused, named.
 // Source: https://github.com/cmd2001/KVTuner (its per-layer config presets)

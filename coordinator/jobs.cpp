@@ -81,7 +81,7 @@ void Jobs::resume() {
       if (stored.spec.kind == JobSpec::Kind::Search && stored.model) {
         if (auto state = store.get_raw(Store::Area::Search, stored.id)) {
           stored.tasks.clear();
-          stored.done = 0;
+          stored.done = stored.failed = 0;
           search_.resume(stored, state, false);
         }
       }

@@ -57,7 +57,9 @@ struct QuantOptions {
     if (target == "kvtuner") {
       const Scheme setting = Scheme::kvtuner(scheme);
       return Scheme::parse(scheme,
-                           group_size == kUnset ? setting.group_size : std::max(group_size, 0),
+                           group_size == kUnset ? setting.group_size
+                           : group_size == -1   ? 0
+                                                : group_size,
                            residual == kUnset ? setting.residual : residual, zero_point, target);
     }
     const int g = group_size == kUnset ? 32 : group_size;

@@ -112,11 +112,14 @@ int fake_quant_command(const std::vector<std::string>& args) {
   if (target == "kvtuner") {
     const Scheme setting = Scheme::kvtuner(scheme_name);
     scheme = Scheme::parse(scheme_name,
-                           group_size == -1000 ? setting.group_size : std::max(group_size, 0),
+                           group_size == -1000 ? setting.group_size
+                           : group_size == -1  ? 0
+                                               : group_size,
                            residual == -1000 ? setting.residual : residual, zero_point, target);
   } else {
     const int g = group_size == -1000 ? 32 : group_size;
-    scheme = Scheme::parse(scheme_name, g, residual == -1000 ? g : residual, zero_point, target);
+    scheme = Scheme::parse(scheme_name, g, residual == -1000 || residual == 0 ? g : residual,
+                           zero_point, target);
   }
   if (const std::string why = scheme.refusal(format); !why.empty()) throw Error(why);
   if (scale < 0) throw Error("--scale " + std::to_string(scale) + " must be positive");

@@ -18,9 +18,9 @@ void ProgressLine::update(const nlohmann::json& summary) {
   if (first_done_ < 0) first_done_ = done;
   const double seconds = std::chrono::duration<double>(now - start_).count();
   const double rate = seconds > 0.5 ? (done - first_done_) / seconds : 0.0;
-  char text[256];
-  std::snprintf(text, sizeof text, "%s, %d/%d evaluations", phase.c_str(), done, total);
-  std::string line = text;
+  char text[128];
+  std::snprintf(text, sizeof text, ", %d/%d evaluations", done, total);
+  std::string line = phase + text;
   if (rate > 0) {
     std::snprintf(text, sizeof text, ", %.1f/s, ETA %.0f s", rate,
                   total > done ? (total - done) / rate : 0.0);
@@ -30,9 +30,9 @@ void ProgressLine::update(const nlohmann::json& summary) {
     const nlohmann::json& b = p["best"];
     std::string layers = b.value("layers", "");
     if (terminal_ && layers.size() > 40) layers = layers.substr(0, 37) + "...";
-    std::snprintf(text, sizeof text, "; best within budget %s (%.2f bits) KL %.5f", layers.c_str(),
-                  b.value("avg_bits", 0.0), b.value("kl", 0.0));
-    line += text;
+    std::snprintf(text, sizeof text, " (%.2f bits) KL %.5f", b.value("avg_bits", 0.0),
+                  b.value("kl", 0.0));
+    line += "; best within budget " + layers + text;  // layers may be long: not in `text`
   }
   if (terminal_) {
     if (line == last_line_) return;

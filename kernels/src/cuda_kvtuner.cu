@@ -23,7 +23,12 @@ __global__ void kvtuner_fake_kernel(const T* x, T* y, int64_t groups, int64_t gr
       nonfinite |= is_nonfinite(v);
     }
     if (nonfinite) {
+      // Without a flag to check, the group comes back NaN: never silently stale.
       if (nonfinite_flag != nullptr) *nonfinite_flag = 1;
+      for (int64_t i = 0; i < group; ++i) {
+        y[kvtuner_offset(g * group + i, tokens, heads, head_dim, axis)] =
+            from_float<T>(bits_float(0x7fc00000u));
+      }
       continue;
     }
     const KvtunerParams p = kvtuner_params(mn, mx, bits);

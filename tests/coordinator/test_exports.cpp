@@ -37,9 +37,12 @@ TEST(Exports, KvtunerYamlRefusesWidthsKvtunerCannotRunNamingTheLayer) {
   // KV16 is not "unquantized" in KVTuner: its vanilla backend clips to int8.
   std::string msg = error_of([] { kvtuner_yaml(cfg("K8V4,KV2,K4V16")); });
   EXPECT_NE(msg.find("layer 2 (K4V16) has 16-bit values"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("2, 4 or 8 bits"), std::string::npos) << msg;
-  msg = error_of([] { kvtuner_yaml(cfg("KV3,KV2")); });
-  EXPECT_NE(msg.find("layer 0 (KV3) has 3-bit keys"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("KVTuner has no unquantized layer"), std::string::npos) << msg;
+  msg = error_of([] { kvtuner_yaml(cfg("KV16,KV2")); });
+  EXPECT_NE(msg.find("layer 0 (KV16) has 16-bit keys"), std::string::npos) << msg;
+  // Its vanilla and HQQ backends run 3 bits.
+  EXPECT_EQ(kvtuner_yaml(cfg("KV3,KV2")),
+            "0:\n  nbits_key: 3\n  nbits_value: 3\n1:\n  nbits_key: 2\n  nbits_value: 2\n");
 }
 
 TEST(Exports, KvtunerYamlRoundTripsThroughTheImporter) {
