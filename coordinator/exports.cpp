@@ -71,8 +71,8 @@ std::vector<FormatInfo> describe_formats() {
        "kv_cache_per_layer_dtype:\n  0: fp8_e4m3\n  1: bf16\n",
        "KVfp8 (fp8_e4m3), KVnvfp4 (fp4_e2m1), KV16 (bf16)",
        "Proposed in pull request #17530 (closed, not merged); released SGLang takes one "
-       "--kv-cache-dtype. SGLang's fp4_e2m1 uses power-of-two block scales unless "
-       "SGLANG_EXPERIMENTAL_NVFP4 is set.",
+       "--kv-cache-dtype. SGLang's fp4_e2m1 always uses power-of-two (UE8M0) block "
+       "scales, not kvtune's nvfp4 E4M3 ones.",
        {kSglangPr, kSglangDocs}},
       {"hf_quant_config",
        "vLLM, via NVIDIA ModelOpt's hf_quant_config.json in the checkpoint directory",
@@ -169,8 +169,10 @@ std::string sglang_yaml(const std::vector<PrecisionPair>& layers) {
       "# https://github.com/sgl-project/sglang/pull/17530 (not in released SGLang).\n";
   if (has_fp4) {
     out +=
-        "# fp4_e2m1 stands for kvtune's nvfp4; SGLang uses power-of-two block scales for it\n"
-        "# unless SGLANG_EXPERIMENTAL_NVFP4=1, so its accuracy may differ from kvtune's.\n";
+        "# fp4_e2m1 stands for kvtune's nvfp4 only approximately: SGLang's fp4_e2m1 always\n"
+        "# uses power-of-two (UE8M0) block scales (SGLANG_EXPERIMENTAL_NVFP4 only picks\n"
+        "# between two such exponents), kvtune's nvfp4 E4M3 ones. SGLang's main branch also\n"
+        "# has --kv-cache-dtype nvfp4 (E4M3 block scales); its first release is unverified.\n";
   }
   return out + "kv_cache_per_layer_dtype:\n" + body;
 }

@@ -5,8 +5,9 @@
 // (re-check the cited pull requests before relying on an engine's support):
 //
 // - KVTuner: `{layer: {nbits_key: B, nbits_value: B}}` YAML. Integer widths
-//   Integer widths only (16 is not unquantized there). Read back with kvtune::parse_layer_config_text
-//   (common/include/kvtune/common/config_file.h), so import needs no code here.
+//   Integer widths only (16 is not unquantized there). Read back with
+//   kvtune::parse_layer_config_text (common/include/kvtune/common/config_file.h), so import needs
+//   no code here.
 //
 // - TensorRT-LLM: `KvCacheConfig.dtype` accepts a range string such as
 //   "0-3:fp8,4-35:nvfp4" in NVIDIA/TensorRT-LLM pull request #13695 (open when
@@ -17,8 +18,11 @@
 //   `kv_cache_per_layer_dtype: {layer: dtype}` was proposed in sgl-project/sglang
 //   pull request #17530 (closed, not merged); released SGLang has one
 //   `--kv-cache-dtype` per model. Its `fp4_e2m1` cache uses E2M1 values in blocks
-//   of 16 with power-of-two (UE8M0) block scales unless SGLANG_EXPERIMENTAL_NVFP4
-//   is set, so it does not exactly match kvtune's nvfp4 (E4M3 block scales).
+//   of 16 with power-of-two (UE8M0) block scales, always
+//   (SGLANG_EXPERIMENTAL_NVFP4 only chooses between two power-of-two exponents),
+//   so it does not exactly match kvtune's nvfp4 (E4M3 block scales). SGLang's main
+//   branch also has `--kv-cache-dtype nvfp4` (E4M3 block scales, a per-layer
+//   global scale); its first release is unverified.
 //
 // - vLLM: reads per-layer KV formats from NVIDIA ModelOpt's schema-1 checkpoint
 //   metadata (`hf_quant_config.json`: `quantization.kv_cache_quantized_layers`),

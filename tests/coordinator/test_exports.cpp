@@ -102,7 +102,8 @@ TEST(Exports, SglangYamlListsEveryLayer) {
 
 TEST(Exports, SglangYamlNotesTheFp4Caveat) {
   const std::string out = sglang_yaml(cfg("KVfp8,KVnvfp4"));
-  EXPECT_NE(out.find("SGLANG_EXPERIMENTAL_NVFP4"), std::string::npos) << out;
+  EXPECT_NE(out.find("always\n# uses power-of-two (UE8M0) block scales"), std::string::npos) << out;
+  EXPECT_NE(out.find("--kv-cache-dtype nvfp4"), std::string::npos) << out;
   EXPECT_NE(out.find("kv_cache_per_layer_dtype:\n  0: fp8_e4m3\n  1: fp4_e2m1\n"),
             std::string::npos)
       << out;
