@@ -12,6 +12,7 @@
 #include "fingerprint.h"
 #include "kvtune/common/config_file.h"
 #include "kvtune/common/error.h"
+#include "kvtune/common/int_list.h"
 #include "llama.h"
 
 namespace kvtune::worker {
@@ -54,17 +55,8 @@ struct QuantOptions {
   }
   bool has_config() const { return !configs.empty() || !config_file.empty(); }
   Scheme quant_scheme() const {
-    if (target == "kvtuner") {
-      const Scheme setting = Scheme::kvtuner(scheme);
-      return Scheme::parse(scheme,
-                           group_size == kUnset ? setting.group_size
-                           : group_size == -1   ? 0
-                                                : group_size,
-                           residual == kUnset ? setting.residual : residual, zero_point, target);
-    }
-    const int g = group_size == kUnset ? 32 : group_size;
-    return Scheme::parse(scheme, g, residual == kUnset || residual == 0 ? g : residual, zero_point,
-                         target);
+    const auto given = [](int v) { return v == kUnset ? std::nullopt : std::optional<int>(v); };
+    return Scheme::from_options(target, scheme, given(group_size), given(residual), zero_point);
   }
   // Every configuration given, in order.
   std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {
@@ -137,25 +129,9 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 }
 
 std::vector<int64_t> parse_ids(const std::string& text, const char* option) {
-  std::vector<int64_t> ids;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, comma - start);
-    size_t used = 0;
-    int64_t id = -1;
-    try {
-      id = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (item.empty() || used != item.size() || id < 0) {
-      throw Error(std::string(option) + ": '" + item + "' is not a token id");
-    }
-    ids.push_back(id);
-    start = comma + 1;
-  }
-  return ids;
+  return parse_int_list(text, 0, [option](const std::string& item) {
+    return std::string(option) + ": '" + item + "' is not a token id";
+  });
 }
 
 std::string rope_description(const ModelConfig& c) {

@@ -91,6 +91,18 @@ Scheme Scheme::parse(const std::string& name, int group_size, int residual,
   return s;
 }
 
+Scheme Scheme::from_options(const std::string& target, const std::string& name,
+                            std::optional<int> group_size, std::optional<int> residual,
+                            const std::string& zero_point) {
+  if (target == "kvtuner") {
+    const Scheme setting = kvtuner(name);
+    const int g = !group_size ? setting.group_size : *group_size == -1 ? 0 : *group_size;
+    return parse(name, g, residual.value_or(setting.residual), zero_point, target);
+  }
+  const int g = group_size.value_or(32);
+  return parse(name, g, !residual || *residual == 0 ? g : *residual, zero_point, target);
+}
+
 Scheme Scheme::kvtuner(const std::string& name) {
   const bool channel = name == "per-channel-asym";
   return parse_kvtuner(name, channel ? 32 : 0, channel ? 32 : 0, "int");

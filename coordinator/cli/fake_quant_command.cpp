@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "kvtune/common/error.h"
+#include "kvtune/common/int_list.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/scheme.h"
 #include "kvtune/kernels/quant.h"
@@ -22,26 +23,12 @@ namespace po = boost::program_options;
 namespace kk = kvtune::kernels;
 
 kk::CacheShape parse_shape(const std::string& text) {
-  std::vector<int64_t> dims;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string part = text.substr(start, comma - start);
-    size_t used = 0;
-    int64_t value = 0;
-    try {
-      value = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != part.size() || value <= 0) {
-      throw Error("--shape '" + text + "': '" + part + "' is not a positive integer (give T,H,D)");
-    }
-    dims.push_back(value);
-    start = comma + 1;
-  }
-  if (dims.size() != 3)
+  const std::vector<int64_t> dims = parse_int_list(text, 1, [&text](const std::string& part) {
+    return "--shape '" + text + "': '" + part + "' is not a positive integer (give T,H,D)";
+  });
+  if (dims.size() != 3) {
     throw Error("--shape '" + text + "' must be T,H,D (tokens, heads, head_dim)");
+  }
   return {dims[0], dims[1], dims[2]};
 }
 
@@ -81,7 +68,7 @@ std::vector<float> head_scales(const kk::CacheShape& shape, const std::vector<fl
 int fake_quant_command(const std::vector<std::string>& args) {
   std::string format_name, role_name = "key", shape_text, in_path, out_path, target = "kvtune",
                            scheme_name = "per-token-asym", zero_point = "int";
-  int group_size = -1000, residual = -1000;
+  int group_size = 0, residual = 0;
   double scale = 0;
   po::options_description opts(
       "kvtune fake-quant [options]: dequantize(quantize(x)) of one layer's keys or values, as the "
@@ -108,19 +95,11 @@ int fake_quant_command(const std::vector<std::string>& args) {
   const kk::Role role = role_name == "key" ? kk::Role::Key : kk::Role::Value;
   const KvFormat format = KvFormat::parse(format_name);
   const kk::CacheShape shape = parse_shape(shape_text);
-  Scheme scheme;
-  if (target == "kvtuner") {
-    const Scheme setting = Scheme::kvtuner(scheme_name);
-    scheme = Scheme::parse(scheme_name,
-                           group_size == -1000 ? setting.group_size
-                           : group_size == -1  ? 0
-                                               : group_size,
-                           residual == -1000 ? setting.residual : residual, zero_point, target);
-  } else {
-    const int g = group_size == -1000 ? 32 : group_size;
-    scheme = Scheme::parse(scheme_name, g, residual == -1000 || residual == 0 ? g : residual,
-                           zero_point, target);
-  }
+  const auto given = [&vm](const char* option, int v) {
+    return vm.count(option) > 0 ? std::optional<int>(v) : std::nullopt;
+  };
+  const Scheme scheme = Scheme::from_options(target, scheme_name, given("group-size", group_size),
+                                             given("residual", residual), zero_point);
   if (const std::string why = scheme.refusal(format); !why.empty()) throw Error(why);
   if (scale < 0) throw Error("--scale " + std::to_string(scale) + " must be positive");
 

@@ -103,3 +103,25 @@ TEST(Scheme, ParsesAndNamesTheBadOption) {
 
 }  // namespace
 }  // namespace kvtune
+
+namespace kvtune {
+namespace {
+
+TEST(Scheme, FromOptionsFillsEachTargetsDefaults) {
+  EXPECT_EQ(Scheme::from_options("kvtune", "kivi", std::nullopt, std::nullopt, "int").key(),
+            "kivi/G=32/R=32/zp=int");
+  EXPECT_EQ(Scheme::from_options("kvtune", "kivi", 16, 0, "float").key(),
+            "kivi/G=16/R=16/zp=float");
+  EXPECT_EQ(Scheme::from_options("kvtune", "kivi", 16, 64, "int").key(), "kivi/G=16/R=64/zp=int");
+  EXPECT_EQ(
+      Scheme::from_options("kvtuner", "per-channel-asym", std::nullopt, std::nullopt, "int").key(),
+      "kvtuner:per-channel-asym/G=32/R=32");
+  EXPECT_EQ(Scheme::from_options("kvtuner", "per-token-asym", -1, 4, "int").key(),
+            "kvtuner:per-token-asym/G=0/R=4");
+  EXPECT_THROW(Scheme::from_options("kvtuner", "per-token-asym", -7, std::nullopt, "int"), Error);
+  EXPECT_THROW(Scheme::from_options("kvtuner", "kivi", std::nullopt, std::nullopt, "int"), Error);
+  EXPECT_THROW(Scheme::from_options("vllm", "kivi", std::nullopt, std::nullopt, "int"), Error);
+}
+
+}  // namespace
+}  // namespace kvtune

@@ -92,6 +92,47 @@ INSTANTIATE_TEST_SUITE_P(
 
 // --- read rules and prompts ---------------------------------------------------
 
+// A case's model: stories260K or the generated demo model, in float64 so that
+// only quantization, not summation order, could differ.
+Model case_model(const std::string& name) {
+  return to_double(name == "stories" ? load_llama2c(kStoriesModel) : make_demo_model());
+}
+
+// BOS and the reference continuation; for the demo model the ids are spread
+// over its vocabulary.
+std::vector<int64_t> case_tokens(const std::string& model, size_t n, int64_t vocab) {
+  std::vector<int64_t> ids = reference_tokens(n);
+  if (model != "stories") {
+    for (size_t i = 1; i < ids.size(); ++i) ids[i] = (ids[i] * 7 + 3) % vocab;
+  }
+  return ids;
+}
+
+// Logits [T, V] of one teacher-forced pass through the emulated attention.
+torch::Tensor one_pass_logits(const Evaluator& ev, const std::vector<int64_t>& ids,
+                              const LayerQuantizers& qs, const ReadPlan& plan) {
+  const AttentionFn emulate = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v) {
+    return quantized_attention(q, k, v, qs[static_cast<size_t>(l)].first,
+                               qs[static_cast<size_t>(l)].second, plan);
+  };
+  return ev.transformer().forward(torch::tensor(ids, torch::kInt64).unsqueeze(0), emulate)[0];
+}
+
+// Logits [T, V] of the literal decode through `cache`: the prompt prefilled
+// in one step, then one token at a time.
+torch::Tensor decode_logits(const Evaluator& ev, const std::vector<int64_t>& ids, int64_t prompt,
+                            KvCache& cache) {
+  std::vector<torch::Tensor> rows;
+  if (prompt > 0)
+    rows.push_back(ev.transformer().extend({ids.begin(), ids.begin() + prompt}, cache));
+  for (size_t i = static_cast<size_t>(prompt); i < ids.size(); ++i) {
+    rows.push_back(ev.transformer().step(ids[i], cache).unsqueeze(0));
+  }
+  EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
+  return torch::cat(rows);
+}
+
 struct ReadCase {
   std::string model;  // "stories" or "demo" (the generated built-in model)
   std::string scheme;
@@ -111,38 +152,19 @@ class ReadRuleVsDecode : public ::testing::TestWithParam<ReadCase> {};
 TEST_P(ReadRuleVsDecode, OnePassEqualsPrefillThenTokenByTokenDecode) {
   const ReadCase& p = GetParam();
   if (p.model == "stories") SKIP_WITHOUT_SHARED();
-  const Model model =
-      to_double(p.model == "stories" ? load_llama2c(kStoriesModel) : make_demo_model());
-  std::vector<int64_t> ids = reference_tokens(75);
-  if (p.model != "stories") {
-    for (size_t i = 1; i < ids.size(); ++i) ids[i] = (ids[i] * 7 + 3) % model.config.vocab_size;
-  }
+  const Model model = case_model(p.model);
+  const std::vector<int64_t> ids = case_tokens(p.model, 75, model.config.vocab_size);
   Evaluator ev(model, {ids});
   const Scheme scheme = Scheme::parse(p.scheme, 8, 16, "int");
   const ReadPlan plan{p.prompt, ReadRule::parse(p.rule)};
   const auto qs =
       ev.quantizers(parse_layer_config(p.layers, static_cast<int>(model.config.n_layers)), scheme);
-
-  const AttentionFn emulate = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
-                                  const torch::Tensor& v) {
-    return quantized_attention(q, k, v, qs[static_cast<size_t>(l)].first,
-                               qs[static_cast<size_t>(l)].second, plan);
-  };
-  const torch::Tensor tokens = torch::tensor(ids, torch::kInt64).unsqueeze(0);
-  const torch::Tensor one_pass = ev.transformer().forward(tokens, emulate)[0];
-  const torch::Tensor fp_pass = ev.transformer().forward(tokens)[0];
-
+  const torch::Tensor one_pass = one_pass_logits(ev, ids, qs, plan);
+  const torch::Tensor fp_pass =
+      ev.transformer().forward(torch::tensor(ids, torch::kInt64).unsqueeze(0))[0];
   QuantizedKvCache cache(qs, plan);
-  std::vector<torch::Tensor> rows;
-  if (p.prompt > 0) {
-    rows.push_back(ev.transformer().extend({ids.begin(), ids.begin() + p.prompt}, cache));
-  }
-  for (size_t i = static_cast<size_t>(p.prompt); i < ids.size(); ++i) {
-    rows.push_back(ev.transformer().step(ids[i], cache).unsqueeze(0));
-  }
-  const torch::Tensor literal = torch::cat(rows);
+  const torch::Tensor literal = decode_logits(ev, ids, p.prompt, cache);
   EXPECT_LT((literal - one_pass).abs().max().item<double>(), 1e-5);
-  EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
   // The quantization shows in the continuation; a fresh prompt reads nothing quantized.
   EXPECT_GT((literal - fp_pass).slice(0, p.prompt).abs().max().item<double>(), 1e-3);
   if (p.prompt > 0) {
@@ -345,6 +367,12 @@ TEST(KvtunerQuantizer, KernelEqualsVanillaQuantizerOps) {
   }
 }
 
+// kvtune's idealized scheme that a KVTuner setting corresponds to.
+Scheme idealized_scheme(const std::string& kvtuner_setting) {
+  return kvtuner_setting == "per-token-asym" ? Scheme::parse("per-token-asym", 32, 32, "int")
+                                             : Scheme::parse("kivi", 32, 32, "int");
+}
+
 struct KvtunerCase {
   std::string model;  // "stories" or "demo"
   KvtunerSetting setting;
@@ -364,59 +392,29 @@ class KvtunerVsLiteral : public ::testing::TestWithParam<KvtunerCase> {};
 TEST_P(KvtunerVsLiteral, OnePassEqualsKvtunersOwnCacheDecoding) {
   const KvtunerCase& p = GetParam();
   if (p.model == "stories") SKIP_WITHOUT_SHARED();
-  const Model model =
-      to_double(p.model == "stories" ? load_llama2c(kStoriesModel) : make_demo_model());
-  std::vector<int64_t> ids = reference_tokens(140);
-  if (p.model != "stories") {
-    for (size_t i = 1; i < ids.size(); ++i) ids[i] = (ids[i] * 7 + 3) % model.config.vocab_size;
-  }
+  const Model model = case_model(p.model);
+  const std::vector<int64_t> ids = case_tokens(p.model, 140, model.config.vocab_size);
   Evaluator ev(model, {ids});
   const auto layers = parse_layer_config(p.layers, static_cast<int>(model.config.n_layers));
-  const Scheme scheme = Scheme::kvtuner(p.setting.name);
   const ReadPlan plan{p.prompt, ReadRule{}};
-  const auto qs = ev.quantizers(layers, scheme);
-  const AttentionFn emulate = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
-                                  const torch::Tensor& v) {
-    return quantized_attention(q, k, v, qs[static_cast<size_t>(l)].first,
-                               qs[static_cast<size_t>(l)].second, plan);
-  };
-  const torch::Tensor tokens = torch::tensor(ids, torch::kInt64).unsqueeze(0);
-  const torch::Tensor one_pass = ev.transformer().forward(tokens, emulate)[0];
-
-  const auto decode = [&](KvCache& cache) {
-    std::vector<torch::Tensor> rows;
-    if (p.prompt > 0) {
-      rows.push_back(ev.transformer().extend({ids.begin(), ids.begin() + p.prompt}, cache));
-    }
-    for (size_t i = static_cast<size_t>(p.prompt); i < ids.size(); ++i) {
-      rows.push_back(ev.transformer().step(ids[i], cache).unsqueeze(0));
-    }
-    EXPECT_EQ(cache.length(), static_cast<int64_t>(ids.size()));
-    return torch::cat(rows);
-  };
+  const auto qs = ev.quantizers(layers, Scheme::kvtuner(p.setting.name));
+  const torch::Tensor one_pass = one_pass_logits(ev, ids, qs, plan);
   LiteralKvtunerCache literal_cache(layers, p.setting);
-  const torch::Tensor literal = decode(literal_cache);
+  const torch::Tensor literal = decode_logits(ev, ids, p.prompt, literal_cache);
   QuantizedKvCache product_cache(qs, plan);
-  const torch::Tensor product = decode(product_cache);
+  const torch::Tensor product = decode_logits(ev, ids, p.prompt, product_cache);
   EXPECT_LT((literal - one_pass).abs().max().item<double>(), 1e-5);
   EXPECT_LT((literal - product).abs().max().item<double>(), 1e-5);
 
   // The prompt reads itself fresh; the continuation is perturbed, and not as
   // kvtune's idealized scheme of the same name perturbs it.
-  const torch::Tensor fp_pass = ev.transformer().forward(tokens)[0];
+  const torch::Tensor fp_pass =
+      ev.transformer().forward(torch::tensor(ids, torch::kInt64).unsqueeze(0))[0];
   const int64_t t0 = std::max<int64_t>(p.prompt, 1);
   EXPECT_LT((literal - fp_pass).slice(0, 0, t0).abs().max().item<double>(), 1e-9);
   EXPECT_GT((literal - fp_pass).slice(0, t0).abs().max().item<double>(), 1e-3);
-  const Scheme idealized = p.setting.name == "per-token-asym"
-                               ? Scheme::parse("per-token-asym", 32, 32, "int")
-                               : Scheme::parse("kivi", 32, 32, "int");
-  const auto iq = ev.quantizers(layers, idealized);
-  const AttentionFn ideal = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
-                                const torch::Tensor& v) {
-    return quantized_attention(q, k, v, iq[static_cast<size_t>(l)].first,
-                               iq[static_cast<size_t>(l)].second, plan);
-  };
-  EXPECT_GT((ev.transformer().forward(tokens, ideal)[0] - one_pass).abs().max().item<double>(),
+  const auto idealized = ev.quantizers(layers, idealized_scheme(p.setting.name));
+  EXPECT_GT((one_pass_logits(ev, ids, idealized, plan) - one_pass).abs().max().item<double>(),
             1e-4);
 }
 
@@ -592,10 +590,7 @@ TEST_F(Stories, KvtunerTargetReportsContinuationKlAndDiffersFromTheIdealizedSche
     EXPECT_NE(m.kl_all, m.kl);
     EXPECT_NEAR(m.kl_all, m.kl * (257.0 - 128.0) / 257.0, 1e-5);
     // Re-quantization and bf16 arithmetic are not kvtune's idealized cache.
-    const Scheme idealized = setting == "per-token-asym"
-                                 ? Scheme::parse("per-token-asym", 32, 32, "int")
-                                 : Scheme::parse("kivi", 32, 32, "int");
-    EXPECT_NE(prompted.evaluate(layers, idealized).kl, m.kl);
+    EXPECT_NE(prompted.evaluate(layers, idealized_scheme(setting)).kl, m.kl);
   }
   // KVTuner's bf16 KV8 is measurably coarser than exact 8-bit integers.
   const Metrics kv8 = evaluator_->evaluate(config("KV8"), Scheme::kvtuner("per-token-asym"));

@@ -2,6 +2,7 @@
 // emulated (the target) and how its integer formats group values and code them.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "kvtune/common/precision.h"
@@ -42,6 +43,12 @@ struct Scheme {
   // Validates names and sizes; throws kvtune::Error naming the option.
   static Scheme parse(const std::string& name, int group_size, int residual,
                       const std::string& zero_point, const std::string& target = "kvtune");
+  // As the command lines take it: sizes left out get the target's defaults
+  // (kvtune: G 32, R = G, and R 0 also means G; kvtuner: its setting's, and
+  // group size -1 means head_dim, as in KVTuner).
+  static Scheme from_options(const std::string& target, const std::string& name,
+                             std::optional<int> group_size, std::optional<int> residual,
+                             const std::string& zero_point);
   // KVTuner's setting of that name as its search runs it (search_optuna_*.py):
   // per-token-asym R 0, q_group_size -1; per-channel-asym R 32, q_group_size 32.
   static Scheme kvtuner(const std::string& name);
