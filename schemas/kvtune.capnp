@@ -15,9 +15,12 @@ struct KvFormat {
     fp8 @1;
     nvfp4 @2;
     full @3;
+    engine @4;
   }
   kind @0 :Kind = full;
   bits @1 :UInt8 = 16;
+  # kind engine: the engine dtype's name, e.g. "vllm:fp8" (engine_dtype.h).
+  engineDtype @2 :Text;
 }
 
 # Where a query reads a token from (ENGINES.md, "Read rules").
@@ -47,6 +50,14 @@ struct Scheme {
   # The kvtuner target: KVTuner's own cache (grouping kivi is its
   # per-channel-asym setting; groupSize 0 is head_dim, residual may be 0).
   kvtuner @4 :Bool;
+  # Where engine dtypes' per-layer scales come from (engine_dtype.h KvScales).
+  kvScales @5 :KvScales;
+}
+
+enum KvScales {
+  one @0;
+  calculated @1;
+  calibrated @2;
 }
 
 # The canonical inputs of one evaluation; its canonical encoding is hashed

@@ -32,6 +32,7 @@ struct QuantOptions {
   int residual = kUnset;
   static constexpr int kUnset = -1000;
   std::string zero_point = "int";
+  std::string kv_scales = "one";
   std::vector<std::string> configs;
   std::string config_file;
 
@@ -49,6 +50,9 @@ struct QuantOptions {
                       "residual_length (default its setting's)")(
         "zero-point", po::value(&zero_point)->default_value(zero_point),
         "int (KVTuner) or float (KIVI)")(
+        "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
+        "engine dtypes' per-layer k/v scales: one, calculated (vLLM --calculate-kv-scales) or "
+        "calibrated (a calibrated checkpoint: amax / 448, nvfp4 amax / 2688)")(
         "config", po::value(&configs)->composing(),
         "one pair for all layers, or one per layer: K8V4,KV4,... (repeatable: each is evaluated)")(
         "config-file", po::value(&config_file), "KVTuner YAML or JSON layer config");
@@ -56,7 +60,9 @@ struct QuantOptions {
   bool has_config() const { return !configs.empty() || !config_file.empty(); }
   Scheme quant_scheme() const {
     const auto given = [](int v) { return v == kUnset ? std::nullopt : std::optional<int>(v); };
-    return Scheme::from_options(target, scheme, given(group_size), given(residual), zero_point);
+    Scheme s = Scheme::from_options(target, scheme, given(group_size), given(residual), zero_point);
+    s.kv_scales = parse_kv_scales(kv_scales);
+    return s;
   }
   // Every configuration given, in order.
   std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {
@@ -298,7 +304,8 @@ static int generate_command_impl(const std::vector<std::string>& args) {
       "prompt-ids", po::value(&prompt)->default_value("1"), "comma-separated prompt token ids")(
       "steps", po::value(&steps)->default_value(64), "tokens to generate")(
       "data", po::value(&data_spec)->default_value("sample:4:64:0"),
-      "calibration data for fp8/nvfp4 static scales")("json", "print one JSON object");
+      "calibration data for fp8/nvfp4 static scales (and engine dtypes' calibrated ones)")(
+      "json", "print one JSON object");
   quant.add_to(opts);
   RuntimeOptions runtime;
   runtime.add_to(opts);
@@ -317,7 +324,8 @@ static int generate_command_impl(const std::vector<std::string>& args) {
     // Static fp8/nvfp4 scales come from calibration data, as in an evaluation.
     const bool needs_scales = std::any_of(layers.begin(), layers.end(), [](const PrecisionPair& p) {
       return p.key.kind == KvFormat::Kind::Fp8 || p.key.kind == KvFormat::Kind::Nvfp4 ||
-             p.value.kind == KvFormat::Kind::Fp8 || p.value.kind == KvFormat::Kind::Nvfp4;
+             p.key.kind == KvFormat::Kind::Engine || p.value.kind == KvFormat::Kind::Fp8 ||
+             p.value.kind == KvFormat::Kind::Nvfp4 || p.value.kind == KvFormat::Kind::Engine;
     });
     KvAmax amax = KvAmax::zeros(model.config);
     if (needs_scales) {

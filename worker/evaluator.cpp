@@ -1,5 +1,6 @@
 #include "evaluator.h"
 
+#include <algorithm>
 #include <cmath>
 
 #if defined(KVTUNE_TORCH_CUDA)
@@ -15,12 +16,34 @@ namespace kk = kvtune::kernels;
 // TensorQuantizer
 
 TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const Scheme& scheme,
-                                 std::vector<float> head_amax)
-    : format_(format), role_(role), scheme_(scheme) {
+                                 std::vector<float> head_amax, int layer)
+    : format_(format), role_(role), scheme_(scheme), layer_(layer) {
+  float layer_amax = 0.0f;
   for (float a : head_amax) {
     head_scales_.push_back(format.kind == KvFormat::Kind::Nvfp4 ? kk::nvfp4_head_scale(a)
                                                                 : kk::fp8_head_scale(a));
+    layer_amax = std::max(layer_amax, a);
   }
+  if (format.kind == KvFormat::Kind::Engine) {
+    engine_spec_ = scheme.engine_spec(format, role, layer_amax);
+  }
+}
+
+void TensorQuantizer::check_engine_overflow(int64_t overflow, const torch::Tensor& x) const {
+  if (overflow == 0) return;
+  const EngineDtype& d = format_.engine_dtype();
+  const bool e4m3 = d.arith == kk::EngineArith::E4m3Cast;
+  const float amax = x.abs().max().item<float>();
+  const std::string tensor = (layer_ >= 0 ? "layer " + std::to_string(layer_) + " " : "") +
+                             (role_ == kk::Role::Key ? "keys" : "values");
+  throw Error(
+      tensor + " in " + format_.name() + " at " +
+      (role_ == kk::Role::Key ? "k_scale " : "v_scale ") + std::to_string(engine_spec_.scale) +
+      ": " + std::to_string(overflow) + " values with |x / scale| " +
+      (e4m3 ? "> 464" : ">= 61440") + " (max |x| " + std::to_string(amax) + ") become " +
+      (e4m3 ? "NaN" : "inf") + " in " + std::string(d.engine) +
+      "'s cache, whose fp8 cast does not saturate; a scale of at least " +
+      std::to_string(amax / (e4m3 ? 448.0f : 57344.0f)) + " fits them (kv_scales calibrated)");
 }
 
 kk::IntSpec TensorQuantizer::int_spec() const {
@@ -118,6 +141,11 @@ torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
     case KvFormat::Kind::Nvfp4:
       kk::cpu::fake_quant_nvfp4(shape, dtype, in.data_ptr(), head_scales_.data(), out.data_ptr());
       break;
+    case KvFormat::Kind::Engine:
+      check_engine_overflow(
+          kk::cpu::fake_quant_engine(engine_spec_, shape, dtype, in.data_ptr(), out.data_ptr()),
+          in);
+      break;
     case KvFormat::Kind::Full:
       break;
   }
@@ -137,6 +165,18 @@ void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor& ou
   }
   if (format_.kind == KvFormat::Kind::Int) {
     kk::cuda::fake_quant_int(int_spec(), shape, dtype, in.data_ptr(), out.data_ptr(), stream);
+    return;
+  }
+  if (format_.kind == KvFormat::Kind::Engine) {
+    // [0] non-finite inputs, [1] values the engine stores as NaN or inf.
+    torch::Tensor counts = torch::zeros({2}, in.options().dtype(torch::kInt64));
+    kk::cuda::fake_quant_engine(engine_spec_, shape, dtype, in.data_ptr(), out.data_ptr(), stream,
+                                reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()));
+    const torch::Tensor host = counts.cpu();
+    if (host[0].item<int64_t>() > 0) {
+      throw Error("KV tensor " + shape.str() + " holds NaN or inf (non-finite model activations)");
+    }
+    check_engine_overflow(host[1].item<int64_t>(), in);
     return;
   }
   const torch::Tensor scales = torch::tensor(head_scales_).to(in.device());
@@ -159,7 +199,8 @@ torch::Tensor TensorQuantizer::quantize_dequantize(const torch::Tensor& x) const
   if (!active()) return x;
   // KVTuner's cache stores int8 codes with bf16 scales and zero points and
   // reads them back with the same arithmetic: its round trip is fake_quant.
-  if (requantizes()) return fake_quant(x);
+  // Engine dtypes are emulated value for value (engine_math.h).
+  if (requantizes() || format_.kind == KvFormat::Kind::Engine) return fake_quant(x);
   // The decoding cache quantizes a window at a time; on a GPU it round-trips
   // through the CPU reference, which gives the same codes.
   if (!x.device().is_cpu()) return quantize_dequantize(x.cpu()).to(x.device());
@@ -201,6 +242,8 @@ double TensorQuantizer::storage_bits(int64_t tokens, int64_t kv_heads, int64_t h
       return kk::fp8_storage_bits(shape);
     case KvFormat::Kind::Nvfp4:
       return kk::nvfp4_storage_bits(shape);
+    case KvFormat::Kind::Engine:
+      return kk::engine_storage_bits(engine_spec_, shape);
     case KvFormat::Kind::Full:
       break;
   }
@@ -402,8 +445,19 @@ LayerQuantizers make_quantizers(const ModelConfig& c, const std::vector<Precisio
         layers[l].value.kind == KvFormat::Kind::Nvfp4) {
       kk::nvfp4_block(c.head_dim);  // throws when head_dim does not fit NVFP4 blocks
     }
-    out.emplace_back(TensorQuantizer(layers[l].key, kk::Role::Key, scheme, amax.keys[l]),
-                     TensorQuantizer(layers[l].value, kk::Role::Value, scheme, amax.values[l]));
+    const int layer = static_cast<int>(l);
+    TensorQuantizer keys(layers[l].key, kk::Role::Key, scheme, amax.keys[l], layer);
+    TensorQuantizer values(layers[l].value, kk::Role::Value, scheme, amax.values[l], layer);
+    for (const KvFormat& f : {layers[l].key, layers[l].value}) {
+      if (f.kind != KvFormat::Kind::Engine) continue;
+      try {  // the engine's shape rules (nvfp4 and fp4 blocks)
+        kk::validate_engine(scheme.engine_spec(f, kk::Role::Key, 1.0f),
+                            {1, c.n_kv_heads, c.head_dim});
+      } catch (const std::invalid_argument& e) {
+        throw Error("layer " + std::to_string(l) + " (" + layers[l].name() + "): " + e.what());
+      }
+    }
+    out.emplace_back(std::move(keys), std::move(values));
   }
   return out;
 }

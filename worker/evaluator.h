@@ -32,8 +32,9 @@ struct ReadPlan {
 // (requantizes(): the cache is re-quantized whole at every flush).
 class TensorQuantizer {
  public:
+  // `layer` only names the tensor in errors (-1: unknown).
   TensorQuantizer(KvFormat format, kernels::Role role, const Scheme& scheme,
-                  std::vector<float> head_amax);
+                  std::vector<float> head_amax, int layer = -1);
 
   bool active() const { return format_.kind != KvFormat::Kind::Full; }
   // The kvtuner target: KVTuner's cache, which re-quantizes at each flush.
@@ -54,7 +55,8 @@ class TensorQuantizer {
   int64_t full_precision_window() const;
   // Fake-quantizes one sequence's x [tokens, kv_heads, head_dim] in one pass.
   torch::Tensor fake_quant(const torch::Tensor& x) const;
-  // Quantizes x to codes and dequantizes them (the real cache's path).
+  // Quantizes x to codes and dequantizes them (the real cache's path; engine
+  // dtypes are emulated value for value, without codes: fake_quant).
   torch::Tensor quantize_dequantize(const torch::Tensor& x) const;
   // Storage bits per element for a cache of `tokens` tokens.
   double storage_bits(int64_t tokens, int64_t kv_heads, int64_t head_dim) const;
@@ -63,10 +65,15 @@ class TensorQuantizer {
   kernels::IntSpec int_spec() const;
   kernels::KvtunerSpec kvtuner_spec() const;
   void fake_quant_cuda(const torch::Tensor& in, torch::Tensor& out) const;
+  // Engine dtypes: throws naming the tensor when the engine's cache would
+  // hold NaN or inf for `overflow` of x's values.
+  void check_engine_overflow(int64_t overflow, const torch::Tensor& x) const;
   KvFormat format_;
   kernels::Role role_;
   Scheme scheme_;
   std::vector<float> head_scales_;
+  kernels::EngineSpec engine_spec_;  // engine dtypes
+  int layer_ = -1;
 };
 
 // One (keys, values) quantizer per layer of a model.

@@ -313,8 +313,8 @@ JobSpec JobSpec::parse(const json& spec) {
       [](const std::string& t) { return escape_utf8(t); }, errors);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
   r.only(spec,
-         {"kind", "name", "model", "data", "seq_len", "target", "scheme", "prompt_tokens", "read",
-          "metric", "configs", "candidates", "search"},
+         {"kind", "name", "model", "data", "seq_len", "target", "scheme", "kv_scales",
+          "prompt_tokens", "read", "metric", "configs", "candidates", "search"},
          "");
 
   if (auto kind = r.string(spec, "kind", "kind", true)) {
@@ -352,6 +352,13 @@ JobSpec JobSpec::parse(const json& spec) {
     }
   }
   if (spec.contains("scheme")) read_scheme(spec.at("scheme"), r, out.scheme);
+  if (auto scales = r.string(spec, "kv_scales", "kv_scales", false)) {
+    try {
+      out.scheme.kv_scales = parse_kv_scales(*scales);
+    } catch (const Error& e) {
+      r.fail("kv_scales", e.what());
+    }
+  }
   if (auto t0 = r.integer(spec, "prompt_tokens", "prompt_tokens", 0, 1 << 20)) {
     out.prompt_tokens = *t0;
   }
@@ -451,6 +458,7 @@ json JobSpec::to_json() const {
               {"metric", metric},
               {"candidates", candidate_names}};
   if (!name.empty()) out["name"] = name;
+  if (scheme.kv_scales != KvScales::One) out["kv_scales"] = kv_scales_name(scheme.kv_scales);
   if (kind == Kind::Evaluate) out["configs"] = configs;
   if (kind == Kind::Search) out["search"] = search;
   return out;

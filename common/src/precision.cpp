@@ -2,6 +2,7 @@
 
 #include <charconv>
 
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
 
 namespace kvtune {
@@ -22,8 +23,28 @@ KvFormat KvFormat::integer(int bits) {
   return {Kind::Int, bits};
 }
 
+KvFormat KvFormat::of(const EngineDtype& dtype) {
+  const auto all = engine_dtypes();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i].name == dtype.name) return {Kind::Engine, dtype.bits, static_cast<int>(i)};
+  }
+  throw Error("unknown engine dtype " + quoted(dtype.name));
+}
+
+const EngineDtype& KvFormat::engine_dtype() const {
+  const auto all = engine_dtypes();
+  if (kind != Kind::Engine || engine < 0 || static_cast<size_t>(engine) >= all.size()) {
+    throw Error("KV format " + name() + " is not an engine dtype");
+  }
+  return all[static_cast<size_t>(engine)];
+}
+
 std::string KvFormat::name() const {
   switch (kind) {
+    case Kind::Engine:
+      return engine >= 0 && static_cast<size_t>(engine) < engine_dtypes().size()
+                 ? std::string(engine_dtypes()[static_cast<size_t>(engine)].name)
+                 : "engine?";
     case Kind::Fp8:
       return "fp8";
     case Kind::Nvfp4:
@@ -39,10 +60,15 @@ std::string KvFormat::name() const {
 KvFormat KvFormat::parse(std::string_view text) {
   if (text == "fp8") return fp8();
   if (text == "nvfp4") return nvfp4();
+  if (text.find(':') != std::string_view::npos) {
+    if (const EngineDtype* d = find_engine_dtype(text)) return of(*d);
+    throw Error("KV format " + quoted(text) + " is not an engine dtype: " + engine_dtype_names());
+  }
   int bits = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), bits);
   if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
-    throw Error("KV format " + quoted(text) + " is not one of 1, 2, 3, 4, 8, 16, fp8, nvfp4");
+    throw Error("KV format " + quoted(text) +
+                " is not one of 1, 2, 3, 4, 8, 16, fp8, nvfp4 or an engine dtype such as vllm:fp8");
   }
   try {
     return integer(bits);

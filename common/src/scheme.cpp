@@ -21,14 +21,16 @@ std::string Scheme::label() const {
 }
 
 std::string Scheme::key() const {
+  const std::string scales =
+      kv_scales == KvScales::One ? "" : "/kv_scales=" + std::string(kv_scales_name(kv_scales));
   if (target == Target::Kvtuner) {
-    return label() + "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
+    return label() + "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual) + scales;
   }
   std::string k = name();
   if (grouping == kk::Grouping::Kivi) {
     k += "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual);
   }
-  return k + (zero_point == kk::ZeroPoint::Int ? "/zp=int" : "/zp=float");
+  return k + (zero_point == kk::ZeroPoint::Int ? "/zp=int" : "/zp=float") + scales;
 }
 
 namespace {
@@ -120,6 +122,20 @@ kk::IntSpec Scheme::int_spec(kk::Role role, int bits) const {
 }
 
 std::string Scheme::refusal(const KvFormat& format) const {
+  if (format.kind == KvFormat::Kind::Engine) {
+    const EngineDtype& d = format.engine_dtype();
+    if (target == Target::Kvtuner) {
+      return "format " + format.name() + " is " + std::string(d.engine) +
+             "'s, not KVTuner's: the kvtuner target takes 2, 4 or 8 bits, or 16 (unquantized)";
+    }
+    if (kv_scales == KvScales::Calculated && d.engine != "vllm" &&
+        d.scale == EngineDtype::Scale::Layer) {
+      return "format " + format.name() + ": kv_scales 'calculated' is vLLM's " +
+             "--calculate-kv-scales, which " + std::string(d.engine) +
+             " does not have (use one or calibrated)";
+    }
+    return "";
+  }
   if (target != Target::Kvtuner || format.kind == KvFormat::Kind::Full) return "";
   if (format.kind == KvFormat::Kind::Int &&
       (format.bits == 2 || format.bits == 4 || format.bits == 8)) {
@@ -127,6 +143,11 @@ std::string Scheme::refusal(const KvFormat& format) const {
   }
   return "format " + format.name() +
          " is not KVTuner's: the kvtuner target takes 2, 4 or 8 bits, or 16 (unquantized)";
+}
+
+kk::EngineSpec Scheme::engine_spec(const KvFormat& format, kk::Role role, float amax) const {
+  const EngineDtype& d = format.engine_dtype();
+  return {d.arith, engine_layer_scale(d, kv_scales, role == kk::Role::Key, amax)};
 }
 
 kk::KvtunerSpec Scheme::kvtuner_spec(kk::Role role, int bits) const {

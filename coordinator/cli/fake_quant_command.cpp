@@ -1,7 +1,9 @@
 // `kvtune fake-quant`: the values the emulated cache holds for one layer's
 // keys or values under one format, from a raw float32 tensor, for debugging a
 // format against an engine or a hand computation.
+#include <algorithm>
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,10 +12,12 @@
 #include <vector>
 
 #include "commands.h"
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/int_list.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/scheme.h"
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::cli {
@@ -63,25 +67,36 @@ std::vector<float> head_scales(const kk::CacheShape& shape, const std::vector<fl
   return amax;
 }
 
+float max_abs(const std::vector<float>& x) {
+  float m = 0.0f;
+  for (float v : x) m = std::max(m, std::fabs(v));
+  return m;
+}
+
 }  // namespace
 
 int fake_quant_command(const std::vector<std::string>& args) {
   std::string format_name, role_name = "key", shape_text, in_path, out_path, target = "kvtune",
-                           scheme_name = "per-token-asym", zero_point = "int";
+                           scheme_name = "per-token-asym", zero_point = "int", kv_scales = "one";
   int group_size = 0, residual = 0;
   double scale = 0;
   po::options_description opts(
       "kvtune fake-quant [options]: dequantize(quantize(x)) of one layer's keys or values, as the "
       "emulated cache holds them");
-  opts.add_options()("help,h", "show this help")("format", po::value(&format_name)->required(),
-                                                 "KV format: 1, 2, 3, 4, 8, fp8, nvfp4, 16")(
-      "role", po::value(&role_name)->default_value(role_name), "key or value")(
-      "shape", po::value(&shape_text)->required(), "T,H,D: tokens, KV heads, head_dim")(
+  opts.add_options()("help,h", "show this help")(
+      "format", po::value(&format_name)->required(),
+      "KV format: 1, 2, 3, 4, 8, fp8, nvfp4, 16, or an engine dtype (vllm:fp8, sglang:fp4_e2m1, "
+      "... see kvtune formats)")("role", po::value(&role_name)->default_value(role_name),
+                                 "key or value")("shape", po::value(&shape_text)->required(),
+                                                 "T,H,D: tokens, KV heads, head_dim")(
       "in", po::value(&in_path)->required(), "raw little-endian float32, row-major [T, H, D]")(
       "out", po::value(&out_path)->required(), "where to write the result, same layout")(
       "scale", po::value(&scale)->default_value(0),
-      "fp8/nvfp4: one scale for every head (a per-layer scalar); default each head's amax-based")(
-      "target", po::value(&target)->default_value(target), "kvtune or kvtuner")(
+      "fp8/nvfp4: one scale for every head (a per-layer scalar); default each head's amax-based. "
+      "Engine dtypes with a per-layer scale: its k_scale/v_scale (default --kv-scales)")(
+      "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
+      "engine dtypes without --scale: one (1.0), or calculated / calibrated from this tensor's "
+      "amax")("target", po::value(&target)->default_value(target), "kvtune or kvtuner")(
       "scheme", po::value(&scheme_name)->default_value(scheme_name),
       "integer scheme: per-token-asym or kivi; kvtuner: per-token-asym or per-channel-asym")(
       "group-size", po::value(&group_size), "kivi G (default 32); kvtuner: its setting's")(
@@ -98,10 +113,18 @@ int fake_quant_command(const std::vector<std::string>& args) {
   const auto given = [&vm](const char* option, int v) {
     return vm.count(option) > 0 ? std::optional<int>(v) : std::nullopt;
   };
-  const Scheme scheme = Scheme::from_options(target, scheme_name, given("group-size", group_size),
-                                             given("residual", residual), zero_point);
+  Scheme scheme = Scheme::from_options(target, scheme_name, given("group-size", group_size),
+                                       given("residual", residual), zero_point);
+  scheme.kv_scales = parse_kv_scales(kv_scales);
   if (const std::string why = scheme.refusal(format); !why.empty()) throw Error(why);
   if (scale < 0) throw Error("--scale " + std::to_string(scale) + " must be positive");
+  if (format.kind == KvFormat::Kind::Engine && vm.count("scale") > 0 && !vm["scale"].defaulted() &&
+      format.engine_dtype().scale != EngineDtype::Scale::Layer) {
+    throw Error("--scale: " + format.name() +
+                (format.engine_dtype().scale == EngineDtype::Scale::AlwaysOne
+                     ? " always applies a scale of 1.0 (the checkpoint's is ignored)"
+                     : " takes no per-layer scale (its scales are per token or per block)"));
+  }
 
   const std::vector<float> x = read_floats(in_path, shape);
   std::vector<float> y = x;
@@ -123,6 +146,17 @@ int fake_quant_command(const std::vector<std::string>& args) {
     case KvFormat::Kind::Nvfp4:
       kk::cpu::fake_quant_nvfp4(shape, kk::DType::F32, x.data(), scales.data(), y.data());
       break;
+    case KvFormat::Kind::Engine: {
+      kk::EngineSpec spec = scheme.engine_spec(format, role, max_abs(x));
+      if (scale > 0) spec.scale = static_cast<float>(scale);
+      const int64_t overflow =
+          kk::cpu::fake_quant_engine(spec, shape, kk::DType::F32, x.data(), y.data());
+      if (overflow > 0) {  // written as the engine's cache holds them
+        std::cerr << "kvtune fake-quant: " << overflow << " values overflow " << format.name()
+                  << " at scale " << spec.scale << " and are NaN or inf in " << out_path << "\n";
+      }
+      break;
+    }
     case KvFormat::Kind::Full:
       break;
   }

@@ -117,7 +117,7 @@ class WorkDir {
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind,
                          scheme = "per-token-asym", zero_point = "int", read = "fresh", db,
-                         cache_target = "kvtune";
+                         cache_target = "kvtune", kv_scales = "one";
   std::vector<std::string> configs, candidates, config_files;
   int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0,
       prompt_tokens = 0;
@@ -144,6 +144,9 @@ int run_command(const std::vector<std::string>& args) {
       "residual", po::value(&residual)->default_value(residual),
       "kivi window R (0: R = G); kvtuner: residual_length (default its setting's)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "int or float")(
+      "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
+      "engine dtypes' per-layer k/v scales: one, calculated (vLLM --calculate-kv-scales) or "
+      "calibrated (a calibrated checkpoint)")(
       "prompt-tokens", po::value(&prompt_tokens)->default_value(prompt_tokens),
       "T0: each sequence's first T0 tokens are a prompt; metrics over the continuation")(
       "read", po::value(&read)->default_value(read),
@@ -187,6 +190,7 @@ int run_command(const std::vector<std::string>& args) {
             {"scheme", {{"name", scheme}, {"zero_point", zero_point}}},
             {"prompt_tokens", prompt_tokens},
             {"read", read}};
+    if (kv_scales != "one") spec["kv_scales"] = kv_scales;
     if (cache_target == "kvtuner") {  // KVTuner's setting unless given
       if (!vm["group-size"].defaulted()) spec["scheme"]["group_size"] = group_size;
       if (!vm["residual"].defaulted()) spec["scheme"]["residual"] = residual;

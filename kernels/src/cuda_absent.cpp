@@ -1,6 +1,7 @@
 // Built when nvcc is absent: the CUDA entry points exist and say so.
 #include <stdexcept>
 
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::kernels {
@@ -36,6 +37,10 @@ void accumulate_head_amax(const CacheShape&, DType, const void*, float*, cudaStr
 }
 void fake_quant_kvtuner(const KvtunerSpec&, const CacheShape&, DType, const void*, void*,
                         cudaStream_t, int*) {
+  absent();
+}
+void fake_quant_engine(const EngineSpec&, const CacheShape&, DType, const void*, void*,
+                       cudaStream_t, unsigned long long*) {
   absent();
 }
 void quantize_fp8(const CacheShape&, DType, const void*, const float*, uint8_t*, cudaStream_t,

@@ -5,6 +5,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
 
 namespace kvtune {
@@ -20,6 +21,8 @@ schema::KvFormat::Kind to_schema(KvFormat::Kind kind) {
       return schema::KvFormat::Kind::NVFP4;
     case KvFormat::Kind::Full:
       return schema::KvFormat::Kind::FULL;
+    case KvFormat::Kind::Engine:
+      return schema::KvFormat::Kind::ENGINE;
   }
   throw Error("unknown KV format kind " + std::to_string(static_cast<int>(kind)));
 }
@@ -27,6 +30,7 @@ schema::KvFormat::Kind to_schema(KvFormat::Kind kind) {
 void set_format(const KvFormat& format, schema::KvFormat::Builder out) {
   out.setKind(to_schema(format.kind));
   out.setBits(static_cast<uint8_t>(format.bits));
+  if (format.kind == KvFormat::Kind::Engine) out.setEngineDtype(format.name());
 }
 
 KvFormat read_format(schema::KvFormat::Reader in, const std::string& where) {
@@ -44,8 +48,55 @@ KvFormat read_format(schema::KvFormat::Reader in, const std::string& where) {
       return KvFormat::nvfp4();
     case schema::KvFormat::Kind::FULL:
       return KvFormat::full();
+    case schema::KvFormat::Kind::ENGINE: {
+      const std::string name = in.getEngineDtype();
+      if (const EngineDtype* d = find_engine_dtype(name)) return KvFormat::of(*d);
+      throw Error(where + ": unknown engine dtype '" + name + "' (known: " + engine_dtype_names() +
+                  ")");
+    }
   }
   throw Error(where + ": unknown format kind " + std::to_string(static_cast<int>(in.getKind())));
+}
+
+void copy_format(schema::KvFormat::Reader in, schema::KvFormat::Builder out) {
+  out.setKind(in.getKind());
+  out.setBits(in.getBits());
+  if (in.getKind() == schema::KvFormat::Kind::ENGINE) out.setEngineDtype(in.getEngineDtype());
+}
+
+bool takes_layer_scales(capnp::List<schema::PrecisionPair>::Reader layers) {
+  for (const auto pair : layers) {
+    for (const auto f : {pair.getKey(), pair.getValue()}) {
+      if (f.getKind() != schema::KvFormat::Kind::ENGINE) continue;
+      const EngineDtype* d = find_engine_dtype(f.getEngineDtype().cStr());
+      if (d != nullptr && d->scale == EngineDtype::Scale::Layer) return true;
+    }
+  }
+  return false;
+}
+
+schema::KvScales to_schema(KvScales s) {
+  switch (s) {
+    case KvScales::Calculated:
+      return schema::KvScales::CALCULATED;
+    case KvScales::Calibrated:
+      return schema::KvScales::CALIBRATED;
+    case KvScales::One:
+      break;
+  }
+  return schema::KvScales::ONE;
+}
+
+KvScales from_schema(schema::KvScales s) {
+  switch (s) {
+    case schema::KvScales::CALCULATED:
+      return KvScales::Calculated;
+    case schema::KvScales::CALIBRATED:
+      return KvScales::Calibrated;
+    case schema::KvScales::ONE:
+      return KvScales::One;
+  }
+  throw Error("scheme.kvScales: unknown value " + std::to_string(static_cast<int>(s)));
 }
 
 }  // namespace
@@ -71,6 +122,7 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
   } catch (const Error& e) {
     throw Error(std::string("scheme: ") + e.what());
   }
+  in.scheme.kv_scales = from_schema(scheme.getKvScales());
   const auto layers = request.getLayers();
   if (layers.size() == 0) throw Error("layers: the request has no layers");
   for (unsigned i = 0; i < layers.size(); ++i) {
@@ -105,6 +157,7 @@ void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder o
                           ? schema::Scheme::ZeroPoint::INT
                           : schema::Scheme::ZeroPoint::FLOAT);
   scheme.setKvtuner(inputs.scheme.target == Scheme::Target::Kvtuner);
+  scheme.setKvScales(to_schema(inputs.scheme.kv_scales));
   auto layers = out.initLayers(static_cast<unsigned>(inputs.layers.size()));
   for (unsigned i = 0; i < inputs.layers.size(); ++i) {
     set_format(inputs.layers[i].key, layers[i].initKey());
@@ -148,13 +201,11 @@ std::string evaluation_key(const schema::EvalRequest::Reader& request) {
   const auto in_layers = request.getLayers();
   auto layers = norm.initLayers(in_layers.size());
   for (unsigned i = 0; i < in_layers.size(); ++i) {
-    auto key = layers[i].initKey();
-    key.setKind(in_layers[i].getKey().getKind());
-    key.setBits(in_layers[i].getKey().getBits());
-    auto value = layers[i].initValue();
-    value.setKind(in_layers[i].getValue().getKind());
-    value.setBits(in_layers[i].getValue().getBits());
+    copy_format(in_layers[i].getKey(), layers[i].initKey());
+    copy_format(in_layers[i].getValue(), layers[i].initValue());
   }
+  // The scale source counts only where a layer has a per-layer-scaled dtype.
+  if (takes_layer_scales(in_layers)) scheme.setKvScales(in_scheme.getKvScales());
   norm.setMetric(request.getMetric());
   norm.setPromptTokens(request.getPromptTokens());
   norm.setReadCurrent(request.getReadCurrent());

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::kernels {
@@ -443,6 +444,62 @@ TYPED_TEST(CudaKernels, KvtunerQuantizerMatchesCpu) {
           ASSERT_TRUE(identical(widened(inplace.download(this->stream())), widened(y), n))
               << "in place";
         }
+      }
+    }
+  }
+}
+
+// Equal values, NaN equal to NaN (the cast formats store NaN on purpose).
+::testing::AssertionResult same_values(const std::vector<float>& gpu,
+                                       const std::vector<float>& cpu) {
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (!(gpu[i] == cpu[i]) && !(std::isnan(gpu[i]) && std::isnan(cpu[i]))) {
+      return ::testing::AssertionFailure() << "first difference at " << i << " of " << cpu.size()
+                                           << ": gpu " << gpu[i] << ", cpu " << cpu[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The released engines' formats: bit-identical to the CPU reference, with the
+// same count of values the engine stores as NaN or inf, on every shape the
+// format accepts, at scales that make the cast formats overflow.
+TYPED_TEST(CudaKernels, EngineFormatsMatchCpu) {
+  using T = TypeParam;
+  constexpr DType dtype = dtype_of<T>();
+  const EngineArith ariths[] = {EngineArith::E4m3Scaled,      EngineArith::E5m2Scaled,
+                                EngineArith::E4m3Cast,        EngineArith::E5m2Cast,
+                                EngineArith::Fp8PerTokenHead, EngineArith::Int8PerTokenHead,
+                                EngineArith::Nvfp4Layer,      EngineArith::Fp4Pow2};
+  uint32_t seed = 900;
+  DeviceBuffer<unsigned long long> counts(2);
+  for (const Case& c : test_cases()) {
+    for (const EngineArith arith : ariths) {
+      for (const float scale : {1.0f, 0.37f, 0.004f}) {
+        const EngineSpec spec{arith, scale};
+        try {
+          validate_engine(spec, c.shape);
+        } catch (const std::invalid_argument&) {
+          continue;
+        }
+        SCOPED_TRACE(c.str() + " arith " + std::to_string(static_cast<int>(arith)) + " scale " +
+                     std::to_string(scale));
+        const auto x = random_cache<T>(c.shape, seed++);
+        std::vector<T> y(x.size());
+        const int64_t overflow = cpu::fake_quant_engine(spec, c.shape, dtype, x.data(), y.data());
+        counts.upload({0, 0}, this->stream());
+        const auto dx = this->place(x, c.misaligned);
+        auto dy = this->place(std::vector<T>(x.size()), c.misaligned);
+        cuda::fake_quant_engine(spec, c.shape, dtype, dx.get(), dy.get(), this->stream(),
+                                counts.get());
+        const auto n = counts.download(this->stream());
+        EXPECT_EQ(n[0], 0u) << "non-finite inputs";
+        ASSERT_EQ(n[1], static_cast<unsigned long long>(overflow)) << "values stored as NaN/inf";
+        ASSERT_TRUE(same_values(widened(dy.download(this->stream())), widened(y)));
+        auto inplace = this->place(x, c.misaligned);
+        cuda::fake_quant_engine(spec, c.shape, dtype, inplace.get(), inplace.get(), this->stream());
+        ASSERT_TRUE(same_values(widened(inplace.download(this->stream())), widened(y)))
+            << "in place";
       }
     }
   }

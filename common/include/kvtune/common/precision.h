@@ -8,19 +8,27 @@
 
 namespace kvtune {
 
-// One tensor's storage format: an integer width, a hardware float format, or
-// unquantized (16-bit, the model's own cache dtype).
+struct EngineDtype;
+
+// One tensor's storage format: an integer width, kvtune's per-head-scaled
+// fp8 / nvfp4, a released engine's dtype (engine_dtype.h), or unquantized
+// (16-bit, the model's own cache dtype).
 struct KvFormat {
-  enum class Kind { Int, Fp8, Nvfp4, Full };
+  enum class Kind { Int, Fp8, Nvfp4, Full, Engine };
   Kind kind = Kind::Full;
-  int bits = 16;  // Int: 1, 2, 3, 4 or 8; Fp8: 8; Nvfp4: 4; Full: 16
+  int bits = 16;    // Int: 1, 2, 3, 4 or 8; Fp8: 8; Nvfp4: 4; Full: 16; Engine: its code width
+  int engine = -1;  // Engine: the index in engine_dtypes()
 
   static KvFormat integer(int bits);
   static KvFormat fp8() { return {Kind::Fp8, 8}; }
   static KvFormat nvfp4() { return {Kind::Nvfp4, 4}; }
   static KvFormat full() { return {Kind::Full, 16}; }
+  static KvFormat of(const EngineDtype& dtype);
 
-  // "8", "fp8", "nvfp4", "16" — the spelling used inside pair names.
+  // Engine formats only: their dtype.
+  const EngineDtype& engine_dtype() const;
+
+  // "8", "fp8", "nvfp4", "16", "vllm:fp8" — the spelling used inside pair names.
   std::string name() const;
   // Parses a name above; throws kvtune::Error naming `text`.
   static KvFormat parse(std::string_view text);
@@ -32,7 +40,8 @@ struct PrecisionPair {
   KvFormat key;
   KvFormat value;
 
-  // KVTuner's names: "KV8" when both match, else "K8V4"; "Kfp8Vnvfp4".
+  // KVTuner's names: "KV8" when both match, else "K8V4"; "Kfp8Vnvfp4";
+  // engine dtypes the same way: "KVvllm:fp8".
   std::string name() const;
   // Parses KVTuner-style names ("K8V4", "KV4", "KV16", "Kfp8Vnvfp4", "KVfp8");
   // throws kvtune::Error naming `text` and what is wrong with it.

@@ -5,7 +5,9 @@
 #include <optional>
 #include <string>
 
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/precision.h"
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune {
@@ -30,6 +32,8 @@ struct Scheme {
   int group_size = 32;  // kivi G; kvtuner q_group_size (0: head_dim, KVTuner's -1)
   int residual = 32;    // kivi R; kvtuner residual_length (0 allowed)
   kernels::ZeroPoint zero_point = kernels::ZeroPoint::Int;
+  // Where engine dtypes' per-layer k_scale / v_scale come from.
+  KvScales kv_scales = KvScales::One;
 
   // "per-token-asym" or "kivi"; under the kvtuner target "per-token-asym" or
   // "per-channel-asym" (KVTuner's own names).
@@ -56,8 +60,12 @@ struct Scheme {
   kernels::IntSpec int_spec(kernels::Role role, int bits) const;
   // The same under the kvtuner target.
   kernels::KvtunerSpec kvtuner_spec(kernels::Role role, int bits) const;
+  // The kernel spec of an engine-dtype tensor whose calibration amax over
+  // the layer's heads is `amax`.
+  kernels::EngineSpec engine_spec(const KvFormat& format, kernels::Role role, float amax) const;
   // Why this scheme cannot store `format` (empty when it can): the kvtuner
-  // target runs KVTuner's quantizer, 2, 4 or 8 bits, or leaves a tensor unquantized.
+  // target runs KVTuner's quantizer, 2, 4 or 8 bits, or leaves a tensor
+  // unquantized; only vLLM computes scales (--calculate-kv-scales).
   std::string refusal(const KvFormat& format) const;
   // Kvtuner: decoded tokens between two flushes (its flush condition
   // `len(recent) + 1 >= residual_length` holds after max(R, 2) tokens).

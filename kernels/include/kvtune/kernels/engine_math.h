@@ -1,0 +1,164 @@
+// Per-group arithmetic of the KV-cache formats of released engines (vLLM,
+// SGLang, TensorRT-LLM; ../shared/ENGINES.md), shared by the CPU reference
+// and the CUDA kernels as format_math.h is. A group is a run of contiguous
+// elements that share a scale: one element for the per-layer-scale formats,
+// one (token, head) vector for the per-token-head ones, a 16-element block
+// for the fp4 ones.
+#pragma once
+
+#include "kvtune/kernels/format_math.h"
+
+namespace kvtune::kernels {
+
+enum class EngineArith : uint8_t {
+  // e4m3(x / scale), saturating at +-448 (CUDA __NV_SATFINITE); value * scale.
+  // vLLM fp8 / fp8_e4m3; TensorRT-LLM fp8 at scale 1.
+  E4m3Scaled,
+  // The same in E5M2, saturating at +-57344: vLLM fp8_e5m2.
+  E5m2Scaled,
+  // PyTorch's cast of x / scale (divided in the tensor's dtype) to
+  // float8_e4m3fn: not saturating, NaN beyond 464. SGLang fp8_e4m3.
+  E4m3Cast,
+  // PyTorch's cast to float8_e5m2: not saturating, +-inf from 61440. SGLang fp8_e5m2.
+  E5m2Cast,
+  // Per (token, head): s = max(amax / 448, 1e-6); e4m3(clamp(x / s, +-448)) * s.
+  Fp8PerTokenHead,
+  // Per (token, head): s = max(amax / 127, 1e-6); trunc(clamp(x / s, -128, 127)) * s.
+  Int8PerTokenHead,
+  // NVFP4 with one global scale g = 1 / scale per layer: per 16 channels of
+  // one (token, head), SF = e4m3(g * amax / 6); codes E2M1 (nearest, ties to
+  // even) of x / (SF / g). vLLM nvfp4; TensorRT-LLM nvfp4.
+  Nvfp4Layer,
+  // SGLang fp4_e2m1: per 16 consecutive elements of the flattened tensor, a
+  // power-of-two scale 2^ceil(log2(max(amax / 6, 1e-10))); the code counts
+  // the E2M1 midpoints <= |x| / 2^e (ties go up).
+  Fp4Pow2
+};
+
+// Elements per group of `arith` in a tensor whose heads are head_dim long.
+KVT_HD int64_t engine_group_size(EngineArith arith, int64_t head_dim) {
+  switch (arith) {
+    case EngineArith::Fp8PerTokenHead:
+    case EngineArith::Int8PerTokenHead:
+      return head_dim;
+    case EngineArith::Nvfp4Layer:
+    case EngineArith::Fp4Pow2:
+      return 16;
+    default:
+      return 1;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// FP8 E5M2: bias 15, 2 mantissa bits, max 57344, subnormal spacing 2^-16.
+
+inline constexpr float kE5M2Max = 57344.0f;
+
+KVT_HD float e5m2_round(float x) {
+  const float a = fabsf(x);
+  int e = floor_log2(a);
+  e = e < -14 ? -14 : e;
+  const float quantum = pow2(e - 2);
+  const float v = round_half_even(a / quantum) * quantum;
+  return copysignf(min_f(v, kE5M2Max), x);
+}
+
+// PyTorch's non-saturating conversions (c10 fp8e4m3fn_from_fp32_value,
+// fp8e5m2_from_fp32_value): round to nearest even, and what rounds past the
+// largest finite value is NaN (E4M3FN has no infinity) or +-inf (E5M2).
+KVT_HD float e4m3_cast(float x) {
+  return fabsf(x) > 464.0f ? bits_float(0x7fc00000u) : e4m3_round(x);
+}
+KVT_HD float e5m2_cast(float x) {
+  return fabsf(x) >= 61440.0f ? copysignf(bits_float(0x7f800000u), x) : e5m2_round(x);
+}
+
+// E2M1 by SGLang's midpoint count: |v| >= 0.25 -> 0.5, >= 0.75 -> 1, ... >= 5 -> 6.
+KVT_HD float e2m1_round_up_ties(float x) {
+  const float a = fabsf(x);
+  float v = 0.0f;
+  if (a >= 0.25f) v = 0.5f;
+  if (a >= 0.75f) v = 1.0f;
+  if (a >= 1.25f) v = 1.5f;
+  if (a >= 1.75f) v = 2.0f;
+  if (a >= 2.5f) v = 3.0f;
+  if (a >= 3.5f) v = 4.0f;
+  if (a >= 5.0f) v = 6.0f;
+  return copysignf(v, x);
+}
+
+// ceil(log2(a)) exactly, for a normal positive float.
+KVT_HD int ceil_log2(float a) {
+  const int e = floor_log2(a);
+  return (float_bits(a) & 0x7fffffu) == 0 ? e : e + 1;
+}
+
+// What one group of `n` elements holds after a round trip through the
+// engine's cache: in[i] -> out[i] (out may alias in). `scale` is the per-layer
+// scale of the formats that take one. Returns how many values the engine
+// stores as NaN or inf (the cast formats only); a non-finite input sets
+// *first_bad to its index in the group (else it stays -1) and writes nothing.
+template <class T>
+KVT_HD int64_t engine_fake_quant_group(EngineArith arith, float scale, const T* in, T* out,
+                                       int64_t n, int64_t* first_bad) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = to_float(in[i]);
+    if (is_nonfinite(v)) {
+      *first_bad = i;
+      return 0;
+    }
+    amax = max_f(amax, fabsf(v));
+  }
+  int64_t overflow = 0;
+  switch (arith) {
+    case EngineArith::E4m3Scaled:
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(e4m3_round(to_float(in[i]) / scale) * scale);
+      break;
+    case EngineArith::E5m2Scaled:
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(e5m2_round(to_float(in[i]) / scale) * scale);
+      break;
+    case EngineArith::E4m3Cast:
+    case EngineArith::E5m2Cast:
+      for (int64_t i = 0; i < n; ++i) {
+        // x / scale is a tensor op in the model's dtype, then cast to fp8;
+        // reading back casts to the model dtype and multiplies by the scale.
+        const float scaled = to_float(from_float<T>(to_float(in[i]) / scale));
+        const float q = arith == EngineArith::E4m3Cast ? e4m3_cast(scaled) : e5m2_cast(scaled);
+        overflow += is_nonfinite(q) ? 1 : 0;
+        out[i] = from_float<T>(q * scale);
+      }
+      break;
+    case EngineArith::Fp8PerTokenHead: {
+      const float s = max_f(amax / kE4M3Max, 1e-6f);
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(e4m3_round(clamp_f(to_float(in[i]) / s, -kE4M3Max, kE4M3Max)) * s);
+      break;
+    }
+    case EngineArith::Int8PerTokenHead: {
+      const float s = max_f(amax / 127.0f, 1e-6f);
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(truncf(clamp_f(to_float(in[i]) / s, -128.0f, 127.0f)) * s);
+      break;
+    }
+    case EngineArith::Nvfp4Layer: {
+      const float g = 1.0f / scale;
+      const float sf = e4m3_round(g * amax / kE2M1Max);
+      const float block = sf / g;
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(sf == 0.0f ? 0.0f : e2m1_round(to_float(in[i]) / block) * block);
+      break;
+    }
+    case EngineArith::Fp4Pow2: {
+      const float block = pow2(ceil_log2(max_f(amax / kE2M1Max, 1e-10f)));
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = from_float<T>(e2m1_round_up_ties(to_float(in[i]) / block) * block);
+      break;
+    }
+  }
+  return overflow;
+}
+
+}  // namespace kvtune::kernels
