@@ -174,6 +174,25 @@ TEST(JobSpec, KvtunerTargetRefusesWhatKvtunerDoesNotRun) {
   EXPECT_TRUE(errors_of(evaluate).empty());
 }
 
+TEST(JobSpec, EngineDtypesAndTheirScaleSource) {
+  json spec = {{"kind", "evaluate"},
+               {"model", "m"},
+               {"kv_scales", "calibrated"},
+               {"configs", {"KVvllm:fp8", "KVsglang:fp4_e2m1,KV16"}}};
+  const JobSpec parsed = JobSpec::parse(spec);
+  EXPECT_EQ(parsed.scheme.kv_scales, KvScales::Calibrated);
+  EXPECT_EQ(parsed.to_json()["kv_scales"], "calibrated");
+  EXPECT_EQ(JobSpec::parse(parsed.to_json()).scheme.key(), parsed.scheme.key());
+  // The default leaves the echo as it was (stored jobs match their specs).
+  EXPECT_FALSE(
+      JobSpec::parse({{"kind", "profile"}, {"model", "m"}}).to_json().contains("kv_scales"));
+  spec["kv_scales"] = "checkpoint";
+  EXPECT_EQ(errors_of(spec), std::vector<std::string>{"kv_scales"});
+  spec["kv_scales"] = "calculated";  // vLLM's alone
+  spec["configs"] = {"KVvllm:fp8", "KVsglang:fp8_e4m3", "KVvllm:fp9"};
+  EXPECT_EQ(errors_of(spec), (std::vector<std::string>{"configs[1]", "configs[2]"}));
+}
+
 TEST(JobSpec, EvaluateNeedsConfigs) {
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}}), std::vector<std::string>{"configs"});
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}, {"configs", json::array()}}),

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/scheme.h"
@@ -28,6 +29,52 @@ TEST(PrecisionPair, ParsesHardwareFormats) {
   EXPECT_EQ(p.value.kind, KvFormat::Kind::Nvfp4);
   EXPECT_DOUBLE_EQ(p.equivalent_bits(), 6.0);
   EXPECT_EQ(PrecisionPair::parse("KVfp8").value.kind, KvFormat::Kind::Fp8);
+}
+
+TEST(PrecisionPair, ParsesEngineDtypes) {
+  const PrecisionPair p = PrecisionPair::parse("KVvllm:fp8");
+  EXPECT_EQ(p.key.kind, KvFormat::Kind::Engine);
+  EXPECT_EQ(p.key.engine_dtype().engine, "vllm");
+  EXPECT_EQ(p.key.engine_dtype().flag, "fp8");
+  EXPECT_EQ(p.key, p.value);
+  // vLLM's alias fp8_e4m3 is its fp8.
+  EXPECT_EQ(PrecisionPair::parse("KVvllm:fp8_e4m3"), p);
+  const PrecisionPair mixed = PrecisionPair::parse("Kvllm:fp8_e5m2Vsglang:fp4_e2m1");
+  EXPECT_EQ(mixed.key.name(), "vllm:fp8_e5m2");
+  EXPECT_EQ(mixed.value.name(), "sglang:fp4_e2m1");
+  EXPECT_DOUBLE_EQ(mixed.equivalent_bits(), 6.0);
+  EXPECT_NE(PrecisionPair::parse("KVtrtllm:fp8"), p);  // same arithmetic, another engine
+  for (const EngineDtype& d : engine_dtypes()) {
+    EXPECT_EQ(KvFormat::parse(d.name).name(), d.name);
+  }
+  try {
+    PrecisionPair::parse("KVvllm:fp4");
+    ADD_FAILURE() << "accepted vllm:fp4";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'vllm:fp4' is not an engine dtype: vllm:fp8, "),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Scheme, EngineDtypesTakeTheirScaleSources) {
+  Scheme s;
+  const KvFormat fp8 = KvFormat::parse("vllm:fp8"), nvfp4 = KvFormat::parse("trtllm:nvfp4"),
+                 trt = KvFormat::parse("trtllm:fp8"), sglang = KvFormat::parse("sglang:fp8_e4m3");
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f).scale, 1.0f);
+  s.kv_scales = KvScales::Calculated;  // vLLM: max|k| / 200, max|v| / 100
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 400.0f).scale, 2.0f);
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Value, 400.0f).scale, 4.0f);
+  EXPECT_NE(s.refusal(sglang).find("sglang does not have"), std::string::npos) << s.refusal(sglang);
+  EXPECT_EQ(s.refusal(fp8), "");
+  s.kv_scales = KvScales::Calibrated;  // ModelOpt: amax / 448, nvfp4 amax / (6 * 448)
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f).scale, 2.0f);
+  EXPECT_EQ(s.engine_spec(nvfp4, kernels::Role::Value, 2688.0f).scale, 1.0f);
+  EXPECT_EQ(s.engine_spec(trt, kernels::Role::Key, 896.0f).scale, 1.0f);  // always 1.0
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 0.0f).scale, 1.0f);    // an all-zero layer
+  EXPECT_NE(s.key(), Scheme().key());
+  EXPECT_NE(Scheme::kvtuner("per-token-asym").refusal(fp8), "");
+  EXPECT_THROW(parse_kv_scales("checkpoint"), Error);
 }
 
 TEST(PrecisionPair, NameRoundTrips) {

@@ -119,7 +119,8 @@ TEST(EvalKey, PromptAndReadRuleChangeTheKeyAndTheirDefaultsLeaveItAsItWas) {
 TEST(EvalKey, KvtunerTargetHasItsOwnKeysAndCrossesTheWire) {
   EvalInputs idealized = sample_inputs(), token = sample_inputs(), channel = sample_inputs();
   idealized.scheme = Scheme::parse("per-token-asym", 32, 32, "int");
-  idealized.layers = token.layers = channel.layers = parse_layer_config("K8V4,KV4,KV2,K4V2,KV16", 5);
+  idealized.layers = token.layers = channel.layers =
+      parse_layer_config("K8V4,KV4,KV2,K4V2,KV16", 5);
   token.scheme = Scheme::kvtuner("per-token-asym");
   channel.scheme = Scheme::kvtuner("per-channel-asym");
   EvalInputs token_r4 = token;
@@ -133,6 +134,38 @@ TEST(EvalKey, KvtunerTargetHasItsOwnKeysAndCrossesTheWire) {
     build_eval_request(in, request);
     EXPECT_EQ(read_eval_request(request.asReader()).scheme.key(), in.scheme.key());
   }
+}
+
+TEST(EvalKey, EngineDtypesCrossTheWireAndScaleSourcesCountOnlyWhereUsed) {
+  EvalInputs vllm = sample_inputs(), sglang = sample_inputs();
+  vllm.layers = parse_layer_config("KVvllm:fp8,KV16,KVvllm:fp8,KVvllm:fp8,KV16", 5);
+  sglang.layers = parse_layer_config("KVsglang:fp8_e4m3,KV16,KVvllm:fp8,KVvllm:fp8,KV16", 5);
+  EvalInputs calibrated = vllm;
+  calibrated.scheme.kv_scales = KvScales::Calibrated;
+  const std::set<std::string> keys{key_of(vllm), key_of(sglang), key_of(calibrated)};
+  EXPECT_EQ(keys.size(), 3u);
+  for (const EvalInputs& in : {vllm, sglang, calibrated}) {
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<schema::EvalRequest>();
+    build_eval_request(in, request);
+    const EvalInputs back = read_eval_request(request.asReader());
+    EXPECT_EQ(back.layers, in.layers);
+    EXPECT_EQ(back.scheme.kv_scales, in.scheme.kv_scales);
+  }
+  // Formats without a per-layer scale do not depend on where scales come from.
+  EvalInputs per_head = sample_inputs();
+  per_head.layers = parse_layer_config("KVvllm:fp8_per_token_head,KVsglang:fp4_e2m1", 2);
+  EvalInputs per_head_calibrated = per_head;
+  per_head_calibrated.scheme.kv_scales = KvScales::Calibrated;
+  EXPECT_EQ(key_of(per_head), key_of(per_head_calibrated));
+  // An unknown engine dtype on the wire is named.
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::EvalRequest>();
+  build_eval_request(vllm, request);
+  request.getLayers()[1].getKey().setKind(schema::KvFormat::Kind::ENGINE);
+  request.getLayers()[1].getKey().setEngineDtype("vllm:fp9");
+  expect_error([&] { read_eval_request(request.asReader()); },
+               {"layers[1].key", "unknown engine dtype 'vllm:fp9'", "vllm:fp8_e5m2"});
 }
 
 TEST(EvalKey, UnsetMetricEqualsDefaultAndPerTokenIgnoresGroups) {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -102,6 +103,95 @@ TEST(CliFakeQuant, WritesWhatTheEmulatedCacheHolds) {
                       out.string(),
                   true);
   EXPECT_NE(r.output.find("'x' is not a positive integer"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
+}
+
+// Every engine dtype through `kvtune fake-quant`, against values computed
+// independently of kvtune (a Python transcription of ENGINES.md's arithmetic,
+// float32 rounding emulated op by op): x is one token of 2 heads x 8.
+TEST(CliFakeQuant, EngineDtypesHoldWhatTheEnginesCacheHolds) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvtune_fqe_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto in = dir / "x.f32", in2 = dir / "x2.f32", out = dir / "y.f32";
+  write_floats(in, {4.0f, 1.25f, 0.125f, -0.74f, -2.5f, 1.75f, 0.3f, 0.0f, 600.0f, -100.0f, 50.0f,
+                    0.2f, 19.0f, -17.0f, 1.0f, 0.0f});
+  // amax 6 for the 16-element fp4 blocks.
+  write_floats(in2, {4.0f, 1.25f, 0.125f, -0.74f, -2.5f, 1.75f, 0.3f, 0.0f, 5.0f, -3.3f, 0.9f, 2.2f,
+                     6.0f, -0.45f, 1.0f, 0.0f});
+  const auto fq = [&](const std::string& options, const std::filesystem::path& x,
+                      const std::string& shape = "1,2,8") {
+    const CommandResult r = run_command(kKvtune + " fake-quant --shape " + shape + " --in " +
+                                        x.string() + " --out " + out.string() + " " + options);
+    EXPECT_EQ(r.exit_code, 0) << options << ": " << r.output;
+    return read_floats(out);
+  };
+  using V = std::vector<float>;
+  // vLLM fp8 at k_scale 0.5: 1200 saturates at 448 (-> 224); -200 and 100
+  // are ties (-> 192, 96); 38 and -34 ties on spacing 4 (-> 40, 32).
+  EXPECT_EQ(fq("--format vllm:fp8 --scale 0.5", in),
+            (V{4, 1.25f, 0.125f, -0.75f, -2.5f, 1.75f, 0.3125f, 0, 224, -96, 48, 0.203125f, 20, -16,
+               1, 0}));
+  // Calibrated: k_scale = amax / 448 = 600 / 448, so 600 lands on 448 exactly.
+  EXPECT_EQ(fq("--format vllm:fp8 --kv-scales calibrated", in),
+            (V{4.01785707f, 1.25558043f, 0.125558034f, -0.753348231f, -2.51116085f, 1.67410719f,
+               0.29296875f, 0, 600, -96.4285736f, 48.2142868f, 0.209263399f, 18.75f, -17.4107151f,
+               1.00446427f, 0}));
+  // E5M2: 600 -> 640 (spacing 128), 0.2 -> 0.1875 (spacing 1/16).
+  const V e5m2{4,   1.25f, 0.125f, -0.75f,  -2.5f, 1.75f, 0.3125f, 0,
+               640, -96,   48,     0.1875f, 20,    -16,   1,       0};
+  EXPECT_EQ(fq("--format vllm:fp8_e5m2", in), e5m2);
+  EXPECT_EQ(fq("--format sglang:fp8_e5m2", in), e5m2);  // no overflow below 61440
+  EXPECT_EQ(
+      fq("--format vllm:fp8_per_token_head", in),
+      (V{4, 1.28571439f, 0.125f, -0.714285731f, -2.57142878f, 1.71428585f, 0.285714298f, 0, 600,
+         -96.4285736f, 48.2142868f, 0.209263399f, 18.75f, -17.4107151f, 1.00446427f, 0}));
+  // int8: s = amax / 127, codes truncated (1.25 / (4/127) = 39.69 -> 39).
+  EXPECT_EQ(
+      fq("--format vllm:int8_per_token_head", in),
+      (V{4, 1.22834647f, 0.0944881886f, -0.724409461f, -2.48818898f, 1.73228347f, 0.283464551f, 0,
+         600, -99.2126007f, 47.2440948f, 0, 18.8976383f, -14.1732292f, 0, 0}));
+  // SGLang fp8 at scale 1: 600 is past 464 and NaN in its cache (the run
+  // says so); the rest as vLLM's fp8.
+  const CommandResult nan_run =
+      run_command(kKvtune + " fake-quant --shape 1,2,8 --format sglang:fp8_e4m3 --in " +
+                      in.string() + " --out " + out.string(),
+                  true);
+  EXPECT_EQ(nan_run.exit_code, 0) << nan_run.output;
+  EXPECT_NE(nan_run.output.find("1 values overflow sglang:fp8_e4m3 at scale 1"), std::string::npos)
+      << nan_run.output;
+  const V sglang = read_floats(out);
+  EXPECT_TRUE(std::isnan(sglang[8]));
+  EXPECT_EQ(sglang[9], -96.0f);
+  EXPECT_EQ(fq("--format sglang:fp8_e4m3 --kv-scales calibrated", in)[8], 600.0f);
+  // TensorRT-LLM fp8: scale 1.0, saturating: 600 -> 448.
+  EXPECT_EQ(fq("--format trtllm:fp8", in), (V{4, 1.25f, 0.125f, -0.75f, -2.5f, 1.75f, 0.3125f, 0,
+                                              448, -96, 48, 0.203125f, 20, -16, 1, 0}));
+  // NVFP4 at k_scale 0.25: g = 4, SF = e4m3(4 * 6 / 6) = 4, block scale 1;
+  // E2M1 ties to even: 1.25 -> 1, -2.5 -> -2, 5 -> 4.
+  const V nvfp4{4, 1, 0, -0.5f, -2, 2, 0.5f, 0, 4, -3, 1, 2, 6, -0.5f, 1, 0};
+  EXPECT_EQ(fq("--format vllm:nvfp4 --scale 0.25", in2, "1,1,16"), nvfp4);
+  EXPECT_EQ(fq("--format trtllm:nvfp4 --scale 0.25", in2, "1,1,16"), nvfp4);
+  // SGLang fp4: scale 2^ceil(log2(6 / 6)) = 1; midpoints go up: 1.25 -> 1.5,
+  // -2.5 -> -3, 5 -> 6.
+  EXPECT_EQ(fq("--format sglang:fp4_e2m1", in2),
+            (V{4, 1.5f, 0, -0.5f, -3, 2, 0.5f, 0, 6, -3, 1, 2, 6, -0.5f, 1, 0}));
+
+  CommandResult r =
+      run_command(kKvtune + " fake-quant --shape 1,2,8 --format trtllm:fp8 --scale 2 --in " +
+                      in.string() + " --out " + out.string(),
+                  true);
+  EXPECT_NE(r.output.find("always applies a scale of 1.0"), std::string::npos) << r.output;
+  r = run_command(kKvtune + " fake-quant --shape 1,2,8 --format vllm:nvfp4 --in " + in.string() +
+                      " --out " + out.string(),
+                  true);
+  EXPECT_NE(r.output.find("head_dim 8 is not a multiple of 16"), std::string::npos) << r.output;
+  r = run_command(kKvtune +
+                      " fake-quant --shape 1,2,8 --format sglang:fp8_e4m3 --kv-scales "
+                      "calculated --in " +
+                      in.string() + " --out " + out.string(),
+                  true);
+  EXPECT_NE(r.output.find("sglang does not have"), std::string::npos) << r.output;
   std::filesystem::remove_all(dir);
 }
 
