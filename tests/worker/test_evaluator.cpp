@@ -3,6 +3,7 @@
 // users of a search rely on.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -191,6 +192,16 @@ std::vector<ReadCase> read_cases() {
       out.push_back({model, "per-token-asym", "cache", t0, formats});
       out.push_back({model, "kivi", "fresh", t0, mixed});  // R = 16: T0 = 17 ends mid-window
       out.push_back({model, "kivi", "fresh", t0, formats});
+      // Released engines' dtypes, read as vLLM (cache) and SGLang FlashInfer
+      // (fresh-prefill) read them.
+      const std::string engines = model == "stories"
+                                      ? "KVvllm:fp8,KVsglang:fp4_e2m1,KVvllm:int8_per_token_head,"
+                                        "Kvllm:fp8_per_token_headVtrtllm:fp8,KVsglang:fp8_e5m2"
+                                      : "KVvllm:nvfp4,KVsglang:fp4_e2m1,KVvllm:fp8,KVtrtllm:nvfp4,"
+                                        "KVvllm:int8_per_token_head,KV16";
+      for (const std::string rule : {"cache", "fresh-prefill"}) {
+        out.push_back({model, "per-token-asym", rule, t0, engines});
+      }
     }
   }
   return out;
@@ -538,6 +549,32 @@ TEST_F(Stories, HardwareFormatsAreOrderedByPrecision) {
   EXPECT_LT(nvfp4.bytes_per_token, fp8.bytes_per_token);
 }
 
+TEST_F(Stories, EngineDtypesAreOrderedAndCountTheirRealStorage) {
+  SKIP_WITHOUT_SHARED();
+  const Metrics int8 = eval("KVvllm:int8_per_token_head"), fp8 = eval("KVvllm:fp8"),
+                e5m2 = eval("KVvllm:fp8_e5m2"), fp4 = eval("KVsglang:fp4_e2m1");
+  EXPECT_GT(int8.kl, 0.0);
+  EXPECT_LT(int8.kl, fp8.kl);  // 7 bits of precision per (token, head) beat 3 mantissa bits
+  EXPECT_LT(fp8.kl, e5m2.kl);
+  EXPECT_LT(e5m2.kl, fp4.kl);
+  // Per-(token, head) fp32 scales cost 32 / head_dim = 4 bits here: 5 layers
+  // x 2 x 4 heads x 8 x 12 bits / 8 = 480 bytes; fp4 blocks 4.5 bits.
+  EXPECT_DOUBLE_EQ(int8.bytes_per_token, 480.0);
+  EXPECT_NEAR(fp4.bytes_per_token, 180.0, 1e-9);
+  // TensorRT-LLM's fp8 is vLLM's at scale 1, value for value.
+  EXPECT_EQ(eval("KVtrtllm:fp8").kl, fp8.kl);
+  // Calibrated scales (amax / 448) move the values the cache holds.
+  const auto layers = config("KVvllm:fp8");
+  Scheme calibrated = Scheme::parse("per-token-asym", 32, 32, "int");
+  calibrated.kv_scales = KvScales::Calibrated;
+  EXPECT_NE(evaluator_->evaluate(layers, calibrated).kl, fp8.kl);
+  // head_dim 8 has no 16-channel NVFP4 blocks: refused, naming the layer.
+  const std::string message = testing::message_of([&] { eval("KVvllm:nvfp4"); });
+  EXPECT_NE(message.find("layer 0 (KVvllm:nvfp4): nvfp4 blocks are 16 channels of one head"),
+            std::string::npos)
+      << message;
+}
+
 TEST_F(Stories, ContinuationKlIsReportedBesideTheAllPositionsKl) {
   SKIP_WITHOUT_SHARED();
   const auto layers = config("KV2");
@@ -600,6 +637,30 @@ TEST_F(Stories, KvtunerTargetReportsContinuationKlAndDiffersFromTheIdealizedSche
 TEST_F(Stories, WrongLayerCountIsAnError) {
   SKIP_WITHOUT_SHARED();
   EXPECT_THROW(evaluator_->evaluate(parse_layer_config("KV4,KV4", 2), Scheme{}), Error);
+}
+
+// SGLang's fp8 cast does not saturate: keys beyond 464 x k_scale are NaN in
+// its cache. The evaluation reports that, naming the layer, instead of
+// returning a KL computed from values the engine does not hold.
+TEST(EngineDtypes, NonSaturatingFp8OverflowIsReportedNotHidden) {
+  Model model = make_demo_model();
+  model.layers[2].wk = model.layers[2].wk * 5000.0;  // keys of a few thousand
+  Evaluator ev(model, {{1, 5, 9, 13, 17, 21, 25, 29}});
+  const auto layers =
+      parse_layer_config("KVsglang:fp8_e4m3", static_cast<int>(model.config.n_layers));
+  const std::string message = testing::message_of(
+      [&] { ev.evaluate(layers, Scheme::parse("per-token-asym", 32, 32, "int")); });
+  EXPECT_NE(message.find("layer 2 keys in sglang:fp8_e4m3 at k_scale 1"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("become NaN in sglang's cache"), std::string::npos) << message;
+  // vLLM's saturating fp8 evaluates; so does SGLang's with calibrated scales.
+  const Scheme plain = Scheme::parse("per-token-asym", 32, 32, "int");
+  EXPECT_TRUE(std::isfinite(
+      ev.evaluate(parse_layer_config("KVvllm:fp8", static_cast<int>(model.config.n_layers)), plain)
+          .kl));
+  Scheme calibrated = plain;
+  calibrated.kv_scales = KvScales::Calibrated;
+  EXPECT_TRUE(std::isfinite(ev.evaluate(layers, calibrated).kl));
 }
 
 TEST(EvaluatorInput, BadSequencesAreNamed) {
