@@ -76,10 +76,12 @@ std::vector<FormatInfo> describe_formats() {
        {kSglangPr, kSglangDocs}},
       {"hf_quant_config",
        "vLLM, via NVIDIA ModelOpt's hf_quant_config.json in the checkpoint directory",
-       "{\"producer\": {\"name\": \"modelopt\", ...}, \"quantization\": {\"kv_cache_quant_algo\": "
-       "\"MIXED_PRECISION\", \"kv_cache_quantized_layers\": {\"model.layers.0.self_attn\": "
+       "{\"producer\": {\"name\": \"modelopt\", ...}, \"quantization\": {\"quant_algo\": null, "
+       "\"kv_cache_quant_algo\": \"FP8\", \"kv_cache_quantized_layers\": "
+       "{\"model.layers.0.self_attn\": "
        "{\"quant_algo\": \"FP8\"}}, \"kv_cache_schema_version\": 1}}",
-       "KVfp8 (FP8), KVnvfp4 (NVFP4), KV16 (left out of the map)",
+       "KVfp8 (FP8), KVnvfp4 (NVFP4), KV16 (left out of the map); MIXED_PRECISION only when "
+       "both fp8 and nvfp4 layers occur",
        "ModelOpt writes schema 1 since pull request #2272 (merged); vLLM reads it in pull "
        "request #56116 (open when written, RFC #57445). compressed-tensors' kv_cache_scheme is "
        "model-wide only.",
@@ -186,9 +188,11 @@ std::string hf_quant_config(const std::vector<PrecisionPair>& layers,
   bool mixed = false;
   for (size_t l = 0; l < layers.size(); ++l) {
     const KvFormat f = same_hardware_format(l, layers[l], kFormat, "vLLM");
+    // As ModelOpt writes it: 16-bit layers are absent from the map and do not
+    // make the envelope MIXED_PRECISION; only two quantized formats do.
+    if (f.kind == KvFormat::Kind::Full) continue;
     if (!uniform) uniform = f;
     if (f != *uniform) mixed = true;
-    if (f.kind == KvFormat::Kind::Full) continue;
     map[options.module_prefix + std::to_string(l) + options.module_suffix] = {
         {"quant_algo", f.kind == KvFormat::Kind::Fp8 ? "FP8" : "NVFP4"}};
   }
@@ -203,7 +207,8 @@ std::string hf_quant_config(const std::vector<PrecisionPair>& layers,
   nlohmann::ordered_json doc = {
       {"producer", {{"name", options.producer_name}, {"version", options.producer_version}}},
       {"quantization",
-       {{"kv_cache_quant_algo", algo},
+       {{"quant_algo", nullptr},  // KV-only: the weights stay as they are
+        {"kv_cache_quant_algo", algo},
         {"kv_cache_quantized_layers", map},
         {"kv_cache_schema_version", 1}}}};
   return doc.dump(2) + "\n";

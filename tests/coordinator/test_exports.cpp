@@ -126,6 +126,7 @@ TEST(Exports, HfQuantConfigMixedIsModeloptSchemaOne) {
             "    \"version\": \"kvtune\"\n"
             "  },\n"
             "  \"quantization\": {\n"
+            "    \"quant_algo\": null,\n"
             "    \"kv_cache_quant_algo\": \"MIXED_PRECISION\",\n"
             "    \"kv_cache_quantized_layers\": {\n"
             "      \"model.layers.0.self_attn\": {\n"
@@ -147,8 +148,10 @@ TEST(Exports, HfQuantConfigParsesWithTheDocumentedFields) {
   const auto doc = nlohmann::json::parse(hf_quant_config(cfg("KVnvfp4,KVnvfp4")));
   EXPECT_EQ(doc.at("producer").at("name"), "modelopt");
   const auto& q = doc.at("quantization");
-  // A KV-only export leaves the weights' quant_algo out (ModelOpt PR #2272).
-  EXPECT_FALSE(q.contains("quant_algo"));
+  // A KV-only export says the weights are not quantized: quant_algo null
+  // (ModelOpt PR #2272).
+  ASSERT_TRUE(q.contains("quant_algo"));
+  EXPECT_TRUE(q.at("quant_algo").is_null());
   EXPECT_EQ(q.at("kv_cache_quant_algo"), "NVFP4");
   EXPECT_EQ(q.at("kv_cache_schema_version"), 1);
   EXPECT_EQ(q.at("kv_cache_quantized_layers"),
@@ -156,12 +159,18 @@ TEST(Exports, HfQuantConfigParsesWithTheDocumentedFields) {
                                       "model.layers.1.self_attn": {"quant_algo": "NVFP4"}})"));
 }
 
-TEST(Exports, HfQuantConfigUnquantizedLayersMakeItMixed) {
-  // All quantized layers FP8, but layer 1 stays 16-bit: a model-wide "FP8"
-  // would quantize it too, so the envelope is MIXED_PRECISION.
-  const auto doc = nlohmann::json::parse(hf_quant_config(cfg("KVfp8,KV16")));
-  EXPECT_EQ(doc["quantization"]["kv_cache_quant_algo"], "MIXED_PRECISION");
-  EXPECT_EQ(doc["quantization"]["kv_cache_quantized_layers"].size(), 1u);
+TEST(Exports, HfQuantConfigUnquantizedLayersDoNotMakeItMixed) {
+  // Every quantized layer FP8 and layer 1 16-bit: ModelOpt writes "FP8" and
+  // leaves layer 1 out of the map (MIXED_PRECISION was kvtune's mistake).
+  const auto doc = nlohmann::json::parse(hf_quant_config(cfg("KVfp8,KV16,KVfp8")));
+  EXPECT_EQ(doc["quantization"]["kv_cache_quant_algo"], "FP8");
+  EXPECT_EQ(doc["quantization"]["kv_cache_quantized_layers"].size(), 2u);
+  EXPECT_FALSE(
+      doc["quantization"]["kv_cache_quantized_layers"].contains("model.layers.1.self_attn"));
+  // Two quantized formats are what makes it mixed.
+  EXPECT_EQ(nlohmann::json::parse(
+                hf_quant_config(cfg("KVfp8,KV16,KVnvfp4")))["quantization"]["kv_cache_quant_algo"],
+            "MIXED_PRECISION");
 }
 
 TEST(Exports, HfQuantConfigUsesTheModuleNamesAsked) {
