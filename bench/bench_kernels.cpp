@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kk = kvtune::kernels;
@@ -113,7 +114,38 @@ void BM_FakeQuantNvfp4(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * input_bytes());
 }
 
+// A released engine's dtype (engine_math.h), at a scale that keeps every value finite.
+void engine_bench(benchmark::State& state, kk::EngineArith arith) {
+  kk::cpu::set_num_threads(1);
+  std::vector<float> y(input().size());
+  for (auto _ : state) {
+    kk::cpu::fake_quant_engine({arith, 0.05f}, kShape, kk::DType::F32, input().data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * input_bytes());
+}
+void BM_EngineVllmFp8(benchmark::State& state) {
+  engine_bench(state, kk::EngineArith::E4m3Scaled);
+}
+void BM_EngineSglangFp8(benchmark::State& state) {
+  engine_bench(state, kk::EngineArith::E4m3Cast);
+}
+void BM_EngineInt8PerTokenHead(benchmark::State& state) {
+  engine_bench(state, kk::EngineArith::Int8PerTokenHead);
+}
+void BM_EngineVllmNvfp4(benchmark::State& state) {
+  engine_bench(state, kk::EngineArith::Nvfp4Layer);
+}
+void BM_EngineSglangFp4(benchmark::State& state) {
+  engine_bench(state, kk::EngineArith::Fp4Pow2);
+}
+
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EngineVllmFp8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EngineSglangFp8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EngineInt8PerTokenHead)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EngineVllmNvfp4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EngineSglangFp4)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FakeQuantPerToken4)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FakeQuantKiviKey4)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FakeQuantKiviValue2)->Unit(benchmark::kMillisecond);

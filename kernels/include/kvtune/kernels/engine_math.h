@@ -1,9 +1,8 @@
 // Per-group arithmetic of the KV-cache formats of released engines (vLLM,
 // SGLang, TensorRT-LLM; ../shared/ENGINES.md), shared by the CPU reference
 // and the CUDA kernels as format_math.h is. A group is a run of contiguous
-// elements that share a scale: one element for the per-layer-scale formats,
-// one (token, head) vector for the per-token-head ones, a 16-element block
-// for the fp4 ones.
+// elements handled together: a 16-element block for the fp4 formats, else one
+// (token, head) vector (which the per-token-head formats scale as one).
 #pragma once
 
 #include "kvtune/kernels/format_math.h"
@@ -35,18 +34,11 @@ enum class EngineArith : uint8_t {
   Fp4Pow2
 };
 
-// Elements per group of `arith` in a tensor whose heads are head_dim long.
+// Elements per group of `arith` in a tensor whose heads are head_dim long:
+// 16 for the fp4 blocks, else one (token, head) vector (the per-layer-scale
+// formats act element by element; a vector is just the unit of work).
 KVT_HD int64_t engine_group_size(EngineArith arith, int64_t head_dim) {
-  switch (arith) {
-    case EngineArith::Fp8PerTokenHead:
-    case EngineArith::Int8PerTokenHead:
-      return head_dim;
-    case EngineArith::Nvfp4Layer:
-    case EngineArith::Fp4Pow2:
-      return 16;
-    default:
-      return 1;
-  }
+  return arith == EngineArith::Nvfp4Layer || arith == EngineArith::Fp4Pow2 ? 16 : head_dim;
 }
 
 // ---------------------------------------------------------------------------
