@@ -71,7 +71,9 @@ KvScales parse_kv_scales(std::string_view text) {
 
 float engine_layer_scale(const EngineDtype& dtype, KvScales source, bool keys, float amax) {
   if (dtype.scale != Scale::Layer || source == KvScales::One || !(amax > 0.0f)) return 1.0f;
-  if (source == KvScales::Calculated) return amax / (keys ? 200.0f : 100.0f);
+  // vLLM: abs(k).max() / k_range with a CPU fp32 k_range, which PyTorch's
+  // CUDA division takes as a multiplication by its reciprocal.
+  if (source == KvScales::Calculated) return amax * (1.0f / (keys ? 200.0f : 100.0f));
   // ModelOpt: fp8 amax / 448; nvfp4 amax / (6 * 448), so block scales fit E4M3.
   return dtype.bits == 4 ? amax / (6.0f * 448.0f) : amax / 448.0f;
 }

@@ -146,11 +146,12 @@ TEST(CliFakeQuant, EngineDtypesHoldWhatTheEnginesCacheHolds) {
       fq("--format vllm:fp8_per_token_head", in),
       (V{4, 1.28571439f, 0.125f, -0.714285731f, -2.57142878f, 1.71428585f, 0.285714298f, 0, 600,
          -96.4285736f, 48.2142868f, 0.209263399f, 18.75f, -17.4107151f, 1.00446427f, 0}));
-  // int8: s = amax / 127, codes truncated (1.25 / (4/127) = 39.69 -> 39).
+  // int8: s = amax / 127, x * (1 / s) truncated (1.25 * 127/4 = 39.69 -> 39);
+  // 600 * (1 / s) is 126.99999 in float32 and truncates to 126, as in vLLM.
   EXPECT_EQ(
       fq("--format vllm:int8_per_token_head", in),
       (V{4, 1.22834647f, 0.0944881886f, -0.724409461f, -2.48818898f, 1.73228347f, 0.283464551f, 0,
-         600, -99.2126007f, 47.2440948f, 0, 18.8976383f, -14.1732292f, 0, 0}));
+         595.275635f, -99.2126007f, 47.2440948f, 0, 18.8976383f, -14.1732292f, 0, 0}));
   // SGLang fp8 at scale 1: 600 is past 464 and NaN in its cache (the run
   // says so); the rest as vLLM's fp8.
   const CommandResult nan_run =

@@ -83,18 +83,18 @@ TEST(EngineFormats, SglangFp8E5m2OverflowsToInfinity) {
 }
 
 TEST(EngineFormats, SglangFp8DividesInTheModelDtype) {
-  // bf16 tensors: x / scale is rounded to bf16 before the cast. x = 2.125,
-  // scale 2.125 / 1.0664 -> x / scale = 1.0664 in fp32, above E4M3's
-  // midpoint 1.0625 (-> 1.125), but bf16 rounds it to 1.0625 itself, a tie
-  // that goes to the even 1.0: the engine's cache holds `scale`.
-  const float scale = 2.125f / 1.0664f;
-  const uint16_t x = float_to_bf16(2.125f);
+  // bf16 tensors: the scale 1.97 is rounded to bf16 (1.96875) and x / scale
+  // is a bf16 op. x = 2.09375: 2.09375 / 1.96875 = 1.06349 lies above E4M3's
+  // midpoint 1.0625 but rounds to it in bf16, a tie that goes to the even
+  // 1.0: the cache holds 1.0 * 1.96875.
+  const uint16_t x = float_to_bf16(2.09375f);
   uint16_t y = 0;
-  cpu::fake_quant_engine({EngineArith::E4m3Cast, scale}, row(1), DType::BF16, &x, &y);
-  EXPECT_EQ(bf16_to_float(y), bf16_to_float(float_to_bf16(scale)));
-  float xf = 2.125f, yf = 0;
-  cpu::fake_quant_engine({EngineArith::E4m3Cast, scale}, row(1), DType::F32, &xf, &yf);
-  EXPECT_EQ(yf, 1.125f * scale);
+  cpu::fake_quant_engine({EngineArith::E4m3Cast, 1.97f}, row(1), DType::BF16, &x, &y);
+  EXPECT_EQ(bf16_to_float(y), 1.96875f);
+  // In float32 it stays above the midpoint: 1.125 * 1.97.
+  float xf = 2.09375f, yf = 0;
+  cpu::fake_quant_engine({EngineArith::E4m3Cast, 1.97f}, row(1), DType::F32, &xf, &yf);
+  EXPECT_EQ(yf, 1.125f * 1.97f);
 }
 
 TEST(EngineFormats, Fp8PerTokenHeadScalesEachHeadAndFloorsTheScale) {
@@ -116,8 +116,9 @@ TEST(EngineFormats, Fp8PerTokenHeadScalesEachHeadAndFloorsTheScale) {
 }
 
 TEST(EngineFormats, Int8PerTokenHeadTruncatesTowardZero) {
-  // amax 15.875 -> s = 0.125: 1.33 / s = 10.64 truncates to 10 (rounding
-  // would give 11), -10.64 to -10, 0.48 to 0. Head 1: the 1e-6 floor, 2.5 -> 2.
+  // amax 15.875 -> s = 0.125: 1.33 * (1 / s) = 10.64 truncates to 10
+  // (rounding would give 11), -10.64 to -10, 0.48 to 0. Head 1: the 1e-6
+  // floor, 2.5 -> 2.
   const std::vector<float> x = {15.875f, -15.875f, 1.33f, -1.33f, 0.06f,
                                 1e-5f,   2.5e-6f,  0.0f,  0.0f,   0.0f};
   const Result r = run(EngineArith::Int8PerTokenHead, 1.0f, {1, 2, 5}, x);
@@ -125,6 +126,13 @@ TEST(EngineFormats, Int8PerTokenHeadTruncatesTowardZero) {
   EXPECT_EQ(head0, (std::vector<float>{15.875f, -15.875f, 1.25f, -1.25f, 0.0f}));
   EXPECT_FLOAT_EQ(r.y[5], 10.0f * 1e-6f);
   EXPECT_FLOAT_EQ(r.y[6], 2.0f * 1e-6f);
+  // vLLM multiplies by the reciprocal of s = 600 / 127: 600 * (1 / s) is
+  // 126.99999 in float32 and truncates to 126, so the amax itself comes back
+  // as 126 * s (division would give exactly 127).
+  const float big = 600.0f;
+  float back = 0;
+  cpu::fake_quant_engine({EngineArith::Int8PerTokenHead, 1.0f}, row(1), DType::F32, &big, &back);
+  EXPECT_EQ(back, 126.0f * (600.0f / 127.0f));
 }
 
 std::vector<float> block16(std::vector<float> head) {

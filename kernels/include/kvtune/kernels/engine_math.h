@@ -20,13 +20,15 @@ enum class EngineArith : uint8_t {
   E4m3Cast,
   // PyTorch's cast to float8_e5m2: not saturating, +-inf from 61440. SGLang fp8_e5m2.
   E5m2Cast,
-  // Per (token, head): s = max(amax / 448, 1e-6); e4m3(clamp(x / s, +-448)) * s.
+  // Per (token, head): s = max(amax / 448, 1e-6); e4m3(clamp(x * (1/s), +-448)) * s.
   Fp8PerTokenHead,
-  // Per (token, head): s = max(amax / 127, 1e-6); trunc(clamp(x / s, -128, 127)) * s.
+  // Per (token, head): s = max(amax / 127, 1e-6); trunc(clamp(x * (1/s), -128, 127)) * s.
   Int8PerTokenHead,
   // NVFP4 with one global scale g = 1 / scale per layer: per 16 channels of
-  // one (token, head), SF = e4m3(g * amax / 6); codes E2M1 (nearest, ties to
-  // even) of x / (SF / g). vLLM nvfp4; TensorRT-LLM nvfp4.
+  // one (token, head), SF = e4m3(g * (amax * (1/6))); codes E2M1 (nearest,
+  // ties to even) of x * (1 / (SF * (1/g))). vLLM nvfp4; TensorRT-LLM nvfp4.
+  // vLLM's kernel takes these reciprocals with rcp.approx.ftz; kvtune takes
+  // them exactly (they can differ in the last bit).
   Nvfp4Layer,
   // SGLang fp4_e2m1: per 16 consecutive elements of the flattened tensor, a
   // power-of-two scale 2^ceil(log2(max(amax / 6, 1e-10))); the code counts
@@ -113,34 +115,42 @@ KVT_HD int64_t engine_fake_quant_group(EngineArith arith, float scale, const T* 
         out[i] = from_float<T>(e5m2_round(to_float(in[i]) / scale) * scale);
       break;
     case EngineArith::E4m3Cast:
-    case EngineArith::E5m2Cast:
+    case EngineArith::E5m2Cast: {
+      // SGLang: cache_k.div_(k_scale) in the model's dtype (the fp32 scale
+      // rounded to it), then cast to fp8; read back cast to the model dtype
+      // and multiplied by the scale.
+      const float s = to_float(from_float<T>(scale));
       for (int64_t i = 0; i < n; ++i) {
-        // x / scale is a tensor op in the model's dtype, then cast to fp8;
-        // reading back casts to the model dtype and multiplies by the scale.
-        const float scaled = to_float(from_float<T>(to_float(in[i]) / scale));
+        const float scaled = to_float(from_float<T>(to_float(in[i]) / s));
         const float q = arith == EngineArith::E4m3Cast ? e4m3_cast(scaled) : e5m2_cast(scaled);
         overflow += is_nonfinite(q) ? 1 : 0;
-        out[i] = from_float<T>(q * scale);
+        out[i] = from_float<T>(q * s);
       }
       break;
-    case EngineArith::Fp8PerTokenHead: {
-      const float s = max_f(amax / kE4M3Max, 1e-6f);
-      for (int64_t i = 0; i < n; ++i)
-        out[i] = from_float<T>(e4m3_round(clamp_f(to_float(in[i]) / s, -kE4M3Max, kE4M3Max)) * s);
-      break;
     }
+    case EngineArith::Fp8PerTokenHead:
     case EngineArith::Int8PerTokenHead: {
-      const float s = max_f(amax / 127.0f, 1e-6f);
-      for (int64_t i = 0; i < n; ++i)
-        out[i] = from_float<T>(truncf(clamp_f(to_float(in[i]) / s, -128.0f, 127.0f)) * s);
+      // vLLM's Triton store: k_scale = max(amax / QUANT_MAX, 1e-6); k * (1.0 / k_scale),
+      // clamped, then stored (fp8 rounds, int8 truncates toward zero).
+      const bool fp8 = arith == EngineArith::Fp8PerTokenHead;
+      const float qmax = fp8 ? kE4M3Max : 127.0f, qmin = fp8 ? -kE4M3Max : -128.0f;
+      const float s = max_f(amax / qmax, 1e-6f);
+      const float inv = 1.0f / s;
+      for (int64_t i = 0; i < n; ++i) {
+        const float q = clamp_f(to_float(in[i]) * inv, qmin, qmax);
+        out[i] = from_float<T>((fp8 ? e4m3_round(q) : truncf(q)) * s);
+      }
       break;
     }
     case EngineArith::Nvfp4Layer: {
+      // vLLM's cvt_warp_fp16_to_fp4 with g = 1 / k_scale: SF = e4m3(g * (amax
+      // * (1/6))); x * (1 / (SF * (1/g))); read back as code * SF * (1/g).
       const float g = 1.0f / scale;
-      const float sf = e4m3_round(g * amax / kE2M1Max);
-      const float block = sf / g;
+      const float sf = e4m3_round(g * (amax * (1.0f / kE2M1Max)));
+      const float block = sf * (1.0f / g);
+      const float inv = sf == 0.0f ? 0.0f : 1.0f / block;
       for (int64_t i = 0; i < n; ++i)
-        out[i] = from_float<T>(sf == 0.0f ? 0.0f : e2m1_round(to_float(in[i]) / block) * block);
+        out[i] = from_float<T>(sf == 0.0f ? 0.0f : e2m1_round(to_float(in[i]) * inv) * block);
       break;
     }
     case EngineArith::Fp4Pow2: {
