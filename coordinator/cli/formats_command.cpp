@@ -1,6 +1,7 @@
 // `kvtune formats`: what each KV format costs and how much it distorts a
 // cache, measured on a synthetic one whose keys have outlier channels (as real
 // models' keys do) and whose values do not.
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/scheme.h"
+#include "kvtune/kernels/engine.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::cli {
@@ -71,6 +73,12 @@ Measured measure(const KvFormat& format, const Scheme& scheme, kk::Role role,
   }
   std::vector<float> amax(static_cast<size_t>(shape.heads), 0.0f);
   kk::cpu::accumulate_head_amax(shape, kk::DType::F32, x.data(), amax.data());
+  if (format.kind == KvFormat::Kind::Engine) {  // its per-layer scale from the layer's amax
+    const kk::EngineSpec spec =
+        scheme.engine_spec(format, role, *std::max_element(amax.begin(), amax.end()));
+    kk::cpu::fake_quant_engine(spec, shape, kk::DType::F32, x.data(), y.data());
+    return {kk::engine_storage_bits(spec, shape), relative_error(x, y)};
+  }
   std::vector<float> scales;
   for (float a : amax) {
     scales.push_back(format.kind == KvFormat::Kind::Fp8 ? kk::fp8_head_scale(a)
@@ -93,7 +101,7 @@ int formats_command(const std::vector<std::string>& args) {
   int64_t tokens = 0, heads = 0, head_dim = 0;
   int group_size = 0, residual = 0;
   uint32_t seed = 0;
-  std::string scheme_name, zero_point, formats_list;
+  std::string scheme_name, zero_point, formats_list, kv_scales;
   po::options_description opts("kvtune formats [options]");
   opts.add_options()("help,h", "show this help")("tokens", po::value(&tokens)->default_value(4096),
                                                  "cached tokens")(
@@ -105,17 +113,21 @@ int formats_command(const std::vector<std::string>& args) {
       "residual", po::value(&residual)->default_value(32), "kivi residual window R")(
       "zero-point", po::value(&zero_point)->default_value("int"), "int (KVTuner) or float (KIVI)")(
       "formats", po::value(&formats_list)->default_value("8,4,3,2,1,fp8,nvfp4"),
-      "comma-separated KV formats")("seed", po::value(&seed)->default_value(0), "random seed")(
-      "json", "print one JSON object");
+      "comma-separated KV formats, engine dtypes too (vllm:fp8, sglang:fp4_e2m1, ...)")(
+      "kv-scales", po::value(&kv_scales)->default_value("calibrated"),
+      "engine dtypes' per-layer scales: one, calculated or calibrated (from this cache's amax)")(
+      "seed", po::value(&seed)->default_value(0), "random seed")("json", "print one JSON object");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
 
-  const Scheme scheme = Scheme::parse(scheme_name, group_size, residual, zero_point);
+  Scheme scheme = Scheme::parse(scheme_name, group_size, residual, zero_point);
+  scheme.kv_scales = parse_kv_scales(kv_scales);
   const kk::CacheShape shape{tokens, heads, head_dim};
   std::vector<KvFormat> formats;
   for (size_t start = 0; start <= formats_list.size();) {
     const size_t comma = std::min(formats_list.find(',', start), formats_list.size());
     formats.push_back(KvFormat::parse(formats_list.substr(start, comma - start)));
+    if (const std::string why = scheme.refusal(formats.back()); !why.empty()) throw Error(why);
     start = comma + 1;
   }
   if (tokens <= 0 || heads <= 0 || head_dim <= 0) {
@@ -150,10 +162,10 @@ int formats_command(const std::vector<std::string>& args) {
             << " (keys with outlier channels), integer scheme " << scheme_desc << ", seed " << seed
             << "\n"
             << "bits = storage per element incl. scales/zero points (fp16) and residual tokens\n\n";
-  std::printf("%-8s %10s %14s %12s %14s\n", "format", "key bits", "key rel.err", "value bits",
+  std::printf("%-25s %10s %14s %12s %14s\n", "format", "key bits", "key rel.err", "value bits",
               "value rel.err");
   for (const auto& r : rows) {
-    std::printf("%-8s %10.3f %14.5f %12.3f %14.5f\n", r["format"].get<std::string>().c_str(),
+    std::printf("%-25s %10.3f %14.5f %12.3f %14.5f\n", r["format"].get<std::string>().c_str(),
                 r["key_bits"].get<double>(), r["key_rel_err"].get<double>(),
                 r["value_bits"].get<double>(), r["value_rel_err"].get<double>());
   }

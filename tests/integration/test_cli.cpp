@@ -196,6 +196,28 @@ TEST(CliFakeQuant, EngineDtypesHoldWhatTheEnginesCacheHolds) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(CliFormats, EngineDtypesAreMeasuredWithTheirOwnArithmetic) {
+  const CommandResult r =
+      run_command(kKvtune +
+                  " formats --tokens 256 --heads 2 --head-dim 64 --json --formats "
+                  "vllm:fp8,vllm:int8_per_token_head,vllm:nvfp4,sglang:fp4_e2m1,trtllm:fp8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rows = nlohmann::json::parse(r.output)["formats"];
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[0]["format"], "vllm:fp8");
+  // Bits: 8 + one fp32 over 256 x 2 x 64 values; 8 + 32/64; 4 + 8/16 (+ fp32).
+  EXPECT_DOUBLE_EQ(rows[0]["key_bits"].get<double>(), 8.0 + 32.0 / 32768);
+  EXPECT_DOUBLE_EQ(rows[1]["key_bits"].get<double>(), 8.5);
+  EXPECT_DOUBLE_EQ(rows[3]["key_bits"].get<double>(), 4.5);
+  for (const auto& row : rows) {
+    EXPECT_GT(row["value_rel_err"].get<double>(), 0.0) << row;
+  }
+  // int8 with a scale per (token, head) beats fp8's 3 mantissa bits; 4 bits are worse.
+  EXPECT_LT(rows[1]["value_rel_err"].get<double>(), rows[0]["value_rel_err"].get<double>());
+  EXPECT_GT(rows[2]["value_rel_err"].get<double>(), rows[0]["value_rel_err"].get<double>());
+  EXPECT_GT(rows[3]["value_rel_err"].get<double>(), rows[0]["value_rel_err"].get<double>());
+}
+
 TEST(CliErrors, BadOptionValuesAreNamed) {
   CommandResult r = run_command(kKvtune + " formats --scheme bogus", true);
   EXPECT_EQ(r.exit_code, 1);
