@@ -451,8 +451,7 @@ LayerQuantizers make_quantizers(const ModelConfig& c, const std::vector<Precisio
     for (const KvFormat& f : {layers[l].key, layers[l].value}) {
       if (f.kind != KvFormat::Kind::Engine) continue;
       try {  // the engine's shape rules (nvfp4 and fp4 blocks)
-        kk::validate_engine(scheme.engine_spec(f, kk::Role::Key, 1.0f),
-                            {1, c.n_kv_heads, c.head_dim});
+        kk::validate_engine({f.engine_dtype().arith}, {1, c.n_kv_heads, c.head_dim});
       } catch (const std::invalid_argument& e) {
         throw Error("layer " + std::to_string(l) + " (" + layers[l].name() + "): " + e.what());
       }

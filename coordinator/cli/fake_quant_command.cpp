@@ -3,7 +3,6 @@
 // format against an engine or a hand computation.
 #include <algorithm>
 #include <boost/program_options.hpp>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -53,24 +52,23 @@ std::vector<float> read_floats(const std::string& path, const kk::CacheShape& sh
   return x;
 }
 
-// Per-head fp8/nvfp4 scales: a per-layer scalar when given, else each head's
-// from this tensor's own amax (the calibration kvtune does, on this tensor).
+// Each head's max |x| over this tensor: the calibration kvtune does, on this tensor.
+std::vector<float> head_amax(const kk::CacheShape& shape, const std::vector<float>& x) {
+  std::vector<float> amax(static_cast<size_t>(shape.heads), 0.0f);
+  kk::cpu::accumulate_head_amax(shape, kk::DType::F32, x.data(), amax.data());
+  return amax;
+}
+
+// Per-head fp8/nvfp4 scales: a per-layer scalar when given, else each head's amax-based one.
 std::vector<float> head_scales(const kk::CacheShape& shape, const std::vector<float>& x,
                                const KvFormat& format, double scale) {
   if (scale > 0)
     return std::vector<float>(static_cast<size_t>(shape.heads), static_cast<float>(scale));
-  std::vector<float> amax(static_cast<size_t>(shape.heads), 0.0f);
-  kk::cpu::accumulate_head_amax(shape, kk::DType::F32, x.data(), amax.data());
-  for (float& a : amax) {
+  std::vector<float> scales = head_amax(shape, x);
+  for (float& a : scales) {
     a = format.kind == KvFormat::Kind::Nvfp4 ? kk::nvfp4_head_scale(a) : kk::fp8_head_scale(a);
   }
-  return amax;
-}
-
-float max_abs(const std::vector<float>& x) {
-  float m = 0.0f;
-  for (float v : x) m = std::max(m, std::fabs(v));
-  return m;
+  return scales;
 }
 
 }  // namespace
@@ -128,7 +126,6 @@ int fake_quant_command(const std::vector<std::string>& args) {
 
   const std::vector<float> x = read_floats(in_path, shape);
   std::vector<float> y = x;
-  const std::vector<float> scales = head_scales(shape, x, format, scale);
   switch (format.kind) {
     case KvFormat::Kind::Int:
       if (scheme.target == Scheme::Target::Kvtuner) {
@@ -141,13 +138,18 @@ int fake_quant_command(const std::vector<std::string>& args) {
       }
       break;
     case KvFormat::Kind::Fp8:
-      kk::cpu::fake_quant_fp8(shape, kk::DType::F32, x.data(), scales.data(), y.data());
+      kk::cpu::fake_quant_fp8(shape, kk::DType::F32, x.data(),
+                              head_scales(shape, x, format, scale).data(), y.data());
       break;
     case KvFormat::Kind::Nvfp4:
-      kk::cpu::fake_quant_nvfp4(shape, kk::DType::F32, x.data(), scales.data(), y.data());
+      kk::cpu::fake_quant_nvfp4(shape, kk::DType::F32, x.data(),
+                                head_scales(shape, x, format, scale).data(), y.data());
       break;
     case KvFormat::Kind::Engine: {
-      kk::EngineSpec spec = scheme.engine_spec(format, role, max_abs(x));
+      // The layer's amax is its heads' largest, as in an evaluation.
+      const std::vector<float> amax = head_amax(shape, x);
+      kk::EngineSpec spec =
+          scheme.engine_spec(format, role, *std::max_element(amax.begin(), amax.end()));
       if (scale > 0) spec.scale = static_cast<float>(scale);
       const int64_t overflow =
           kk::cpu::fake_quant_engine(spec, shape, kk::DType::F32, x.data(), y.data());
