@@ -3,7 +3,13 @@
 // memory the evaluator holds. Models: stories260K (when ../shared is present)
 // and a generated 12-layer, dim-512 model over 2048 tokens.
 //
-//   build/bench/bench_eval [--quick]
+// --device cuda: against a CUDA LibTorch, a generated model with
+// Llama-3.1-8B's layer shapes (4 layers, dim 4096, 32 heads, 8 KV heads, FFN
+// 14336, vocab 128,256) in bfloat16 over 8 x 512 tokens, with each row's
+// achieved FLOP rate as a share of the card's peak bf16 rate (--peak-tflops,
+// default 989.4: H100/H200 SXM dense).
+//
+//   build/bench/bench_eval [--quick] [--device cuda [--peak-tflops T]]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -40,29 +46,44 @@ double peak_rss_mib() {
 }
 
 // A generated Llama-architecture model with random weights (synthetic).
+// Made directly on `options`' device and dtype; hidden_dim 0: 8/3 of dim.
 kw::Model generated_model(int64_t layers, int64_t dim, int64_t heads, int64_t kv_heads,
-                          int64_t vocab, int64_t context) {
+                          int64_t vocab, int64_t context, int64_t hidden_dim = 0,
+                          torch::TensorOptions options = {}) {
   torch::manual_seed(0);
   kw::Model m;
   m.config = kvtune::bench::generated_config(layers, dim, heads, kv_heads, vocab, context);
+  if (hidden_dim > 0) m.config.hidden_dim = hidden_dim;
   const kw::ModelConfig& c = m.config;
   const double s = 1.0 / std::sqrt(static_cast<double>(dim));
-  m.embedding = torch::randn({vocab, dim});
+  m.embedding = torch::randn({vocab, dim}, options);
   m.classifier = m.embedding;
-  m.final_norm = torch::ones({dim});
+  m.final_norm = torch::ones({dim}, options);
   for (int64_t l = 0; l < layers; ++l) {
     kw::LayerWeights& w = m.layers.emplace_back();
-    w.attn_norm = torch::ones({dim});
-    w.ffn_norm = torch::ones({dim});
-    w.wq = torch::randn({dim, dim}) * s;
-    w.wk = torch::randn({kv_heads * c.head_dim, dim}) * s;
-    w.wv = torch::randn({kv_heads * c.head_dim, dim}) * s;
-    w.wo = torch::randn({dim, dim}) * s;
-    w.w1 = torch::randn({c.hidden_dim, dim}) * s;
-    w.w3 = torch::randn({c.hidden_dim, dim}) * s;
-    w.w2 = torch::randn({dim, c.hidden_dim}) * s;
+    w.attn_norm = torch::ones({dim}, options);
+    w.ffn_norm = torch::ones({dim}, options);
+    w.wq = torch::randn({dim, dim}, options) * s;
+    w.wk = torch::randn({kv_heads * c.head_dim, dim}, options) * s;
+    w.wv = torch::randn({kv_heads * c.head_dim, dim}, options) * s;
+    w.wo = torch::randn({dim, dim}, options) * s;
+    w.w1 = torch::randn({c.hidden_dim, dim}, options) * s;
+    w.w3 = torch::randn({c.hidden_dim, dim}, options) * s;
+    w.w2 = torch::randn({dim, c.hidden_dim}, options) * s;
   }
+  if (options.device().is_cuda()) m.config.weight_dtype = "bfloat16";
   return m;
+}
+
+// FLOPs of one teacher-forced forward over `tokens` positions of sequences of
+// `len`: the projections, the causal attention (q.k and p.v over i + 1 keys
+// for position i: len / 2 on average) and the output head.
+double forward_flops(const kw::ModelConfig& c, int64_t tokens, int64_t len) {
+  const double d = static_cast<double>(c.dim), kv = static_cast<double>(c.n_kv_heads * c.head_dim);
+  const double per_layer = 2.0 * (2 * d * d + 2 * d * kv + 3 * d * static_cast<double>(c.hidden_dim)) +
+                           2.0 * 2.0 * d * (static_cast<double>(len) + 1) / 2.0;
+  const double head = 2.0 * d * static_cast<double>(c.vocab_size);
+  return static_cast<double>(tokens) * (static_cast<double>(c.n_layers) * per_layer + head);
 }
 
 std::vector<std::vector<int64_t>> random_tokens(int64_t sequences, int64_t len, int64_t vocab) {
@@ -75,10 +96,14 @@ std::vector<std::vector<int64_t>> random_tokens(int64_t sequences, int64_t len, 
   return out;
 }
 
+// peak_tflops > 0: each row also reports its FLOP rate as a share of it.
 void run(const std::string& title, const kw::Model& model,
-         const std::vector<std::vector<int64_t>>& data, int repeats) {
+         const std::vector<std::vector<int64_t>>& data, int repeats, double peak_tflops = 0) {
   const double rss_before = peak_rss_mib();
+  const auto build_start = std::chrono::steady_clock::now();
   kw::Evaluator ev(model, data);
+  const double build_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - build_start).count();
   const double rss_after = peak_rss_mib();
   int64_t tokens = 0;
   for (const auto& s : data) tokens += static_cast<int64_t>(s.size());
@@ -86,12 +111,29 @@ void run(const std::string& title, const kw::Model& model,
   for (const auto& s : data) batches.push_back(torch::tensor(s, torch::kInt64));
   const torch::Tensor batch = torch::stack(batches);
 
-  const double fp = seconds([&] { ev.transformer().forward(batch); }, repeats);
-  std::printf("\n%s: %zu x %zu tokens, %lld layers, dim %lld\n", title.c_str(), data.size(),
-              data[0].size(), static_cast<long long>(model.config.n_layers),
-              static_cast<long long>(model.config.dim));
-  std::printf("  unquantized forward       %8.3f s  %10.0f tokens/s  1.00x\n", fp,
-              static_cast<double>(tokens) / fp);
+  // The sum's item() waits for the device, so GPU rows time finished work.
+  ev.transformer().forward(batch).sum().item<float>();  // warm-up (kernels, allocator)
+  const double fp =
+      seconds([&] { ev.transformer().forward(batch).sum().item<float>(); }, repeats);
+  const double flops =
+      forward_flops(model.config, tokens, static_cast<int64_t>(data[0].size()));
+  const auto rate = [&](double secs) {
+    if (peak_tflops <= 0) return std::string();
+    const double tflops = flops / secs / 1e12;
+    char text[96];
+    std::snprintf(text, sizeof(text), "  %7.1f TFLOP/s  %5.1f%% of peak", tflops,
+                  100.0 * tflops / peak_tflops);
+    return std::string(text);
+  };
+  std::printf("\n%s: %zu x %zu tokens, %lld layers, dim %lld, vocab %lld, %s on %s\n",
+              title.c_str(), data.size(), data[0].size(),
+              static_cast<long long>(model.config.n_layers),
+              static_cast<long long>(model.config.dim),
+              static_cast<long long>(model.config.vocab_size),
+              c10::toString(model.embedding.scalar_type()), model.embedding.device().str().c_str());
+  std::printf("  reference pass (amax, log-probs) %.3f s, once per calibration set\n", build_s);
+  std::printf("  unquantized forward       %8.3f s  %10.0f tokens/s  1.00x%s\n", fp,
+              static_cast<double>(tokens) / fp, rate(fp).c_str());
   const int64_t layers = model.config.n_layers;
   struct Case {
     const char* name;
@@ -113,8 +155,8 @@ void run(const std::string& title, const kw::Model& model,
                             : kvtune::Scheme::parse(c.scheme, 32, 32, "int");
     ev.evaluate(config, scheme);  // the first call also measures layer-local attention errors
     const double t = seconds([&] { ev.evaluate(config, scheme); }, repeats);
-    std::printf("  %-25s %8.3f s  %10.0f tokens/s  %.2fx\n", c.name, t,
-                static_cast<double>(tokens) / t, t / fp);
+    std::printf("  %-25s %8.3f s  %10.0f tokens/s  %.2fx%s\n", c.name, t,
+                static_cast<double>(tokens) / t, t / fp, rate(t).c_str());
   }
   std::printf("  evaluator reference state  %.1f MiB (peak RSS %.1f -> %.1f MiB)\n",
               static_cast<double>(tokens * model.config.vocab_size * 4) / (1 << 20), rss_before,
@@ -123,8 +165,39 @@ void run(const std::string& title, const kw::Model& model,
 
 }  // namespace
 
+// A generated model with Llama-3.1-8B's layer shapes in bfloat16 on the GPU.
+int run_cuda(double peak_tflops) {
+  if (!torch::cuda::is_available()) {
+    std::printf("--device cuda: LibTorch sees no CUDA device (a CPU LibTorch, or no GPU)\n");
+    return 1;
+  }
+  const auto options = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA, 0);
+  kw::Model m = generated_model(4, 4096, 32, 8, 128256, 8192, 14336, options);
+  m.config.rope_theta = 500000.0;
+  std::printf("peak bf16 rate taken as %.1f TFLOP/s (--peak-tflops)\n", peak_tflops);
+  run("generated (synthetic) Llama-3.1-8B shapes", m, random_tokens(8, 512, 128256), 5,
+      peak_tflops);
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false, cuda = false;
+  double peak_tflops = 989.4;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      quick = true;
+    } else if (arg == "--device" && i + 1 < argc && std::string(argv[i + 1]) == "cuda") {
+      cuda = true;
+      ++i;
+    } else if (arg == "--peak-tflops" && i + 1 < argc) {
+      peak_tflops = std::stod(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: bench_eval [--quick] [--device cuda [--peak-tflops T]]\n");
+      return 2;
+    }
+  }
+  if (cuda) return run_cuda(peak_tflops);
   std::printf("threads: %d (torch), one run per row is the median of %d\n",
               torch::get_num_threads(), quick ? 1 : 3);
   const std::string stories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
