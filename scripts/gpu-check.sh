@@ -8,7 +8,7 @@
 # `bash scripts/gpu-check.sh prepare` (on a Debian host with kvtune's
 # dependencies installed) copies what the image lacks into .device/, an
 # ignored folder that travels with the tree: googletest's sources, Google
-# Benchmark and nlohmann-json as Debian installs them, and ../shared's model.
+# Benchmark, nlohmann-json and xxHash as Debian installs them, and ../shared's model.
 # Run the check with `bash scripts/gpu-check.sh` there; CUDAARCHS picks the
 # architectures (default 90: H100/H200).
 set -euo pipefail
@@ -17,7 +17,7 @@ if [ "${1:-}" = "prepare" ]; then
   rm -rf .device && mkdir -p .device/deps/include .device/deps/share/cmake \
     .device/deps/lib/x86_64-linux-gnu/cmake
   cp -r /usr/src/googletest .device/
-  cp -r /usr/include/nlohmann /usr/include/benchmark .device/deps/include/
+  cp -r /usr/include/nlohmann /usr/include/benchmark /usr/include/xxhash.h .device/deps/include/
   cp -r /usr/share/cmake/nlohmann_json .device/deps/share/cmake/
   cp -r /usr/lib/x86_64-linux-gnu/cmake/benchmark .device/deps/lib/x86_64-linux-gnu/cmake/
   cp -a /usr/lib/x86_64-linux-gnu/libbenchmark.so* /usr/lib/x86_64-linux-gnu/libbenchmark_main.a \
@@ -44,7 +44,8 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DKVTUNE_CUDA=ON \
   -DCMAKE_PREFIX_PATH="${torch_prefix:+$torch_prefix;}$PWD/.device/deps" \
   -DKVTUNE_GTEST_SOURCE_DIR="${KVTUNE_GTEST_SOURCE_DIR:-$PWD/.device/googletest}"
 targets=(test_kernels test_cuda_kernels)
-cmake --build build-gpu --target help | grep -q bench_cuda_kernels && targets+=(bench_cuda_kernels)
+cmake --build build-gpu --target help > build-gpu/targets.txt
+grep -q bench_cuda_kernels build-gpu/targets.txt && targets+=(bench_cuda_kernels)
 [ "$with_torch" = ON ] && targets+=(test_worker bench_eval)
 cmake --build build-gpu -j"$(nproc)" --target "${targets[@]}"
 
