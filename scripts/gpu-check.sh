@@ -9,8 +9,9 @@
 # dependencies installed) copies what the image lacks into .device/, an
 # ignored folder that travels with the tree: googletest's sources, Google
 # Benchmark, nlohmann-json and xxHash as Debian installs them, and ../shared's model.
-# Run the check with `bash scripts/gpu-check.sh` there; CUDAARCHS picks the
-# architectures (default 90: H100/H200).
+# Run the check with `bash scripts/gpu-check.sh` there (`... evaluator`: the
+# evaluator's part alone); CUDAARCHS picks the architectures (default 90:
+# H100/H200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "prepare" ]; then
@@ -43,21 +44,27 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DKVTUNE_CUDA=ON \
   -DKVTUNE_WITH_TORCH="$with_torch" -DKVTUNE_WITH_CLUSTER=OFF \
   -DCMAKE_PREFIX_PATH="${torch_prefix:+$torch_prefix;}$PWD/.device/deps" \
   -DKVTUNE_GTEST_SOURCE_DIR="${KVTUNE_GTEST_SOURCE_DIR:-$PWD/.device/googletest}"
-targets=(test_kernels test_cuda_kernels)
+kernels=yes
+[ "${1:-}" = "evaluator" ] && kernels=no
+targets=()
+[ "$kernels" = yes ] && targets+=(test_kernels test_cuda_kernels)
 cmake --build build-gpu --target help > build-gpu/targets.txt
-grep -q bench_cuda_kernels build-gpu/targets.txt && targets+=(bench_cuda_kernels)
+[ "$kernels" = yes ] && grep -q bench_cuda_kernels build-gpu/targets.txt &&
+  targets+=(bench_cuda_kernels)
 [ "$with_torch" = ON ] && targets+=(test_worker bench_eval)
 cmake --build build-gpu -j"$(nproc)" --target "${targets[@]}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 status=0
-build-gpu/tests/test_kernels --gtest_brief=1 || status=1
-build-gpu/tests/test_cuda_kernels || status=1
-if [ -x build-gpu/bench/bench_cuda_kernels ]; then build-gpu/bench/bench_cuda_kernels || status=1; fi
+if [ "$kernels" = yes ]; then
+  build-gpu/tests/test_kernels --gtest_brief=1 || status=1
+  build-gpu/tests/test_cuda_kernels || status=1
+  if [ -x build-gpu/bench/bench_cuda_kernels ]; then build-gpu/bench/bench_cuda_kernels || status=1; fi
+fi
 if [ "$with_torch" = ON ]; then
   build-gpu/tests/test_worker --gtest_filter='CudaEvaluator.*' || status=1
-  build-gpu/bench/bench_eval --device cuda || status=1
-  timeout 150 build-gpu/tests/test_worker --gtest_brief=1 --gtest_filter='-CudaEvaluator.*' || status=1
+  timeout 150 build-gpu/bench/bench_eval --device cuda || status=1
+  timeout 150 build-gpu/tests/test_worker --gtest_filter='-CudaEvaluator.*' || status=1
 else
   echo "gpu-check: python3's PyTorch is not a CUDA build; the evaluator was not checked"
 fi

@@ -226,8 +226,10 @@ torch::Tensor Transformer::rms_norm(const torch::Tensor& x, const torch::Tensor&
 
 torch::Tensor Transformer::rope(const torch::Tensor& x, const torch::Tensor& positions) const {
   const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq_;  // [T, hd/2]
-  const torch::Tensor cos = angles.cos().unsqueeze(1);  // [T, 1, hd/2]
-  const torch::Tensor sin = angles.sin().unsqueeze(1);
+  // In x's dtype, as Hugging Face casts them: bf16/fp16 queries and keys stay
+  // in their dtype (float32 and float64 ones see the same values as before).
+  const torch::Tensor cos = angles.cos().unsqueeze(1).to(x.scalar_type());  // [T, 1, hd/2]
+  const torch::Tensor sin = angles.sin().unsqueeze(1).to(x.scalar_type());
   torch::Tensor x0, x1;
   if (model_.config.rope_style == RopeStyle::Interleaved) {
     // llama2.c: pairs (2j, 2j+1).

@@ -46,7 +46,7 @@ struct CudaCase {
 
 const CudaCase kCudaCases[] = {
     {"KV4", "kvtune", "per-token-asym"},    {"K8V4", "kvtune", "kivi"},
-    {"KV2", "kvtune", "per-channel-asym"},  {"KVfp8", "kvtune", "per-token-asym"},
+    {"KV2", "kvtune", "kivi"},              {"KVfp8", "kvtune", "per-token-asym"},
     {"KVvllm:fp8", "kvtune", "per-token-asym"},
     {"KVvllm:int8_per_token_head", "kvtune", "per-token-asym"},
     {"KVsglang:fp4_e2m1", "kvtune", "per-token-asym"},

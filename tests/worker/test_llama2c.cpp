@@ -73,6 +73,27 @@ TEST(Llama2c, TeacherForcedForwardEqualsStepByStep) {
   }
 }
 
+TEST(Llama2c, HalfPrecisionForwardStaysInItsDtypeAndTracksFloat32) {
+  SKIP_WITHOUT_SHARED();
+  const Model model = load_llama2c(kStoriesModel);
+  const auto ref = nlohmann::json::parse(std::ifstream(kStoriesReference));
+  auto ids = ref["greedy_next_ids"].get<std::vector<int64_t>>();
+  ids.insert(ids.begin(), 1);
+  ids.resize(40);
+  const torch::Tensor batch = torch::tensor(ids, torch::kInt64).unsqueeze(0);
+  const torch::Tensor f32 = Transformer(model).forward(batch)[0];
+  // Every matmul of a bf16 model multiplies bf16 by bf16 (queries and keys
+  // after RoPE included), and its predictions are the float32 model's.
+  const Model bf16 = to_device(model, torch::kCPU, torch::kBFloat16);
+  const torch::Tensor half = Transformer(bf16).forward(batch)[0];
+  ASSERT_EQ(half.scalar_type(), torch::kBFloat16);
+  const double agree =
+      (half.argmax(-1) == f32.argmax(-1)).to(torch::kFloat64).mean().item<double>();
+  EXPECT_GE(agree, 0.9);
+  FullPrecisionCache cache;
+  EXPECT_EQ(Transformer(bf16).step(ids[0], cache).scalar_type(), torch::kBFloat16);
+}
+
 class BadCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
