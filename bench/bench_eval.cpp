@@ -45,36 +45,6 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
-// A generated Llama-architecture model with random weights (synthetic).
-// Made directly on `options`' device and dtype; hidden_dim 0: 8/3 of dim.
-kw::Model generated_model(int64_t layers, int64_t dim, int64_t heads, int64_t kv_heads,
-                          int64_t vocab, int64_t context, int64_t hidden_dim = 0,
-                          torch::TensorOptions options = {}) {
-  torch::manual_seed(0);
-  kw::Model m;
-  m.config = kvtune::bench::generated_config(layers, dim, heads, kv_heads, vocab, context);
-  if (hidden_dim > 0) m.config.hidden_dim = hidden_dim;
-  const kw::ModelConfig& c = m.config;
-  const double s = 1.0 / std::sqrt(static_cast<double>(dim));
-  m.embedding = torch::randn({vocab, dim}, options);
-  m.classifier = m.embedding;
-  m.final_norm = torch::ones({dim}, options);
-  for (int64_t l = 0; l < layers; ++l) {
-    kw::LayerWeights& w = m.layers.emplace_back();
-    w.attn_norm = torch::ones({dim}, options);
-    w.ffn_norm = torch::ones({dim}, options);
-    w.wq = torch::randn({dim, dim}, options) * s;
-    w.wk = torch::randn({kv_heads * c.head_dim, dim}, options) * s;
-    w.wv = torch::randn({kv_heads * c.head_dim, dim}, options) * s;
-    w.wo = torch::randn({dim, dim}, options) * s;
-    w.w1 = torch::randn({c.hidden_dim, dim}, options) * s;
-    w.w3 = torch::randn({c.hidden_dim, dim}, options) * s;
-    w.w2 = torch::randn({dim, c.hidden_dim}, options) * s;
-  }
-  if (options.device().is_cuda()) m.config.weight_dtype = "bfloat16";
-  return m;
-}
-
 // FLOPs of one teacher-forced forward over `tokens` positions of sequences of
 // `len`: the projections, the causal attention (q.k and p.v over i + 1 keys
 // for position i: len / 2 on average) and the output head.
@@ -158,9 +128,12 @@ void run(const std::string& title, const kw::Model& model,
     std::printf("  %-25s %8.3f s  %10.0f tokens/s  %.2fx%s\n", c.name, t,
                 static_cast<double>(tokens) / t, t / fp, rate(t).c_str());
   }
-  std::printf("  evaluator reference state  %.1f MiB (peak RSS %.1f -> %.1f MiB)\n",
-              static_cast<double>(tokens * model.config.vocab_size * 4) / (1 << 20), rss_before,
-              rss_after);
+  std::printf(
+      "  evaluator reference state  %.1f MiB (tokens x vocab log-probs would be %.1f MiB; "
+      "peak RSS %.1f -> %.1f MiB)\n",
+      static_cast<double>(ev.reference_bytes()) / (1 << 20),
+      static_cast<double>(tokens * model.config.vocab_size * 4) / (1 << 20), rss_before,
+      rss_after);
 }
 
 }  // namespace
@@ -172,7 +145,7 @@ int run_cuda(double peak_tflops) {
     return 1;
   }
   const auto options = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA, 0);
-  kw::Model m = generated_model(4, 4096, 32, 8, 128256, 8192, 14336, options);
+  kw::Model m = kvtune::bench::random_model(4, 4096, 32, 8, 128256, 8192, 14336, options);
   m.config.rope_theta = 500000.0;
   std::printf("peak bf16 rate taken as %.1f TFLOP/s (--peak-tflops)\n", peak_tflops);
   run("generated (synthetic) Llama-3.1-8B shapes", m, random_tokens(8, 512, 128256), 3,
@@ -208,7 +181,7 @@ int main(int argc, char** argv) {
     std::printf("stories260K: ../shared absent, skipped\n");
   }
   const int64_t len = quick ? 512 : 2048;
-  const kw::Model big = generated_model(12, 512, 8, 8, 512, 4096);
+  const kw::Model big = kvtune::bench::random_model(12, 512, 8, 8, 512, 4096);
   run("generated (synthetic) 12x512", big, random_tokens(1, len, 512), quick ? 1 : 2);
   return 0;
 }

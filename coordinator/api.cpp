@@ -318,6 +318,7 @@ json Api::workers_json() const {
     if (auto it = workers_.find(w.id); it != workers_.end()) {
       entry["device"] = it->second.device;
       entry["memory_bytes"] = it->second.memory_bytes;
+      entry["reference_bytes"] = it->second.reference_bytes;
       entry["threads"] = it->second.threads;
       entry["loaded_models"] = it->second.loaded_models;
       entry["connected_ms"] = it->second.connected_ms;

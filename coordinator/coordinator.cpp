@@ -138,6 +138,7 @@ class Coordinator::Impl {
           ask_hello(worker);
           return;
         }
+        workers_[worker].reference_bytes = msg.getHeartbeat().getReferenceBytes();
         scheduler_.worker_seen(worker, now);
         return;
       case schema::WorkerMessage::RESULT:

@@ -108,6 +108,7 @@ struct Job {
 struct WorkerInfo {
   std::string device;
   uint64_t memory_bytes = 0;
+  uint64_t reference_bytes = 0;  // the loaded evaluators' references (heartbeats)
   uint32_t threads = 0;
   std::vector<std::string> loaded_models;
   int64_t connected_ms = 0;

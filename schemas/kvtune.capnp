@@ -162,6 +162,7 @@ struct WorkerMessage {
     }
     heartbeat :group {
       busyTaskId @6 :Text;  # empty when idle
+      referenceBytes @17 :UInt64;  # what the loaded evaluators' references hold
     }
     result :group {
       taskId @7 :Text;

@@ -316,7 +316,9 @@ class Daemon {
 
   void send_heartbeat() {
     capnp::MallocMessageBuilder message;
-    message.initRoot<schema::WorkerMessage>().initHeartbeat().setBusyTaskId(runner_.busy_task_id());
+    auto heartbeat = message.initRoot<schema::WorkerMessage>().initHeartbeat();
+    heartbeat.setBusyTaskId(runner_.busy_task_id());
+    heartbeat.setReferenceBytes(runner_.reference_bytes());
     send(message, "heartbeat");
   }
 
@@ -412,7 +414,11 @@ int worker_command(const std::vector<std::string>& args) {
       "grace-seconds", po::value(&o.grace_seconds)->default_value(o.grace_seconds),
       "on SIGTERM/SIGINT, how long a running evaluation may finish before it is handed back")(
       "cache-entries", po::value(&o.cache_entries)->default_value(o.cache_entries),
-      "loaded (model, data) pairs kept, with their reference logits")(
+      "loaded (model, data) pairs kept, with their unquantized reference")(
+      "prefix-cache-mb", po::value<int64_t>()->default_value(-1),
+      "per loaded (model, data), MiB of hidden states kept at layer boundaries so that an "
+      "evaluation starts at its first quantized layer (-1: up to a quarter of the device's "
+      "free memory; 0: none)")(
       "max-tasks", po::value(&o.max_tasks)->default_value(o.max_tasks),
       "exit after this many evaluations (0: no limit)")(
       "prefetch", po::value(&o.prefetch)->default_value(o.prefetch),
@@ -429,6 +435,12 @@ int worker_command(const std::vector<std::string>& args) {
     return 0;
   }
   po::notify(vm);
+  if (const int64_t mb = vm["prefix-cache-mb"].as<int64_t>(); mb >= 0) {
+    o.prefix_cache_bytes = mb << 20;
+  } else if (mb != -1) {
+    throw Error("--prefix-cache-mb must be -1 (automatic), 0 (none) or a size in MiB, got " +
+                std::to_string(mb));
+  }
   return run_daemon(o);
 }
 

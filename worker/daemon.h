@@ -71,6 +71,12 @@ class LruCache {
     entries_.remove_if([&](const auto& entry) { return entry.first == key; });
   }
 
+  // Calls f(key, value) for each value, most recently used first.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& entry : entries_) f(entry.first, *entry.second);
+  }
+
   // Keys, most recently used first.
   std::vector<Key> keys() const {
     std::vector<Key> out;

@@ -23,6 +23,9 @@ struct DaemonOptions {
   int coordinator_timeout_ms = 5000;
   double grace_seconds = 30;
   int cache_entries = 2;
+  // Per loaded (model, data), bytes of hidden states kept at layer
+  // boundaries for prefix reuse (-1: a quarter of the device's free memory).
+  int64_t prefix_cache_bytes = -1;
   int64_t max_tasks = 0;
   int prefetch = 0;  // tasks queued beyond the running one
   // CURVE (workers off-host): the coordinator's public key file and this

@@ -35,7 +35,7 @@ EvalRunner::EvalRunner(const DaemonOptions& options, std::string worker_id)
       id_(std::move(worker_id)),
       prefix_(log_prefix(id_)),
       cache_(static_cast<std::size_t>(options.cache_entries), options.device, options.dtype,
-             prefix_) {
+             prefix_, options.prefix_cache_bytes) {
   // The thread (and LibTorch's pool threads it starts) never takes
   // SIGTERM/SIGINT: they reach the main thread, which polls the flag.
   sigset_t stop_signals, previous;

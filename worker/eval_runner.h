@@ -66,6 +66,8 @@ class EvalRunner {
 
   // Model specs in the cache, most recently used first, without repeats.
   std::vector<std::string> loaded_models() const { return cache_.loaded_models(); }
+  // Bytes the loaded evaluators' references hold.
+  uint64_t reference_bytes() const { return cache_.reference_bytes(); }
 
  private:
   void run();

@@ -150,14 +150,31 @@ struct KvAmax {
 LayerQuantizers make_quantizers(const ModelConfig& config, const std::vector<PrecisionPair>& layers,
                                 const Scheme& scheme, const KvAmax& amax);
 
+// How an Evaluator keeps its unquantized reference.
+struct EvaluatorOptions {
+  // Bytes of unquantized hidden states kept at layer boundaries (prefix
+  // reuse: an evaluation whose first quantized layer is f starts from the
+  // nearest kept boundary at or before f). -1: up to a quarter of the memory
+  // free on the model's device; 0: none (every evaluation runs from layer 0).
+  int64_t prefix_cache_bytes = -1;
+  // Keep the reference log-probabilities, tokens x vocab float32 (kvtune
+  // before bounded references; for comparisons and benchmarks). Otherwise
+  // they are recomputed chunk by chunk from the final hidden states.
+  bool full_reference = false;
+  // Floats of one chunk's logits in the metrics (a chunk is a run of positions
+  // of every sequence of a batch): bounds the metrics' working memory.
+  int64_t chunk_floats = int64_t{16} << 20;
+};
+
 // Evaluates per-layer KV configurations of one model on one calibration set.
-// The unquantized reference (log-probabilities and amax) is computed once.
+// The unquantized reference (final hidden states, layer-boundary checkpoints
+// and amax) is computed once; its memory is O(tokens x dim) per kept boundary.
 class Evaluator {
  public:
   // `prompts`: each sequence's prompt length T0 (empty: 0 for every one);
   // each leaves at least two continuation tokens.
   Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences,
-            const std::vector<int64_t>& prompts = {});
+            const std::vector<int64_t>& prompts = {}, const EvaluatorOptions& options = {});
 
   Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
                    const ReadRule& rule = {});
@@ -168,20 +185,42 @@ class Evaluator {
   }
   const KvAmax& amax() const { return amax_; }
   const Transformer& transformer() const { return transformer_; }
+  // Bytes of the reference state this evaluator holds on the model's device.
+  int64_t reference_bytes() const;
+  // Layer boundaries kept for prefix reuse: every `checkpoint_stride()`
+  // layers from layer 0 (0: none).
+  int64_t checkpoint_stride() const { return stride_; }
+  // Layers run by evaluations and attention-error replays so far (a full
+  // forward counts n_layers): what prefix reuse saves.
+  int64_t layers_run() const { return layers_run_; }
 
  private:
   struct Batch {
-    torch::Tensor tokens;    // [B, T]
-    torch::Tensor ref_logp;  // [B, T, V]
+    torch::Tensor tokens;                    // [B, T]
+    std::vector<torch::Tensor> checkpoints;  // input of layer i * stride_, [B, T, dim]
+    torch::Tensor final_hidden;              // output of the last layer, [B, T, dim]
+    torch::Tensor ref_logp;                  // [B, T, V], only with options.full_reference
     int64_t prompt_tokens = 0;
+  };
+  // Sums of one batch's metric terms.
+  struct Sums {
+    double kl = 0, kl_all = 0, nll_fp = 0, nll_q = 0, agree = 0;
   };
   void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
                              const ReadRule& rule, const LayerQuantizers& qs);
+  // Unquantized hidden states entering layer `layer` (from the nearest kept
+  // boundary), with that boundary's layer.
+  std::pair<torch::Tensor, int64_t> hidden_before(const Batch& b, int64_t layer) const;
+  // KL, NLL and top-1 terms of final hidden states `x` against the reference.
+  Sums compare(const Batch& b, const torch::Tensor& x) const;
 
   const Model& model_;
   Transformer transformer_;
   std::vector<Batch> batches_;  // sequences grouped by length
   int64_t longest_ = 0;
+  int64_t stride_ = 0;
+  int64_t chunk_floats_ = 0;
+  int64_t layers_run_ = 0;
   KvAmax amax_;
   std::map<std::string, double> attn_err_memo_;  // (scheme, rule, layer, pair) -> relative error
 };

@@ -137,6 +137,15 @@ class Transformer {
   // tokens]; `attention` defaults to causal_attention.
   torch::Tensor forward(const torch::Tensor& tokens, const AttentionFn& attention = {}) const;
 
+  // The forward in parts: forward(t, a) = head(run_layers(embed(t), 0, n_layers, a)).
+  // Hidden states [batch, tokens, dim] of `tokens` [batch, tokens].
+  torch::Tensor embed(const torch::Tensor& tokens) const;
+  // Layers [first, last) over hidden states x [batch, tokens, dim] at positions 0..tokens-1.
+  torch::Tensor run_layers(torch::Tensor x, int64_t first, int64_t last,
+                           const AttentionFn& attention = {}) const;
+  // Logits [..., vocab] of hidden states [..., dim]: the final norm and the output head.
+  torch::Tensor head(const torch::Tensor& x) const;
+
   // Logits [vocab] of the next token after appending `token` at position
   // cache.length(); appends its keys and values to `cache`.
   torch::Tensor step(int64_t token, KvCache& cache) const;

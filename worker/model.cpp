@@ -225,7 +225,12 @@ torch::Tensor Transformer::rms_norm(const torch::Tensor& x, const torch::Tensor&
 }
 
 torch::Tensor Transformer::rope(const torch::Tensor& x, const torch::Tensor& positions) const {
-  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq_;  // [T, hd/2]
+  // float64 models take the angles in float64: a float32 cos differs by an
+  // ulp between devices (CUDA's cosf and glibc's), enough to flip a code at a
+  // rounding boundary when a GPU evaluation is compared with the CPU's.
+  const torch::ScalarType angle_type = at_least_f32(x);
+  const torch::Tensor angles =
+      positions.to(angle_type).unsqueeze(1) * inv_freq_.to(angle_type);  // [T, hd/2]
   // In x's dtype, as Hugging Face casts them: bf16/fp16 queries and keys stay
   // in their dtype (float32 and float64 ones see the same values as before).
   const torch::Tensor cos = angles.cos().unsqueeze(1).to(x.scalar_type());  // [T, 1, hd/2]
@@ -271,24 +276,40 @@ std::array<torch::Tensor, 3> Transformer::project_qkv(const LayerWeights& w, con
 torch::Tensor Transformer::forward(const torch::Tensor& tokens,
                                    const AttentionFn& attention) const {
   torch::NoGradGuard no_grad;
+  return head(run_layers(embed(tokens), 0, model_.config.n_layers, attention));
+}
+
+torch::Tensor Transformer::embed(const torch::Tensor& tokens) const {
+  torch::NoGradGuard no_grad;
   const ModelConfig& c = model_.config;
   const int64_t batch = tokens.size(0), len = tokens.size(1);
   if (len > c.max_seq_len) {
     throw Error("a sequence of " + std::to_string(len) + " tokens is longer than the model's " +
                 "context of " + std::to_string(c.max_seq_len));
   }
-  torch::Tensor x =
-      model_.embedding.index_select(0, tokens.reshape(-1).to(model_.embedding.device()))
-          .view({batch, len, c.dim});
-  const torch::Tensor positions = torch::arange(len, tokens.options().dtype(torch::kInt64));
-  for (size_t l = 0; l < model_.layers.size(); ++l) {
-    const LayerWeights& w = model_.layers[l];
+  return model_.embedding.index_select(0, tokens.reshape(-1).to(model_.embedding.device()))
+      .view({batch, len, c.dim});
+}
+
+torch::Tensor Transformer::run_layers(torch::Tensor x, int64_t first, int64_t last,
+                                      const AttentionFn& attention) const {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& c = model_.config;
+  const int64_t batch = x.size(0), len = x.size(1);
+  const torch::Tensor positions =
+      torch::arange(len, model_.embedding.options().dtype(torch::kInt64));
+  for (int64_t l = first; l < last; ++l) {
+    const LayerWeights& w = model_.layers[static_cast<size_t>(l)];
     const auto [q, k, v] = project_qkv(w, rms_norm(x, w.attn_norm), positions);
-    const torch::Tensor attn =
-        attention ? attention(static_cast<int64_t>(l), q, k, v) : causal_attention(q, k, v);
+    const torch::Tensor attn = attention ? attention(l, q, k, v) : causal_attention(q, k, v);
     x = x + torch::matmul(attn.reshape({batch, len, c.n_heads * c.head_dim}), w.wo.t());
     x = x + feed_forward(w, rms_norm(x, w.ffn_norm));
   }
+  return x;
+}
+
+torch::Tensor Transformer::head(const torch::Tensor& x) const {
+  torch::NoGradGuard no_grad;
   return torch::matmul(rms_norm(x, model_.final_norm), model_.classifier.t());
 }
 

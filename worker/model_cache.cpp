@@ -123,10 +123,11 @@ int runtime_threads() {
 // --- loaded models -----------------------------------------------------------
 
 ModelCache::ModelCache(std::size_t capacity, std::string device, std::string dtype,
-                       std::string log_prefix)
+                       std::string log_prefix, int64_t prefix_cache_bytes)
     : device_(std::move(device)),
       dtype_(std::move(dtype)),
       prefix_(std::move(log_prefix)),
+      prefix_cache_bytes_(prefix_cache_bytes),
       cache_(capacity) {}
 
 ModelCache::~ModelCache() = default;
@@ -186,6 +187,11 @@ std::vector<std::string> ModelCache::loaded_models() const {
   return loaded_models_;
 }
 
+uint64_t ModelCache::reference_bytes() const {
+  std::lock_guard lock(mutex_);
+  return reference_bytes_;
+}
+
 // Token-file data can change under a cached entry; sampled data is a
 // function of the model, which the fingerprint covers.
 bool ModelCache::still_current(const Entry& entry, const EntryKey& key) const {
@@ -210,8 +216,10 @@ Entry& ModelCache::load(const EntryKey& key) {
   entry->data = load_calibration(key.data_spec, key.seq_len, *entry->model);
   entry->data_fingerprint = data_fingerprint(entry->data.sequences, entry->data.prompts);
   for (const auto& sequence : entry->data.sequences) entry->tokens += sequence.size();
-  entry->evaluator = std::make_unique<Evaluator>(*entry->model, entry->data.sequences,
-                                                 prompt_lengths(entry->data, key.prompt_tokens));
+  EvaluatorOptions options;
+  options.prefix_cache_bytes = prefix_cache_bytes_;
+  entry->evaluator = std::make_unique<Evaluator>(
+      *entry->model, entry->data.sequences, prompt_lengths(entry->data, key.prompt_tokens), options);
   log_line(prefix_ + "loaded " + key.model_spec + " with data " + key.data_spec + " (" +
            std::to_string(entry->data.sequences.size()) + " sequences, " +
            std::to_string(entry->tokens) + " tokens) in " + seconds_text(seconds_since(start)) +
@@ -230,6 +238,10 @@ void ModelCache::drop(const EntryKey& key) {
 
 // Under mutex_.
 void ModelCache::refresh_loaded_models() {
+  reference_bytes_ = 0;
+  cache_.for_each([this](const EntryKey&, const Entry& entry) {
+    reference_bytes_ += static_cast<uint64_t>(entry.evaluator->reference_bytes());
+  });
   loaded_models_.clear();
   for (const EntryKey& key : cache_.keys()) {
     if (std::find(loaded_models_.begin(), loaded_models_.end(), key.model_spec) ==

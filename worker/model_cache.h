@@ -46,7 +46,9 @@ class ModelCache {
  public:
   // Models are placed on `device` in `dtype` (as check_runtime() accepts);
   // `log_prefix` starts the lines it logs when it loads.
-  ModelCache(std::size_t capacity, std::string device, std::string dtype, std::string log_prefix);
+  // `prefix_cache_bytes`: EvaluatorOptions::prefix_cache_bytes of each entry.
+  ModelCache(std::size_t capacity, std::string device, std::string dtype, std::string log_prefix,
+             int64_t prefix_cache_bytes = -1);
   ModelCache(const ModelCache&) = delete;
   ModelCache& operator=(const ModelCache&) = delete;
   ~ModelCache();
@@ -64,6 +66,8 @@ class ModelCache {
 
   // Model specs in the cache, most recently used first, without repeats.
   std::vector<std::string> loaded_models() const;
+  // Bytes the loaded evaluators' references hold (any thread).
+  uint64_t reference_bytes() const;
 
  private:
   bool still_current(const Entry& entry, const EntryKey& key) const;
@@ -74,12 +78,14 @@ class ModelCache {
   const std::string device_;
   const std::string dtype_;
   const std::string prefix_;
+  const int64_t prefix_cache_bytes_;
 
   // loaded_models_ is read by other threads, so it changes under mutex_ (as
   // does the cache when it evicts); the cache itself is the runner's.
   mutable std::mutex mutex_;
   LruCache<EntryKey, Entry> cache_;
   std::vector<std::string> loaded_models_;
+  uint64_t reference_bytes_ = 0;
 };
 
 }  // namespace kvtune::worker

@@ -133,6 +133,19 @@ TEST_F(Cluster, TwoWorkersEvaluateFortyConfigsAsOneProcessDoes) {
 
   const json listed = coordinator.get("/v1/workers");
   EXPECT_EQ(listed["workers"].size(), 2u);
+  // Each worker reports what its loaded reference holds: the final hidden
+  // states and four kept boundaries of stories260K (dim 64, float32) over
+  // the job's calibration tokens, never tokens x vocab log-probabilities.
+  const int64_t tokens = job["model_info"]["tokens"].get<int64_t>();
+  EXPECT_TRUE(eventually(
+      [&] {
+        for (const json& w : coordinator.get("/v1/workers")["workers"]) {
+          if (w.value("reference_bytes", 0) != 5 * tokens * 64 * 4) return false;
+        }
+        return true;
+      },
+      5000))
+      << coordinator.get("/v1/workers").dump();
 }
 
 TEST_F(Cluster, PromptsAndReadRulesReachTheWorkersAndKeyTheirResults) {
