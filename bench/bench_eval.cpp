@@ -50,8 +50,9 @@ double peak_rss_mib() {
 // for position i: len / 2 on average) and the output head.
 double forward_flops(const kw::ModelConfig& c, int64_t tokens, int64_t len) {
   const double d = static_cast<double>(c.dim), kv = static_cast<double>(c.n_kv_heads * c.head_dim);
-  const double per_layer = 2.0 * (2 * d * d + 2 * d * kv + 3 * d * static_cast<double>(c.hidden_dim)) +
-                           2.0 * 2.0 * d * (static_cast<double>(len) + 1) / 2.0;
+  const double per_layer =
+      2.0 * (2 * d * d + 2 * d * kv + 3 * d * static_cast<double>(c.hidden_dim)) +
+      2.0 * 2.0 * d * (static_cast<double>(len) + 1) / 2.0;
   const double head = 2.0 * d * static_cast<double>(c.vocab_size);
   return static_cast<double>(tokens) * (static_cast<double>(c.n_layers) * per_layer + head);
 }
@@ -83,10 +84,8 @@ void run(const std::string& title, const kw::Model& model,
 
   // The sum's item() waits for the device, so GPU rows time finished work.
   ev.transformer().forward(batch).sum().item<float>();  // warm-up (kernels, allocator)
-  const double fp =
-      seconds([&] { ev.transformer().forward(batch).sum().item<float>(); }, repeats);
-  const double flops =
-      forward_flops(model.config, tokens, static_cast<int64_t>(data[0].size()));
+  const double fp = seconds([&] { ev.transformer().forward(batch).sum().item<float>(); }, repeats);
+  const double flops = forward_flops(model.config, tokens, static_cast<int64_t>(data[0].size()));
   const auto rate = [&](double secs) {
     if (peak_tflops <= 0) return std::string();
     const double tflops = flops / secs / 1e12;
@@ -95,12 +94,11 @@ void run(const std::string& title, const kw::Model& model,
                   100.0 * tflops / peak_tflops);
     return std::string(text);
   };
-  std::printf("\n%s: %zu x %zu tokens, %lld layers, dim %lld, vocab %lld, %s on %s\n",
-              title.c_str(), data.size(), data[0].size(),
-              static_cast<long long>(model.config.n_layers),
-              static_cast<long long>(model.config.dim),
-              static_cast<long long>(model.config.vocab_size),
-              c10::toString(model.embedding.scalar_type()), model.embedding.device().str().c_str());
+  std::printf(
+      "\n%s: %zu x %zu tokens, %lld layers, dim %lld, vocab %lld, %s on %s\n", title.c_str(),
+      data.size(), data[0].size(), static_cast<long long>(model.config.n_layers),
+      static_cast<long long>(model.config.dim), static_cast<long long>(model.config.vocab_size),
+      c10::toString(model.embedding.scalar_type()), model.embedding.device().str().c_str());
   std::printf("  reference pass (amax, log-probs) %.3f s, once per calibration set\n", build_s);
   std::printf("  unquantized forward       %8.3f s  %10.0f tokens/s  1.00x%s\n", fp,
               static_cast<double>(tokens) / fp, rate(fp).c_str());
@@ -132,8 +130,7 @@ void run(const std::string& title, const kw::Model& model,
       "  evaluator reference state  %.1f MiB (tokens x vocab log-probs would be %.1f MiB; "
       "peak RSS %.1f -> %.1f MiB)\n",
       static_cast<double>(ev.reference_bytes()) / (1 << 20),
-      static_cast<double>(tokens * model.config.vocab_size * 4) / (1 << 20), rss_before,
-      rss_after);
+      static_cast<double>(tokens * model.config.vocab_size * 4) / (1 << 20), rss_before, rss_after);
 }
 
 }  // namespace

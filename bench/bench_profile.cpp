@@ -109,8 +109,8 @@ void reference_memory() {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   torch::set_num_threads(1);
-  std::printf("bench_profile: CPU float32, %d torch thread, best of %d\n",
-              torch::get_num_threads(), quick ? 1 : 3);
+  std::printf("bench_profile: CPU float32, %d torch thread, best of %d\n", torch::get_num_threads(),
+              quick ? 1 : 3);
   const std::string stories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
   if (std::filesystem::exists(stories)) {
     profile("stories260K", kw::load_llama2c(stories), "sample:4:256:0", quick ? 1 : 3);

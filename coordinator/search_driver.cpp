@@ -3,6 +3,7 @@
 #include "search_driver.h"
 
 #include <algorithm>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -86,8 +87,16 @@ void SearchDriver::start_generation(Job& job) {
       e.config = e.layers;
       job.tasks.push_back(std::move(e));
     }
+    // Queued in the order of their layer strings, so that consecutive
+    // evaluations share leading layers (a worker starts each after the
+    // layers it shares with its last one); task numbers keep the search's order.
+    std::vector<std::size_t> order(job.tasks.size() - job.generation_begin);
+    std::iota(order.begin(), order.end(), job.generation_begin);
+    std::stable_sort(order.begin(), order.end(), [&job](std::size_t a, std::size_t b) {
+      return job.tasks[a].layers < job.tasks[b].layers;
+    });
     std::size_t queued = 0;
-    for (std::size_t i = job.generation_begin; i < job.tasks.size(); ++i) {
+    for (const std::size_t i : order) {
       TaskEntry& t = job.tasks[i];
       if (auto kl = ledger_.stored_kl(t.eval_key)) {
         t.state = TaskState::DONE;

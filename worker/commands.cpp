@@ -198,7 +198,7 @@ static int inspect_command_impl(const std::vector<std::string>& args) {
 }
 
 static int eval_command_impl(const std::vector<std::string>& args) {
-  std::string model_spec, data_spec, read_text;
+  std::string model_spec, data_spec, read_text, free_run_text;
   int64_t seq_len = 0, prompt_tokens = 0;
   int threads = 0;
   QuantOptions quant;
@@ -214,12 +214,27 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       "read", po::value(&read_text)->default_value("fresh"),
       "read rule: fresh, cache, fresh-prefill, or prefill=fresh|cache,current=fresh|cache")(
       "threads", po::value(&threads)->default_value(0),
-      "LibTorch intra-op threads (0: its default)")("json", "print one JSON object");
+      "LibTorch intra-op threads (0: its default)")(
+      "free-run", po::value(&free_run_text),
+      "N,P,M: also generate greedily from the first P tokens of the first N sequences, M new "
+      "tokens through the real quantized cache, and report agreement with the unquantized "
+      "model's own continuation and the first divergence")("json", "print one JSON object");
   quant.add_to(opts);
   RuntimeOptions runtime;
   runtime.add_to(opts);
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
+  std::vector<int64_t> free_run_sizes;
+  if (!free_run_text.empty()) {
+    free_run_sizes = parse_int_list(free_run_text, 1, [&](const std::string& item) {
+      return "--free-run '" + free_run_text + "': '" + item + "' is not a positive integer";
+    });
+    if (free_run_sizes.size() != 3) {
+      throw Error("--free-run '" + free_run_text +
+                  "' takes N,P,M (prompts, prompt tokens, new "
+                  "tokens)");
+    }
+  }
   // LibTorch's own default; its matmuls already use OpenBLAS's threads, and
   // more intra-op threads on top oversubscribe the cores.
   if (threads > 0) torch::set_num_threads(threads);
@@ -239,6 +254,13 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       std::any_of(prompts.begin(), prompts.end(), [](int64_t t) { return t > 0; });
   std::vector<Metrics> results;
   for (const auto& layers : configs) results.push_back(evaluator.evaluate(layers, scheme, rule));
+  std::vector<FreeRun> runs;
+  if (!free_run_sizes.empty()) {
+    for (const auto& layers : configs) {
+      runs.push_back(evaluator.free_run(layers, scheme, rule, free_run_sizes[0], free_run_sizes[1],
+                                        free_run_sizes[2]));
+    }
+  }
 
   if (vm.count("json")) {
     // One JSON object per config (one line each).
@@ -254,6 +276,7 @@ static int eval_command_impl(const std::vector<std::string>& args) {
       out["synthetic"] = model.config.synthetic;
       out["device"] = runtime.device;
       out["dtype"] = runtime.dtype;
+      if (!runs.empty()) out["free_run"] = runs[i].to_json();
       std::cout << out.dump() << "\n";
     }
     return 0;
@@ -276,6 +299,11 @@ static int eval_command_impl(const std::vector<std::string>& args) {
     std::printf("attention rel.err ");
     for (double e : m.attn_rel_err) std::printf(" %.4f", e);
     std::printf("\n");
+    if (!runs.empty()) {
+      std::printf(
+          "free-running       %.4f agreement, first divergence at %.1f of %lld new tokens\n",
+          runs[0].agreement, runs[0].first_divergence, static_cast<long long>(runs[0].new_tokens));
+    }
   } else {
     std::printf("\n%-28s %8s %10s %10s %10s %8s %10s\n", "config", "avg bits", "bytes/tok", "KL",
                 "dNLL", "top-1", "ppl");
@@ -286,8 +314,13 @@ static int eval_command_impl(const std::vector<std::string>& args) {
                                        [&](const PrecisionPair& p) { return p == layers[0]; });
       std::string name = uniform ? layers[0].name() + " (all layers)" : format_layer_config(layers);
       if (name.size() > 28) name = name.substr(0, 25) + "...";
-      std::printf("%-28s %8.3f %10.1f %10.5f %10.5f %8.4f %10.3f\n", name.c_str(), m.avg_bits,
+      std::printf("%-28s %8.3f %10.1f %10.5f %10.5f %8.4f %10.3f", name.c_str(), m.avg_bits,
                   m.bytes_per_token, m.kl, m.delta_nll, m.top1_agreement, m.ppl_q);
+      if (!runs.empty()) {
+        std::printf("   free-run %.3f, diverges at %.1f", runs[i].agreement,
+                    runs[i].first_divergence);
+      }
+      std::printf("\n");
     }
   }
   if (model.config.synthetic) std::cout << kSyntheticNote << "\n";

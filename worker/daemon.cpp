@@ -418,9 +418,8 @@ int worker_command(const std::vector<std::string>& args) {
       "prefix-cache-mb", po::value<int64_t>()->default_value(-1),
       "per loaded (model, data), MiB of hidden states kept at layer boundaries so that an "
       "evaluation starts at its first quantized layer (-1: up to a quarter of the device's "
-      "free memory; 0: none)")(
-      "max-tasks", po::value(&o.max_tasks)->default_value(o.max_tasks),
-      "exit after this many evaluations (0: no limit)")(
+      "free memory; 0: none)")("max-tasks", po::value(&o.max_tasks)->default_value(o.max_tasks),
+                               "exit after this many evaluations (0: no limit)")(
       "prefetch", po::value(&o.prefetch)->default_value(o.prefetch),
       "tasks to queue beyond the running one (hides the coordinator round trip between "
       "short evaluations; a queued task waits if this worker is slow)")(

@@ -4,6 +4,7 @@
 // semantics").
 #pragma once
 
+#include <array>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -150,12 +151,27 @@ struct KvAmax {
 LayerQuantizers make_quantizers(const ModelConfig& config, const std::vector<PrecisionPair>& layers,
                                 const Scheme& scheme, const KvAmax& amax);
 
+// Free-running greedy generation (teacher-forced KL does not see errors
+// compound): from each prompt, the unquantized model and the model reading a
+// real quantized decode cache each generate their own greedy continuation.
+struct FreeRun {
+  int64_t prompts = 0, prompt_tokens = 0, new_tokens = 0;
+  double agreement = 0;         // share of new positions where the two tokens agree
+  double first_divergence = 0;  // mean index of the first differing new token (new_tokens: none)
+
+  nlohmann::json to_json() const;
+};
+
 // How an Evaluator keeps its unquantized reference.
 struct EvaluatorOptions {
-  // Bytes of unquantized hidden states kept at layer boundaries (prefix
-  // reuse: an evaluation whose first quantized layer is f starts from the
-  // nearest kept boundary at or before f). -1: up to a quarter of the memory
-  // free on the model's device; 0: none (every evaluation runs from layer 0).
+  // Bytes of hidden states kept at layer boundaries (prefix reuse). The
+  // unquantized ones: an evaluation whose first quantized layer is f starts
+  // from the nearest kept boundary at or before f. When the budget holds
+  // every boundary twice, also the last evaluation's own (its trail): the
+  // next one starts after the leading layers it shares with it (configs in
+  // lexicographic order share long prefixes). -1: up to a quarter of the
+  // memory free on the model's device; 0: none (every evaluation runs from
+  // layer 0).
   int64_t prefix_cache_bytes = -1;
   // Keep the reference log-probabilities, tokens x vocab float32 (kvtune
   // before bounded references; for comparisons and benchmarks). Otherwise
@@ -179,6 +195,15 @@ class Evaluator {
   Metrics evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
                    const ReadRule& rule = {});
 
+  // FreeRun from the first `prompt_tokens` tokens of each of the first
+  // `prompts` sequences, `new_tokens` tokens each (the prompt prefilled at
+  // once, then a token at a time, read as `rule` says). The unquantized
+  // continuations are computed once per (prompts, prompt_tokens, new_tokens).
+  // Throws kvtune::Error naming the value that does not fit the data or model.
+  FreeRun free_run(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
+                   const ReadRule& rule, int64_t prompts, int64_t prompt_tokens,
+                   int64_t new_tokens);
+
   // The quantizers of a configuration, scaled by this calibration set's amax.
   LayerQuantizers quantizers(const std::vector<PrecisionPair>& layers, const Scheme& scheme) const {
     return make_quantizers(model_.config, layers, scheme, amax_);
@@ -190,6 +215,8 @@ class Evaluator {
   // Layer boundaries kept for prefix reuse: every `checkpoint_stride()`
   // layers from layer 0 (0: none).
   int64_t checkpoint_stride() const { return stride_; }
+  // Whether the last evaluation's boundaries are kept for the next one.
+  bool keeps_trail() const { return keep_trail_; }
   // Layers run by evaluations and attention-error replays so far (a full
   // forward counts n_layers): what prefix reuse saves.
   int64_t layers_run() const { return layers_run_; }
@@ -211,18 +238,31 @@ class Evaluator {
   // Unquantized hidden states entering layer `layer` (from the nearest kept
   // boundary), with that boundary's layer.
   std::pair<torch::Tensor, int64_t> hidden_before(const Batch& b, int64_t layer) const;
+  // The last evaluation's hidden states entering layers [from, n_layers),
+  // per batch, under its config, scheme and read rule.
+  struct Trail {
+    std::string key;  // scheme and rule
+    std::vector<PrecisionPair> layers;
+    int64_t from = 0;
+    std::vector<std::vector<torch::Tensor>> hidden;
+  };
   // KL, NLL and top-1 terms of final hidden states `x` against the reference.
   Sums compare(const Batch& b, const torch::Tensor& x) const;
 
   const Model& model_;
   Transformer transformer_;
-  std::vector<Batch> batches_;  // sequences grouped by length
+  std::vector<std::vector<int64_t>> sequences_;  // as given
+  std::vector<Batch> batches_;                   // sequences grouped by length
   int64_t longest_ = 0;
   int64_t stride_ = 0;
+  bool keep_trail_ = false;
+  Trail trail_;
   int64_t chunk_floats_ = 0;
   int64_t layers_run_ = 0;
   KvAmax amax_;
   std::map<std::string, double> attn_err_memo_;  // (scheme, rule, layer, pair) -> relative error
+  // (prompts, prompt_tokens, new_tokens) -> the unquantized continuations.
+  std::map<std::array<int64_t, 3>, std::vector<std::vector<int64_t>>> free_run_memo_;
 };
 
 }  // namespace kvtune::worker

@@ -54,7 +54,9 @@ std::string attention_error_key(const Scheme& scheme, const ReadRule& rule, size
 
 Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> sequences,
                      const std::vector<int64_t>& prompts, const EvaluatorOptions& options)
-    : model_(model), transformer_(model), chunk_floats_(std::max<int64_t>(1, options.chunk_floats)) {
+    : model_(model),
+      transformer_(model),
+      chunk_floats_(std::max<int64_t>(1, options.chunk_floats)) {
   const ModelConfig& c = model.config;
   if (sequences.empty()) throw Error("the calibration data holds no sequences");
   if (!prompts.empty() && prompts.size() != sequences.size()) {
@@ -86,14 +88,16 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
                   "; the prompt must leave at least 2 tokens to continue");
     }
     by_shape[{len, t0}].push_back(torch::tensor(seq, torch::kInt64));
+    sequences_.push_back(seq);
     longest_ = std::max(longest_, len);
     total_tokens += len;
   }
   const torch::Device device = model.embedding.device();
-  const int64_t budget = options.prefix_cache_bytes >= 0 ? options.prefix_cache_bytes
-                                                         : free_memory_bytes(device) / 4;
-  stride_ = stride_for_budget(c.n_layers, total_tokens * c.dim * model.embedding.element_size(),
-                              budget);
+  const int64_t budget =
+      options.prefix_cache_bytes >= 0 ? options.prefix_cache_bytes : free_memory_bytes(device) / 4;
+  const int64_t boundary_bytes = total_tokens * c.dim * model.embedding.element_size();
+  stride_ = stride_for_budget(c.n_layers, boundary_bytes, budget);
+  keep_trail_ = stride_ == 1 && budget >= 2 * c.n_layers * boundary_bytes;
   amax_ = KvAmax::zeros(c);
   const AttentionFn record_amax = amax_.recording_attention();
   for (auto& [shape, seqs] : by_shape) {
@@ -123,6 +127,9 @@ int64_t Evaluator::reference_bytes() const {
     add(b.final_hidden);
     add(b.ref_logp);
   }
+  for (const auto& batch : trail_.hidden) {
+    for (const torch::Tensor& t : batch) add(t);
+  }
   return bytes;
 }
 
@@ -146,7 +153,8 @@ Evaluator::Sums Evaluator::compare(const Batch& b, const torch::Tensor& x) const
     const torch::Tensor ref =
         b.ref_logp.defined() ? b.ref_logp.slice(1, p0, p1) : logp(b.final_hidden.slice(1, p0, p1));
     const torch::Tensor q = logp(x.slice(1, p0, p1));
-    const torch::Tensor terms = (ref.exp() * (ref - q)).sum({-1}, false, torch::kFloat64);  // [B, n]
+    const torch::Tensor terms =
+        (ref.exp() * (ref - q)).sum({-1}, false, torch::kFloat64);  // [B, n]
     kl_all += terms.sum();
     const int64_t c0 = std::max(p0, t0);  // the chunk's continuation positions: [c0, p1)
     if (c0 < p1) {
@@ -232,14 +240,44 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     const auto& [kq, vq] = qs[static_cast<size_t>(l)];
     return quantized_attention(q, k, v, kq, vq, plan);
   };
+  // Where to start: the kept unquantized boundary at or before `first`, or,
+  // when later, the last boundary the last evaluation shares with this one
+  // (layers [0, shared) equal under the same scheme and rule).
+  const std::string key = scheme.key() + "|" + rule.name();
+  int64_t from = stride_ == 0 || first < stride_ ? 0 : first / stride_ * stride_;
+  bool from_trail = false;
+  if (keep_trail_ && first < c.n_layers && trail_.key == key) {
+    int64_t shared = 0;
+    while (shared < c.n_layers && layers[static_cast<size_t>(shared)].name() ==
+                                      trail_.layers[static_cast<size_t>(shared)].name()) {
+      ++shared;
+    }
+    const int64_t at = std::min(shared, c.n_layers - 1);
+    if (at >= trail_.from && at > from) {
+      from = at;
+      from_trail = true;
+    }
+  }
+  // The new trail keeps the shared boundaries it started after.
+  Trail next{key, layers, from_trail ? trail_.from : from, {}};
   Sums total;
   int64_t positions = 0, all_positions = 0, predicted = 0;
-  for (const Batch& b : batches_) {
+  for (size_t bi = 0; bi < batches_.size(); ++bi) {
+    const Batch& b = batches_[bi];
     plan.prompt_tokens = b.prompt_tokens;
     torch::Tensor x = b.final_hidden;
     if (first < c.n_layers) {
-      const auto [h, from] = hidden_before(b, first);
-      x = transformer_.run_layers(h, from, c.n_layers, attention);
+      x = from_trail ? trail_.hidden[bi][static_cast<size_t>(from - trail_.from)]
+                     : hidden_before(b, from).first;
+      std::vector<torch::Tensor>& kept = next.hidden.emplace_back();
+      if (from_trail) {
+        const auto& shared = trail_.hidden[bi];
+        kept.assign(shared.begin(), shared.begin() + (from - trail_.from));
+      }
+      for (int64_t l = from; l < c.n_layers; ++l) {
+        if (keep_trail_) kept.push_back(x);
+        x = transformer_.run_layers(x, l, l + 1, attention);
+      }
       layers_run_ += c.n_layers - from;
     }
     const Sums s = compare(b, x);
@@ -253,6 +291,7 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     all_positions += rows * len;
     predicted += rows * (len - t0 - 1);
   }
+  if (keep_trail_ && first < c.n_layers) trail_ = std::move(next);
   if (!std::isfinite(total.kl) || !std::isfinite(total.nll_q)) {
     throw Error("the quantized evaluation of " + format_layer_config(layers) +
                 " produced non-finite log-probabilities (NaN or Inf activations)");
@@ -272,8 +311,7 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     const double bits = qs[l].first.storage_bits(longest_, c.n_kv_heads, c.head_dim) +
                         qs[l].second.storage_bits(longest_, c.n_kv_heads, c.head_dim);
     m.bytes_per_token += bits * static_cast<double>(c.n_kv_heads * c.head_dim) / 8.0;
-    m.attn_rel_err.push_back(
-        attn_err_memo_.at(attention_error_key(scheme, rule, l, layers[l])));
+    m.attn_rel_err.push_back(attn_err_memo_.at(attention_error_key(scheme, rule, l, layers[l])));
   }
   return m;
 }

@@ -218,8 +218,9 @@ Entry& ModelCache::load(const EntryKey& key) {
   for (const auto& sequence : entry->data.sequences) entry->tokens += sequence.size();
   EvaluatorOptions options;
   options.prefix_cache_bytes = prefix_cache_bytes_;
-  entry->evaluator = std::make_unique<Evaluator>(
-      *entry->model, entry->data.sequences, prompt_lengths(entry->data, key.prompt_tokens), options);
+  entry->evaluator =
+      std::make_unique<Evaluator>(*entry->model, entry->data.sequences,
+                                  prompt_lengths(entry->data, key.prompt_tokens), options);
   log_line(prefix_ + "loaded " + key.model_spec + " with data " + key.data_spec + " (" +
            std::to_string(entry->data.sequences.size()) + " sequences, " +
            std::to_string(entry->tokens) + " tokens) in " + seconds_text(seconds_since(start)) +

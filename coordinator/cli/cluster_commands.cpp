@@ -147,13 +147,14 @@ int coordinator_command(const std::vector<std::string>& args) {
 // Polls the job's summary (no results) with a progress line until it finishes.
 static void watch_job(const ClientOptions& client, const std::string& id) {
   ProgressLine progress(::isatty(2) != 0);
+  json summary;
   while (true) {
-    const json summary = client.call("GET", "/v1/jobs/" + id + "?view=summary");
+    summary = client.call("GET", "/v1/jobs/" + id + "?view=summary");
     if (job_finished(summary.value("state", ""))) break;
     progress.update(summary);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  progress.finish();
+  progress.finish(summary);
 }
 
 int submit_command(const std::vector<std::string>& args) {

@@ -58,7 +58,9 @@ class ProgressLine {
  public:
   explicit ProgressLine(bool terminal);
   void update(const nlohmann::json& summary);
-  void finish();  // clears the live line
+  // Clears the live line; without a terminal, says the final state (the
+  // summary of the finished job) in one more line when it has not been said.
+  void finish(const nlohmann::json& summary = nullptr);
 
  private:
   bool terminal_;

@@ -49,11 +49,18 @@ void ProgressLine::update(const nlohmann::json& summary) {
   last_phase_ = phase;
 }
 
-void ProgressLine::finish() {
+void ProgressLine::finish(const nlohmann::json& summary) {
   if (terminal_ && !last_line_.empty()) {
     std::cerr << "\r" << std::string(last_line_.size(), ' ') << "\r" << std::flush;
   }
   last_line_.clear();
+  if (!terminal_ && summary.is_object()) {
+    // A job can finish between two polls: its last phase and best config
+    // would go unsaid in a log.
+    nlohmann::json final_summary = summary;
+    final_summary["progress"]["phase"] = summary.value("state", "finished");
+    update(final_summary);
+  }
 }
 
 }  // namespace kvtune::cli

@@ -330,7 +330,7 @@ int run_command(const std::vector<std::string>& args) {
     progress.update(job);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  progress.finish();
+  progress.finish(job);
   job = json::parse(call("GET", "/v1/jobs/" + id).body);
   if (json_output) {
     std::cout << job.dump() << "\n";

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "../support/process.h"
 
@@ -412,6 +413,24 @@ TEST(CliEval, BadInputsAreNamed) {
                   true);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("/nonexistent.bin"), std::string::npos) << r.output;
+}
+
+TEST(CliEval, FreeRunReportsAgreementWithTheUnquantizedContinuation) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base = kKvtune + " eval --model " + kStories + " --data sample:3:48:1 --json";
+  const CommandResult r = run_command(base + " --config KV16 --config KV2 --free-run 3,8,24");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]["free_run"]["agreement"], 1.0);
+  EXPECT_EQ(lines[0]["free_run"]["first_divergence"], 24.0);
+  EXPECT_EQ(lines[0]["free_run"]["prompts"], 3);
+  EXPECT_LT(lines[1]["free_run"]["agreement"].get<double>(), 1.0);
+  const CommandResult bad = run_command(base + " --config KV2 --free-run 3,8", true);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("takes N,P,M"), std::string::npos) << bad.output;
 }
 
 TEST(CliGenerate, GreedyDecodeMatchesTheReferenceAndQuantizationChangesIt) {

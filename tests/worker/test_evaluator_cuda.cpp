@@ -27,9 +27,9 @@ bool cuda_evaluation_possible() {
 
 // Eight windows of the reference greedy text, 96 tokens each.
 std::vector<std::vector<int64_t>> cuda_case_sequences() {
-  auto ids = nlohmann::json::parse(std::ifstream(kvtune::testing::kStoriesReference))
-                 ["greedy_next_ids"]
-                     .get<std::vector<int64_t>>();
+  auto ids =
+      nlohmann::json::parse(std::ifstream(kvtune::testing::kStoriesReference))["greedy_next_ids"]
+          .get<std::vector<int64_t>>();
   ids.insert(ids.begin(), 1);
   std::vector<std::vector<int64_t>> out;
   for (size_t s = 0; s < 8; ++s) {
@@ -47,8 +47,10 @@ struct CudaCase {
 };
 
 const CudaCase kCudaCases[] = {
-    {"KV4", "kvtune", "per-token-asym"},    {"K8V4", "kvtune", "kivi"},
-    {"KV2", "kvtune", "kivi"},              {"KVfp8", "kvtune", "per-token-asym"},
+    {"KV4", "kvtune", "per-token-asym"},
+    {"K8V4", "kvtune", "kivi"},
+    {"KV2", "kvtune", "kivi"},
+    {"KVfp8", "kvtune", "per-token-asym"},
     {"KVvllm:fp8", "kvtune", "per-token-asym"},
     {"KVvllm:int8_per_token_head", "kvtune", "per-token-asym"},
     {"KVsglang:fp4_e2m1", "kvtune", "per-token-asym"},
@@ -71,8 +73,7 @@ TEST(CudaEvaluator, TheGpuGivesTheCpuMetrics) {
   for (size_t l = 0; l < cpu.amax().keys.size(); ++l) {
     for (size_t h = 0; h < cpu.amax().keys[l].size(); ++h) {
       EXPECT_NEAR(gpu.amax().keys[l][h], cpu.amax().keys[l][h], 1e-4 * cpu.amax().keys[l][h]);
-      EXPECT_NEAR(gpu.amax().values[l][h], cpu.amax().values[l][h],
-                  1e-4 * cpu.amax().values[l][h]);
+      EXPECT_NEAR(gpu.amax().values[l][h], cpu.amax().values[l][h], 1e-4 * cpu.amax().values[l][h]);
     }
   }
   for (const CudaCase& c : kCudaCases) {
