@@ -71,7 +71,7 @@ FreeRun Evaluator::free_run(const std::vector<PrecisionPair>& layers, const Sche
       reference.push_back(greedy_continuation(transformer_, cache, prompt_of(p), new_tokens));
     }
   }
-  FreeRun out{prompts, prompt_tokens, new_tokens, 0, 0};
+  int64_t agreeing = 0, divergence_sum = 0;
   for (int64_t p = 0; p < prompts; ++p) {
     QuantizedKvCache cache(qs, ReadPlan{prompt_tokens, rule});
     const auto tokens = greedy_continuation(transformer_, cache, prompt_of(p), new_tokens);
@@ -84,10 +84,12 @@ FreeRun Evaluator::free_run(const std::vector<PrecisionPair>& layers, const Sche
         first = i;
       }
     }
-    out.agreement += static_cast<double>(agree) / static_cast<double>(new_tokens * prompts);
-    out.first_divergence += static_cast<double>(first) / static_cast<double>(prompts);
+    agreeing += agree;
+    divergence_sum += first;
   }
-  return out;
+  return {prompts, prompt_tokens, new_tokens,
+          static_cast<double>(agreeing) / static_cast<double>(prompts * new_tokens),
+          static_cast<double>(divergence_sum) / static_cast<double>(prompts)};
 }
 
 }  // namespace kvtune::worker
