@@ -233,8 +233,12 @@ class Evaluator {
   struct Sums {
     double kl = 0, kl_all = 0, nll_fp = 0, nll_q = 0, agree = 0;
   };
-  void fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
-                             const ReadRule& rule, const LayerQuantizers& qs);
+  // Measures the layer-local attention errors not memoized yet by replaying
+  // the unquantized model; when the only one missing is `inline_layer`'s,
+  // returns it instead, for the evaluation to measure (-1 otherwise).
+  int64_t fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
+                                const ReadRule& rule, const LayerQuantizers& qs,
+                                int64_t inline_layer);
   // Unquantized hidden states entering layer `layer` (from the nearest kept
   // boundary), with that boundary's layer.
   std::pair<torch::Tensor, int64_t> hidden_before(const Batch& b, int64_t layer) const;

@@ -45,6 +45,14 @@ int64_t stride_for_budget(int64_t n_layers, int64_t boundary_bytes, int64_t budg
   return 0;  // not even one boundary fits
 }
 
+// Adds one batch's layer-local attention error terms, over the continuation
+// rows (t0 onwards) as the other metrics.
+void add_attention_error(const torch::Tensor& quantized, const torch::Tensor& exact, int64_t t0,
+                         double& num, double& den) {
+  num += (quantized - exact).slice(1, t0).pow(2).sum().item<double>();
+  den += exact.slice(1, t0).pow(2).sum().item<double>();
+}
+
 std::string attention_error_key(const Scheme& scheme, const ReadRule& rule, size_t layer,
                                 const PrecisionPair& pair) {
   return scheme.key() + "|" + rule.name() + "|" + std::to_string(layer) + "|" + pair.name();
@@ -173,9 +181,9 @@ Evaluator::Sums Evaluator::compare(const Batch& b, const torch::Tensor& x) const
   return {v[0], v[1], v[2], v[3], v[4]};
 }
 
-void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
-                                      const Scheme& scheme, const ReadRule& rule,
-                                      const LayerQuantizers& qs) {
+int64_t Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
+                                         const Scheme& scheme, const ReadRule& rule,
+                                         const LayerQuantizers& qs, int64_t inline_layer) {
   std::vector<std::string> keys;
   std::vector<bool> needed;
   int64_t lo = -1, hi = -1;
@@ -189,7 +197,10 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
       hi = static_cast<int64_t>(l);
     }
   }
-  if (lo < 0) return;
+  if (lo < 0) return -1;
+  // Only the evaluation's own first quantized layer: its inputs there are the
+  // unquantized ones, so the evaluation measures it (no replay).
+  if (lo == hi && lo == inline_layer) return lo;
   // Replay the unquantized model over layers [lo, hi], from the nearest kept
   // boundary; at each needed layer compare its own attention output with the
   // one read through that layer's quantized cache.
@@ -200,12 +211,8 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
     const auto l = static_cast<size_t>(layer);
     torch::Tensor out = causal_attention(q, k, v);
     if (needed[l]) {
-      // Over the continuation rows, as the other metrics.
-      const int64_t t0 = plan.prompt_tokens;
-      const torch::Tensor diff =
-          (quantized_attention(q, k, v, qs[l].first, qs[l].second, plan) - out).slice(1, t0);
-      num[l] += diff.pow(2).sum().item<double>();
-      den[l] += out.slice(1, t0).pow(2).sum().item<double>();
+      add_attention_error(quantized_attention(q, k, v, qs[l].first, qs[l].second, plan), out,
+                          plan.prompt_tokens, num[l], den[l]);
     }
     return out;
   };
@@ -218,6 +225,7 @@ void Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layers,
   for (size_t l = 0; l < layers.size(); ++l) {
     if (needed[l]) attn_err_memo_[keys[l]] = den[l] > 0 ? std::sqrt(num[l] / den[l]) : 0.0;
   }
+  return -1;
 }
 
 Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
@@ -225,7 +233,6 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
   const ModelConfig& c = model_.config;
   const auto qs = quantizers(layers, scheme);
   check_read_rule(qs, rule);
-  fill_attention_errors(layers, scheme, rule, qs);
   // Layers before the first quantized one compute what the reference did.
   int64_t first = c.n_layers;
   for (size_t l = 0; l < qs.size(); ++l) {
@@ -234,12 +241,6 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
       break;
     }
   }
-  ReadPlan plan{0, rule};
-  const AttentionFn attention = [&qs, &plan](int64_t l, const torch::Tensor& q,
-                                             const torch::Tensor& k, const torch::Tensor& v) {
-    const auto& [kq, vq] = qs[static_cast<size_t>(l)];
-    return quantized_attention(q, k, v, kq, vq, plan);
-  };
   // Where to start: the kept unquantized boundary at or before `first`, or,
   // when later, the last boundary the last evaluation shares with this one
   // (layers [0, shared) equal under the same scheme and rule).
@@ -258,6 +259,23 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
       from_trail = true;
     }
   }
+  // The layer-local attention errors not measured yet: by a replay of the
+  // unquantized model, or, when only layer `first` lacks one and this
+  // evaluation runs it, by the evaluation itself.
+  const int64_t measure =
+      fill_attention_errors(layers, scheme, rule, qs, from <= first ? first : -1);
+  double measure_num = 0, measure_den = 0;
+  ReadPlan plan{0, rule};
+  const AttentionFn attention = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,
+                                    const torch::Tensor& v) {
+    const auto& [kq, vq] = qs[static_cast<size_t>(l)];
+    torch::Tensor out = quantized_attention(q, k, v, kq, vq, plan);
+    if (l == measure) {
+      add_attention_error(out, causal_attention(q, k, v), plan.prompt_tokens, measure_num,
+                          measure_den);
+    }
+    return out;
+  };
   // The new trail keeps the shared boundaries it started after.
   Trail next{key, layers, from_trail ? trail_.from : from, {}};
   Sums total;
@@ -292,6 +310,11 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     predicted += rows * (len - t0 - 1);
   }
   if (keep_trail_ && first < c.n_layers) trail_ = std::move(next);
+  if (measure >= 0) {
+    attn_err_memo_[attention_error_key(scheme, rule, static_cast<size_t>(measure),
+                                       layers[static_cast<size_t>(measure)])] =
+        measure_den > 0 ? std::sqrt(measure_num / measure_den) : 0.0;
+  }
   if (!std::isfinite(total.kl) || !std::isfinite(total.nll_q)) {
     throw Error("the quantized evaluation of " + format_layer_config(layers) +
                 " produced non-finite log-probabilities (NaN or Inf activations)");

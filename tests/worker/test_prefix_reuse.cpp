@@ -94,13 +94,18 @@ TEST(PrefixReuse, AProfileEvaluationRunsOnlyTheLayersFromItsLayer) {
   const auto last = parse_layer_config("KV16,KV16,KV16,KV16,KV2", 5);
   full.evaluate(last, scheme);
   reuse.evaluate(last, scheme);
-  // Two batches; without reuse the attention-error replay runs layers 0-4
-  // and the evaluation all 5; with it, layer 4 alone each time.
-  EXPECT_EQ(full.layers_run(), 2 * (5 + 5));
-  EXPECT_EQ(reuse.layers_run(), 2 * (1 + 1));
+  // Two batches; without reuse the evaluation runs all 5 layers, with it
+  // layer 4 alone; either measures layer 4's attention error as it passes
+  // (no replay: its inputs there are the unquantized ones).
+  EXPECT_EQ(full.layers_run(), 2 * 5);
+  EXPECT_EQ(reuse.layers_run(), 2 * 1);
   // A config with nothing quantized reads the reference and runs nothing.
   reuse.evaluate(parse_layer_config("KV16", 5), scheme);
-  EXPECT_EQ(reuse.layers_run(), 2 * (1 + 1));
+  EXPECT_EQ(reuse.layers_run(), 2 * 1);
+  // Two quantized layers: layer 3's error needs a replay of layers 1-3
+  // (from the boundary at layer 1) besides the evaluation's layers 1-4.
+  reuse.evaluate(parse_layer_config("KV16,KV2,KV16,KV4,KV16", 5), scheme);
+  EXPECT_EQ(reuse.layers_run(), 2 * 1 + 2 * (3 + 4));
 }
 
 TEST(PrefixReuse, ConsecutiveConfigsStartAfterTheLayersTheyShare) {
