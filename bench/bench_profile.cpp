@@ -84,7 +84,7 @@ void reference_memory() {
     data.sequences.emplace_back(ids[s].data_ptr<int64_t>(), ids[s].data_ptr<int64_t>() + 512);
   }
   kw::EvaluatorOptions before;
-  before.full_reference = true;
+  before.reference = kw::EvaluatorOptions::Reference::Full;
   before.prefix_cache_bytes = 0;
   const kw::EvaluatorOptions after;
   const auto t0 = Clock::now();

@@ -388,7 +388,7 @@ void stories(const std::string& path, int seeds) {
   // 99% of the brute-force HV, the evaluator before vs after.
   kw::EvaluatorOptions before;
   before.prefix_cache_bytes = 0;
-  before.full_reference = true;
+  before.reference = kw::EvaluatorOptions::Reference::Full;
   const kw::EvaluatorOptions after;
   std::vector<double> seconds[2];
   for (int seed = 0; seed < seeds; ++seed) {

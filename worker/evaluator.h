@@ -173,10 +173,14 @@ struct EvaluatorOptions {
   // memory free on the model's device; 0: none (every evaluation runs from
   // layer 0).
   int64_t prefix_cache_bytes = -1;
-  // Keep the reference log-probabilities, tokens x vocab float32 (kvtune
-  // before bounded references; for comparisons and benchmarks). Otherwise
-  // they are recomputed chunk by chunk from the final hidden states.
-  bool full_reference = false;
+  // Whether the reference log-probabilities (tokens x vocab float32) are
+  // kept, or recomputed chunk by chunk from the final hidden states at each
+  // evaluation (bounded). Auto keeps them when they take at most
+  // `full_reference_limit` bytes (small vocabularies: it saves the
+  // reference's output head per evaluation).
+  enum class Reference { Auto, Full, Bounded };
+  Reference reference = Reference::Auto;
+  int64_t full_reference_limit = int64_t{64} << 20;
   // Floats of one chunk's logits in the metrics (a chunk is a run of positions
   // of every sequence of a batch): bounds the metrics' working memory.
   int64_t chunk_floats = int64_t{16} << 20;
@@ -226,7 +230,7 @@ class Evaluator {
     torch::Tensor tokens;                    // [B, T]
     std::vector<torch::Tensor> checkpoints;  // input of layer i * stride_, [B, T, dim]
     torch::Tensor final_hidden;              // output of the last layer, [B, T, dim]
-    torch::Tensor ref_logp;                  // [B, T, V], only with options.full_reference
+    torch::Tensor ref_logp;                  // [B, T, V], when the reference is kept in full
     int64_t prompt_tokens = 0;
   };
   // Sums of one batch's metric terms.

@@ -106,6 +106,10 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
   const int64_t boundary_bytes = total_tokens * c.dim * model.embedding.element_size();
   stride_ = stride_for_budget(c.n_layers, boundary_bytes, budget);
   keep_trail_ = stride_ == 1 && budget >= 2 * c.n_layers * boundary_bytes;
+  using Reference = EvaluatorOptions::Reference;
+  const bool keep_logp = options.reference == Reference::Full ||
+                         (options.reference == Reference::Auto &&
+                          total_tokens * c.vocab_size * 4 <= options.full_reference_limit);
   amax_ = KvAmax::zeros(c);
   const AttentionFn record_amax = amax_.recording_attention();
   for (auto& [shape, seqs] : by_shape) {
@@ -118,7 +122,7 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
       x = transformer_.run_layers(x, l, l + 1, record_amax);
     }
     b.final_hidden = x;
-    if (options.full_reference) {
+    if (keep_logp) {
       b.ref_logp = torch::log_softmax(transformer_.head(x), -1, torch::kFloat32);
     }
     batches_.push_back(std::move(b));

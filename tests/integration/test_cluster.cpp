@@ -135,14 +135,15 @@ TEST_F(Cluster, TwoWorkersEvaluateFortyConfigsAsOneProcessDoes) {
   EXPECT_EQ(listed["workers"].size(), 2u);
   // Each worker reports what its loaded reference holds: the final hidden
   // states and four kept boundaries of stories260K (dim 64, float32) over
-  // the job's calibration tokens, plus at most the five boundaries of its
-  // last evaluation; never tokens x vocab (512) log-probabilities.
-  const int64_t boundary = job["model_info"]["tokens"].get<int64_t>() * 64 * 4;
+  // the job's calibration tokens, at most the five boundaries of its last
+  // evaluation, and (a vocabulary this small) the log-probabilities.
+  const int64_t tokens = job["model_info"]["tokens"].get<int64_t>();
+  const int64_t boundary = tokens * 64 * 4, logp = tokens * 512 * 4;
   EXPECT_TRUE(eventually(
       [&] {
         for (const json& w : coordinator.get("/v1/workers")["workers"]) {
           const int64_t bytes = w.value("reference_bytes", int64_t{0});
-          if (bytes < 5 * boundary || bytes > 10 * boundary) return false;
+          if (bytes < 5 * boundary + logp || bytes > 10 * boundary + logp) return false;
         }
         return true;
       },

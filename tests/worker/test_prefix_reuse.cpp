@@ -152,20 +152,27 @@ TEST(BoundedReference, ChunkedMetricsEqualFullLogProbabilities) {
   SKIP_WITHOUT_SHARED();
   const Model model = load_llama2c(kvtune::testing::kStoriesModel);
   const int64_t vocab = model.config.vocab_size;
+  using Reference = EvaluatorOptions::Reference;
   EvaluatorOptions full_options;
-  full_options.full_reference = true;
+  full_options.reference = Reference::Full;
   Evaluator full(model, prefix_case_sequences(), kPrefixPrompts, full_options);
   // Chunks of 7 positions: prompt ends and sequence ends fall inside chunks.
   EvaluatorOptions chunked_options;
+  chunked_options.reference = Reference::Bounded;
   chunked_options.chunk_floats = 2 * 7 * vocab;
   Evaluator chunked(model, prefix_case_sequences(), kPrefixPrompts, chunked_options);
-  Evaluator plain(model, prefix_case_sequences(), kPrefixPrompts);
+  EvaluatorOptions bounded;
+  bounded.reference = Reference::Bounded;
+  Evaluator plain(model, prefix_case_sequences(), kPrefixPrompts, bounded);
+  // Auto keeps this small vocabulary's log-probabilities.
+  Evaluator automatic(model, prefix_case_sequences(), kPrefixPrompts);
   // Memory: the full reference holds tokens x vocab floats; the bounded one
   // the final hidden states and four boundaries, tokens x dim each, and,
   // once it has evaluated, at most five more: the last evaluation's trail.
   const int64_t tokens = 2 * 64 + 2 * 41, dim = model.config.dim;
   EXPECT_EQ(plain.reference_bytes(), 5 * tokens * dim * 4);
   EXPECT_GE(full.reference_bytes(), tokens * vocab * 4);
+  EXPECT_EQ(automatic.reference_bytes(), full.reference_bytes());
   for (const char* scheme_name : {"per-token-asym", "kivi"}) {
     const Scheme scheme = Scheme::parse(scheme_name, 32, 32, "int");
     for (const char* text : kPrefixConfigs) {
@@ -186,7 +193,9 @@ TEST(BoundedReference, KlEqualsAFullTensorComputation) {
   // the unquantized and the quantized forward, KL summed over positions.
   const Model model = load_llama2c(kvtune::testing::kStoriesModel);
   const std::vector<int64_t> seq = prefix_case_sequences()[0];
-  Evaluator ev(model, {seq});
+  EvaluatorOptions bounded;
+  bounded.reference = EvaluatorOptions::Reference::Bounded;
+  Evaluator ev(model, {seq}, {}, bounded);
   const Scheme scheme = Scheme::parse("per-token-asym", 32, 32, "int");
   const auto layers = parse_layer_config("KV16,K4V2,KV16,KV8,KV16", 5);
   const Metrics m = ev.evaluate(layers, scheme);
