@@ -42,6 +42,7 @@
 #include "calibration.h"
 #include "evaluator.h"
 #include "generated_model.h"
+#include "one_core.h"
 #include "search.h"
 
 namespace kw = kvtune::worker;
@@ -464,12 +465,12 @@ void generated(int seeds) {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const int seeds = quick ? 2 : 5;
-  torch::set_num_threads(1);
+  kvtune::bench::run_on_one_core(argv);
   const auto start = Clock::now();
   std::printf(
-      "bench_search: CPU float32, %d torch thread, seeds 0..%d, population 20, patience "
-      "1000\n",
-      torch::get_num_threads(), seeds - 1);
+      "bench_search: CPU float32, %d torch thread, OPENBLAS_NUM_THREADS=%s, seeds 0..%d, "
+      "population 20, patience 1000\n",
+      torch::get_num_threads(), std::getenv("OPENBLAS_NUM_THREADS"), seeds - 1);
   const std::string path = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
   if (std::filesystem::exists(path)) {
     stories(path, seeds);

@@ -181,6 +181,10 @@ struct EvaluatorOptions {
   enum class Reference { Auto, Full, Bounded };
   Reference reference = Reference::Auto;
   int64_t full_reference_limit = int64_t{64} << 20;
+  // A profile evaluation (one quantized layer, its attention error not yet
+  // measured) measures that error in its own pass; false: by a replay of the
+  // unquantized model first (kvtune before prefix reuse; for benchmarks).
+  bool attention_error_in_pass = true;
   // Floats of one chunk's logits in the metrics (a chunk is a run of positions
   // of every sequence of a batch): bounds the metrics' working memory.
   int64_t chunk_floats = int64_t{16} << 20;
@@ -264,6 +268,7 @@ class Evaluator {
   int64_t longest_ = 0;
   int64_t stride_ = 0;
   bool keep_trail_ = false;
+  bool error_in_pass_ = true;
   Trail trail_;
   int64_t chunk_floats_ = 0;
   int64_t layers_run_ = 0;

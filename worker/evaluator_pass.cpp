@@ -106,6 +106,7 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
   const int64_t boundary_bytes = total_tokens * c.dim * model.embedding.element_size();
   stride_ = stride_for_budget(c.n_layers, boundary_bytes, budget);
   keep_trail_ = stride_ == 1 && budget >= 2 * c.n_layers * boundary_bytes;
+  error_in_pass_ = options.attention_error_in_pass;
   using Reference = EvaluatorOptions::Reference;
   const bool keep_logp = options.reference == Reference::Full ||
                          (options.reference == Reference::Auto &&
@@ -267,7 +268,7 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
   // unquantized model, or, when only layer `first` lacks one and this
   // evaluation runs it, by the evaluation itself.
   const int64_t measure =
-      fill_attention_errors(layers, scheme, rule, qs, from <= first ? first : -1);
+      fill_attention_errors(layers, scheme, rule, qs, error_in_pass_ && from <= first ? first : -1);
   double measure_num = 0, measure_den = 0;
   ReadPlan plan{0, rule};
   const AttentionFn attention = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k,

@@ -1,23 +1,16 @@
 // kvtune-worker: the model runtime behind `kvtune inspect|eval|generate|worker`.
 // It is the only executable that links LibTorch.
-#include <malloc.h>
-
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "allocator.h"
 #include "commands.h"
 #include "daemon.h"
 #include "kvtune/kernels/quant.h"
 
 int main(int argc, char** argv) {
-  // The runtime allocates and frees tensors of megabytes per operation; by
-  // default glibc maps and unmaps each one, and the page faults cost more than
-  // the arithmetic on small models (and serialize workers sharing a VM).
-  // Keep freed memory for reuse instead.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  mallopt(M_TOP_PAD, 64 << 20);
+  kvtune::worker::keep_freed_memory();
   const std::string command = argc > 1 ? argv[1] : "";
   const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   try {
