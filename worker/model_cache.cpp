@@ -178,6 +178,10 @@ void ModelCache::evaluate(const EvalInputs& in, const std::string& worker_id,
     }
     const auto start = Clock::now();
     const Metrics metrics = entry->evaluator->evaluate(in.layers, in.scheme, in.read);
+    {
+      std::lock_guard lock(mutex_);
+      refresh_loaded_models();  // the evaluator's trail changed what it holds
+    }
     fill_eval_result(metrics, worker_id, seconds_since(start), out);
   });
 }

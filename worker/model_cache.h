@@ -73,6 +73,7 @@ class ModelCache {
   bool still_current(const Entry& entry, const EntryKey& key) const;
   Entry& load(const EntryKey& key);
   void drop(const EntryKey& key);
+  // Recomputes loaded_models_ and reference_bytes_ (under mutex_).
   void refresh_loaded_models();
 
   const std::string device_;
@@ -80,8 +81,9 @@ class ModelCache {
   const std::string prefix_;
   const int64_t prefix_cache_bytes_;
 
-  // loaded_models_ is read by other threads, so it changes under mutex_ (as
-  // does the cache when it evicts); the cache itself is the runner's.
+  // loaded_models_ and reference_bytes_ are read by other threads, so they
+  // change under mutex_ (as does the cache when it evicts); the cache itself
+  // is the runner's.
   mutable std::mutex mutex_;
   LruCache<EntryKey, Entry> cache_;
   std::vector<std::string> loaded_models_;
