@@ -183,7 +183,10 @@ void SearchDriver::start_baselines(Job& job, bool queue_missing) {
     scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
     ++queued;
   }
-  if (queued == 0 && queue_missing) finish(job);
+  if (queue_missing) {
+    log("job " + job.id + ": baselines, " + std::to_string(queued) + " queued");
+    if (queued == 0) finish(job);
+  }
 }
 
 void SearchDriver::finish(Job& job) {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <zmq.hpp>
@@ -517,6 +518,26 @@ TEST_F(Cluster, SearchReachesTheBruteForceFrontierWithFivePercentOfItsEvaluation
   const int used = search["search"]["evaluations"];
   EXPECT_LE(used, 156);  // 5% of 3,125, the 25 profile evaluations included
   EXPECT_EQ(search["progress"]["done"], used);
+
+  // Each generation was dispatched in the order of its layer strings, so that
+  // consecutive evaluations on a worker share leading layers (prefix reuse).
+  std::map<std::string, std::string> layers_of;
+  for (const json& r : search["results"]) layers_of[r["eval_key"]] = r["layers"];
+  std::vector<std::vector<std::string>> generations;
+  std::istringstream lines(coordinator.process().log());
+  const std::regex dispatch("dispatch ([0-9a-f]{32}) ");
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch m;
+    if (line.find(": search generation ") != std::string::npos) {
+      generations.emplace_back();
+    } else if (line.find(": baselines") != std::string::npos) {
+      break;
+    } else if (!generations.empty() && std::regex_search(line, m, dispatch)) {
+      generations.back().push_back(layers_of.at(m[1]));
+    }
+  }
+  ASSERT_GE(generations.size(), 2u);
+  for (const auto& g : generations) EXPECT_TRUE(std::is_sorted(g.begin(), g.end()));
 
   // The brute force, through the same cluster (reusing what the search evaluated).
   json brute = evaluate_spec(all_configs());
