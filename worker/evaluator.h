@@ -240,6 +240,10 @@ class Evaluator {
   // Sums of one batch's metric terms.
   struct Sums {
     double kl = 0, kl_all = 0, nll_fp = 0, nll_q = 0, agree = 0;
+    Sums& operator+=(const Sums& o) {
+      kl += o.kl, kl_all += o.kl_all, nll_fp += o.nll_fp, nll_q += o.nll_q, agree += o.agree;
+      return *this;
+    }
   };
   // Measures the layer-local attention errors not memoized yet by replaying
   // the unquantized model; when the only one missing is `inline_layer`'s,
@@ -247,9 +251,12 @@ class Evaluator {
   int64_t fill_attention_errors(const std::vector<PrecisionPair>& layers, const Scheme& scheme,
                                 const ReadRule& rule, const LayerQuantizers& qs,
                                 int64_t inline_layer);
-  // Unquantized hidden states entering layer `layer` (from the nearest kept
-  // boundary), with that boundary's layer.
-  std::pair<torch::Tensor, int64_t> hidden_before(const Batch& b, int64_t layer) const;
+  // The nearest kept unquantized boundary at or before `layer` (0: the
+  // embedding, recomputed), and the hidden states entering it.
+  int64_t kept_boundary(int64_t layer) const {
+    return stride_ == 0 ? 0 : layer / stride_ * stride_;
+  }
+  torch::Tensor hidden_at(const Batch& b, int64_t boundary) const;
   // The last evaluation's hidden states entering layers [from, n_layers),
   // per batch, under its config, scheme and read rule.
   struct Trail {

@@ -96,10 +96,10 @@ Evaluator::Evaluator(const Model& model, std::vector<std::vector<int64_t>> seque
                   "; the prompt must leave at least 2 tokens to continue");
     }
     by_shape[{len, t0}].push_back(torch::tensor(seq, torch::kInt64));
-    sequences_.push_back(seq);
     longest_ = std::max(longest_, len);
     total_tokens += len;
   }
+  sequences_ = std::move(sequences);  // kept for free-running generation
   const torch::Device device = model.embedding.device();
   const int64_t budget =
       options.prefix_cache_bytes >= 0 ? options.prefix_cache_bytes : free_memory_bytes(device) / 4;
@@ -146,10 +146,9 @@ int64_t Evaluator::reference_bytes() const {
   return bytes;
 }
 
-std::pair<torch::Tensor, int64_t> Evaluator::hidden_before(const Batch& b, int64_t layer) const {
-  if (stride_ == 0 || layer < stride_) return {transformer_.embed(b.tokens), 0};
-  const int64_t k = layer / stride_;
-  return {b.checkpoints[static_cast<size_t>(k - 1)], k * stride_};
+torch::Tensor Evaluator::hidden_at(const Batch& b, int64_t boundary) const {
+  if (boundary == 0) return transformer_.embed(b.tokens);
+  return b.checkpoints[static_cast<size_t>(boundary / stride_ - 1)];
 }
 
 Evaluator::Sums Evaluator::compare(const Batch& b, const torch::Tensor& x) const {
@@ -223,8 +222,8 @@ int64_t Evaluator::fill_attention_errors(const std::vector<PrecisionPair>& layer
   };
   for (const Batch& b : batches_) {
     plan.prompt_tokens = b.prompt_tokens;
-    const auto [h, from] = hidden_before(b, lo);
-    transformer_.run_layers(h, from, hi + 1, compare_layer);
+    const int64_t from = kept_boundary(lo);
+    transformer_.run_layers(hidden_at(b, from), from, hi + 1, compare_layer);
     layers_run_ += hi + 1 - from;
   }
   for (size_t l = 0; l < layers.size(); ++l) {
@@ -250,7 +249,7 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
   // when later, the last boundary the last evaluation shares with this one
   // (layers [0, shared) equal under the same scheme and rule).
   const std::string key = scheme.key() + "|" + rule.name();
-  int64_t from = stride_ == 0 || first < stride_ ? 0 : first / stride_ * stride_;
+  int64_t from = kept_boundary(first);
   bool from_trail = false;
   if (keep_trail_ && first < c.n_layers && trail_.key == key) {
     int64_t shared = 0;
@@ -281,8 +280,10 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     }
     return out;
   };
-  // The new trail keeps the shared boundaries it started after.
-  Trail next{key, layers, from_trail ? trail_.from : from, {}};
+  // The new trail (when kept) keeps the shared boundaries it started after.
+  const bool record = keep_trail_ && first < c.n_layers;
+  Trail next;
+  if (record) next = {key, layers, from_trail ? trail_.from : from, {}};
   Sums total;
   int64_t positions = 0, all_positions = 0, predicted = 0;
   for (size_t bi = 0; bi < batches_.size(); ++bi) {
@@ -291,30 +292,26 @@ Metrics Evaluator::evaluate(const std::vector<PrecisionPair>& layers, const Sche
     torch::Tensor x = b.final_hidden;
     if (first < c.n_layers) {
       x = from_trail ? trail_.hidden[bi][static_cast<size_t>(from - trail_.from)]
-                     : hidden_before(b, from).first;
-      std::vector<torch::Tensor>& kept = next.hidden.emplace_back();
+                     : hidden_at(b, from);
+      std::vector<torch::Tensor> kept;
       if (from_trail) {
         const auto& shared = trail_.hidden[bi];
         kept.assign(shared.begin(), shared.begin() + (from - trail_.from));
       }
       for (int64_t l = from; l < c.n_layers; ++l) {
-        if (keep_trail_) kept.push_back(x);
+        if (record) kept.push_back(x);
         x = transformer_.run_layers(x, l, l + 1, attention);
       }
+      if (record) next.hidden.push_back(std::move(kept));
       layers_run_ += c.n_layers - from;
     }
-    const Sums s = compare(b, x);
-    total.kl += s.kl;
-    total.kl_all += s.kl_all;
-    total.nll_fp += s.nll_fp;
-    total.nll_q += s.nll_q;
-    total.agree += s.agree;
+    total += compare(b, x);
     const int64_t t0 = b.prompt_tokens, rows = b.tokens.size(0), len = b.tokens.size(1);
     positions += rows * (len - t0);
     all_positions += rows * len;
     predicted += rows * (len - t0 - 1);
   }
-  if (keep_trail_ && first < c.n_layers) trail_ = std::move(next);
+  if (record) trail_ = std::move(next);
   if (measure >= 0) {
     attn_err_memo_[attention_error_key(scheme, rule, static_cast<size_t>(measure),
                                        layers[static_cast<size_t>(measure)])] =

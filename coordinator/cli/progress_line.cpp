@@ -54,13 +54,9 @@ void ProgressLine::finish(const nlohmann::json& summary) {
     std::cerr << "\r" << std::string(last_line_.size(), ' ') << "\r" << std::flush;
   }
   last_line_.clear();
-  if (!terminal_ && summary.is_object()) {
-    // A job can finish between two polls: its last phase and best config
-    // would go unsaid in a log.
-    nlohmann::json final_summary = summary;
-    final_summary["progress"]["phase"] = summary.value("state", "finished");
-    update(final_summary);
-  }
+  // A job can finish between two polls: its final state (the phase of a
+  // finished job's summary) and best config would go unsaid in a log.
+  if (!terminal_ && summary.is_object()) update(summary);
 }
 
 }  // namespace kvtune::cli

@@ -5,11 +5,9 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <optional>
 
-#include "../support/shared_files.h"
+#include "../support/stories_reference.h"
 #include "evaluator.h"
 #include "kvtune/common/error.h"
 
@@ -19,11 +17,9 @@ namespace {
 using kvtune::testing::kStoriesModel;
 using kvtune::testing::kStoriesReference;
 
-// BOS followed by the reference greedy continuation: real text of the model.
+// The first n tokens of the reference text.
 std::vector<int64_t> reference_tokens(size_t n) {
-  auto ids = nlohmann::json::parse(std::ifstream(kStoriesReference))["greedy_next_ids"]
-                 .get<std::vector<int64_t>>();
-  ids.insert(ids.begin(), 1);
+  auto ids = kvtune::testing::stories_reference_ids();
   ids.resize(n);
   return ids;
 }

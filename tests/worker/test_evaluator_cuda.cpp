@@ -9,12 +9,10 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "../support/shared_files.h"
+#include "../support/stories_reference.h"
 #include "evaluator.h"
 #include "kvtune/kernels/quant.h"
 
@@ -27,10 +25,7 @@ bool cuda_evaluation_possible() {
 
 // Eight windows of the reference greedy text, 96 tokens each.
 std::vector<std::vector<int64_t>> cuda_case_sequences() {
-  auto ids =
-      nlohmann::json::parse(std::ifstream(kvtune::testing::kStoriesReference))["greedy_next_ids"]
-          .get<std::vector<int64_t>>();
-  ids.insert(ids.begin(), 1);
+  const std::vector<int64_t> ids = kvtune::testing::stories_reference_ids();
   std::vector<std::vector<int64_t>> out;
   for (size_t s = 0; s < 8; ++s) {
     const size_t start = (s * 17) % (ids.size() - 96);

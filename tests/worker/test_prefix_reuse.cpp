@@ -6,12 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "../support/shared_files.h"
+#include "../support/stories_reference.h"
 #include "evaluator.h"
 
 namespace kvtune::worker {
@@ -19,10 +17,7 @@ namespace {
 
 // Four windows of the reference greedy text, of two lengths (two batches).
 std::vector<std::vector<int64_t>> prefix_case_sequences() {
-  auto ids =
-      nlohmann::json::parse(std::ifstream(kvtune::testing::kStoriesReference))["greedy_next_ids"]
-          .get<std::vector<int64_t>>();
-  ids.insert(ids.begin(), 1);
+  const std::vector<int64_t> ids = kvtune::testing::stories_reference_ids();
   std::vector<std::vector<int64_t>> out;
   for (size_t s = 0; s < 4; ++s) {
     const size_t len = s < 2 ? 64 : 41;
