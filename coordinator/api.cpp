@@ -9,6 +9,7 @@
 #include "kvtune/common/error.h"
 #include "kvtune/schemas/transport.h"
 #include "registry.h"
+#include "search_driver.h"
 
 namespace kvtune::coord {
 namespace {
@@ -181,6 +182,10 @@ json Api::progress_json(const Job& job) const {
     out["phase"] = "describe";
   } else if (!job.search) {
     out["phase"] = job.spec.kind_name();
+  } else if (job.validating) {
+    out["phase"] = "validation";
+  } else if (job.evaluating_baselines) {
+    out["phase"] = "baselines";
   } else if (job.search->profiling()) {
     const auto candidates = std::max<std::size_t>(1, job.search->options().candidates.size());
     const int layers = job.search->num_layers();
@@ -225,9 +230,10 @@ json Api::job_json(const Job& job, bool full) const {
   for (const TaskEntry& t : job.tasks) {
     if (t.state == TaskState::FAILED) {
       failures.push_back({{"config", t.config}, {"errors", t.errors}});
+      if (t.validation) failures.back()["validation"] = true;
       continue;
     }
-    if (t.state != TaskState::DONE) continue;
+    if (t.state != TaskState::DONE || t.validation) continue;  // validation: below
     const auto result = ledger_.store().get_result(t.eval_key);
     if (!result) continue;
     const auto r = result->get();
@@ -251,6 +257,13 @@ json Api::job_json(const Job& job, bool full) const {
     results.push_back(std::move(entry));
   }
   if (job.search) {
+    // Each validated config's metrics on the validation data, beside its own.
+    const std::map<std::string, json> validated = validation_table(job, ledger_);
+    for (json& r : results) {
+      if (auto it = validated.find(r["layers"].get<std::string>()); it != validated.end()) {
+        r["validation"] = it->second;
+      }
+    }
     // The frontier and the uniform baselines, in the shape of "results".
     std::map<std::string, json> by_layers;
     for (const json& r : results) by_layers.emplace(r["layers"].get<std::string>(), r);
@@ -281,6 +294,11 @@ json Api::job_json(const Job& job, bool full) const {
     }
     out["frontier"] = std::move(frontier);
     out["baselines"] = std::move(baselines);
+    if (SearchDriver::validates(job)) {
+      out["validation"] = {{"data", job.spec.validation_data},
+                           {"data_fingerprint", job.model->validation_data_fingerprint},
+                           {"free_run", job.spec.to_json()["free_run"]}};
+    }
     out["search"] = {{"strategy", search::strategy_name(job.search->options().strategy)},
                      {"evaluations", job.search->evaluations()},
                      {"generation", job.search->generation()},

@@ -229,6 +229,7 @@ class Coordinator::Impl {
         d.setDataSpec(job.spec.data);
         d.setSeqLen(static_cast<uint32_t>(job.spec.seq_len));
         d.setPromptTokens(static_cast<uint32_t>(job.spec.prompt_tokens));
+        d.setValidationDataSpec(job.spec.validates() ? job.spec.validation_data : "");
       } else {
         auto task = root.initTask();
         task.setTaskId(t.id);

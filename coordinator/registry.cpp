@@ -9,8 +9,10 @@
 namespace kvtune::registry {
 
 nlohmann::json Config::to_json() const {
-  return {{"layers", layers},   {"avg_bits", avg_bits}, {"kl", kl},
-          {"metrics", metrics}, {"eval_key", eval_key}, {"job", job}};
+  nlohmann::json out = {{"layers", layers},   {"avg_bits", avg_bits}, {"kl", kl},
+                        {"metrics", metrics}, {"eval_key", eval_key}, {"job", job}};
+  if (!validation.is_null()) out["validation"] = validation;
+  return out;
 }
 
 Config Config::from_json(const nlohmann::json& j) {
@@ -21,6 +23,7 @@ Config Config::from_json(const nlohmann::json& j) {
   c.metrics = j.value("metrics", nlohmann::json::object());
   c.eval_key = j.value("eval_key", std::string());
   c.job = j.value("job", std::string());
+  if (j.contains("validation")) c.validation = j.at("validation");
   return c;
 }
 

@@ -19,6 +19,9 @@ struct Config {
   nlohmann::json metrics;  // as `kvtune eval --json` names them
   std::string eval_key;
   std::string job;  // the search that found it
+  // Its metrics on that search's validation data (with "free_run" and
+  // "rank_flip"); null when not validated.
+  nlohmann::json validation;
 
   nlohmann::json to_json() const;
   static Config from_json(const nlohmann::json& j);

@@ -3,6 +3,7 @@
 #include "search_driver.h"
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 #include <utility>
 #include <vector>
@@ -12,6 +13,12 @@
 #include "registry.h"
 
 namespace kvtune::coord {
+namespace {
+
+// KVTuner's uniform configurations.
+constexpr const char* kBaselines[] = {"KV8", "K8V4", "KV4", "K4V2", "KV2"};
+
+}  // namespace
 
 void SearchDriver::start(Job& job) {
   try {
@@ -66,6 +73,7 @@ void SearchDriver::resume(Job& job, const std::optional<std::string>& state, boo
     start_generation(job);
   } else {
     start_baselines(job, false);
+    if (validates(job)) start_validation(job, false);
   }
 }
 
@@ -157,7 +165,7 @@ void SearchDriver::start_baselines(Job& job, bool queue_missing) {
   job.evaluating_baselines = true;
   job.generation_begin = job.tasks.size();
   std::size_t queued = 0;
-  for (const char* name : {"KV8", "K8V4", "KV4", "K4V2", "KV2"}) {
+  for (const char* name : kBaselines) {
     const std::vector<PrecisionPair> layers(job.model->layers, PrecisionPair::parse(name));
     const std::string text = format_layer_config(layers);
     const bool known = std::any_of(job.tasks.begin(), job.tasks.end(),
@@ -189,9 +197,87 @@ void SearchDriver::start_baselines(Job& job, bool queue_missing) {
   }
 }
 
+// The frontier's and the baselines' configs once more, on the validation
+// data with the free run (not told to the search). With queue_missing false
+// only stored ones are listed.
+void SearchDriver::start_validation(Job& job, bool queue_missing) {
+  job.validating = true;
+  std::vector<std::string> wanted;
+  for (const auto& f : job.search->frontier()) wanted.push_back(format_layer_config(f.layers));
+  for (const char* name : kBaselines) {
+    wanted.push_back(format_layer_config(
+        std::vector<PrecisionPair>(job.model->layers, PrecisionPair::parse(name))));
+  }
+  const std::size_t calibrated = job.tasks.size();
+  job.generation_begin = calibrated;
+  std::size_t queued = 0;
+  for (std::size_t c = 0; c < calibrated; ++c) {
+    // Each wanted config once, named as its calibration task is.
+    const TaskEntry& source = job.tasks[c];
+    if (source.validation || source.state != TaskState::DONE) continue;
+    const auto it = std::find(wanted.begin(), wanted.end(), source.layers);
+    if (it == wanted.end()) continue;
+    wanted.erase(it);
+    TaskEntry e;
+    address(job, parse_layer_config(source.layers, static_cast<int>(job.model->layers)), e, true);
+    e.config = source.config;
+    e.validation = true;
+    if (auto kl = ledger_.stored_kl(e.eval_key)) {
+      e.state = TaskState::DONE;
+      e.kl = *kl;
+      ++job.done;
+      if (queue_missing) ++counters_.cache_hits;
+      job.tasks.push_back(std::move(e));
+      continue;
+    }
+    if (!queue_missing) continue;
+    job.tasks.push_back(std::move(e));
+    const std::size_t i = job.tasks.size() - 1;
+    scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, job.tasks[i].eval_key,
+                                   job.tasks[i].request});
+    ++queued;
+  }
+  if (queue_missing) {
+    log("job " + job.id + ": validation on " + job.spec.validation_data + ", " +
+        std::to_string(queued) + " queued");
+    if (queued == 0) finish(job);
+  }
+}
+
+std::map<std::string, json> validation_table(const Job& job, const Ledger& ledger) {
+  std::map<std::string, json> out;
+  std::map<std::string, double> calibration_kl;
+  for (const TaskEntry& t : job.tasks) {
+    if (t.state != TaskState::DONE) continue;
+    if (!t.validation) {
+      calibration_kl.emplace(t.layers, t.kl);
+    } else if (auto metrics = ledger.result_metrics(t.eval_key)) {
+      out.emplace(t.layers, std::move(*metrics));
+    }
+  }
+  std::vector<double> calibration, validation;
+  for (const auto& [layers, metrics] : out) {
+    calibration.push_back(calibration_kl.count(layers) ? calibration_kl.at(layers) : 0.0);
+    validation.push_back(metrics.at("kl").get<double>());
+  }
+  const std::vector<bool> flips = rank_flips(calibration, validation);
+  std::size_t i = 0;
+  for (auto& [layers, metrics] : out) metrics["rank_flip"] = static_cast<bool>(flips[i++]);
+  return out;
+}
+
+bool SearchDriver::validates(const Job& job) {
+  // A job described before validation existed has no validation data.
+  return job.spec.validates() && !job.model->validation_data_fingerprint.empty();
+}
+
 void SearchDriver::finish(Job& job) {
   if (!job.evaluating_baselines) {
     start_baselines(job);
+    return;
+  }
+  if (!job.validating && validates(job)) {
+    start_validation(job);
     return;
   }
   job.state = JobState::DONE;
@@ -211,6 +297,7 @@ void SearchDriver::record_frontier(const Job& job) {
   }
   const std::string key =
       registry::key(job.model->fingerprint, scheme, job.model->data_fingerprint, job.spec.metric);
+  const std::map<std::string, json> validated = validation_table(job, ledger_);
   std::vector<registry::Config> found;
   for (const auto& f : job.search->frontier()) {
     registry::Config c;
@@ -224,6 +311,7 @@ void SearchDriver::record_frontier(const Job& job) {
       if (auto metrics = ledger_.result_metrics(t.eval_key)) c.metrics = std::move(*metrics);
       break;
     }
+    if (auto it = validated.find(c.layers); it != validated.end()) c.validation = it->second;
     found.push_back(std::move(c));
   }
   json entry = {{"id", registry::entry_id(key)},
@@ -239,6 +327,7 @@ void SearchDriver::record_frontier(const Job& job) {
                 {"data_fingerprint", job.model->data_fingerprint},
                 {"metric", job.spec.metric},
                 {"synthetic", job.model->synthetic}};
+  if (validates(job)) entry["validation_data"] = job.spec.validation_data;
   std::vector<registry::Config> before;
   if (auto old = ledger_.store().get_raw(Store::Area::Registry, key)) {
     for (const json& c : json::parse(*old).at("frontier")) {

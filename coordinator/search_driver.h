@@ -5,8 +5,11 @@
 // into the job's registry entry. Also rebuilds a search from its stored
 // state after a restart. Its state is in the Job (job.search and the
 // generation bookkeeping); the search state is stored after every ask.
+// Last, when the job validates, the frontier and the baselines are evaluated
+// on its validation data with a free run, and the registry entry records it.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -15,6 +18,11 @@
 #include "state.h"
 
 namespace kvtune::coord {
+
+// A search's validation so far: for each validated config (by layer string)
+// its metrics on the validation data, with "rank_flip": whether its KL order
+// against another validated config is reversed there.
+std::map<std::string, json> validation_table(const Job& job, const Ledger& ledger);
 
 class SearchDriver {
  public:
@@ -36,10 +44,14 @@ class SearchDriver {
   // search and starts the next generation (or finishes the job).
   void task_settled(Job& job);
 
+  // Whether a described search job runs (or ran) its validation phase.
+  static bool validates(const Job& job);
+
  private:
   void start_generation(Job& job);
   bool tell_generation(Job& job);
   void start_baselines(Job& job, bool queue_missing = true);
+  void start_validation(Job& job, bool queue_missing = true);
   void finish(Job& job);
   void record_frontier(const Job& job);
 

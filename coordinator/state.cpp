@@ -66,16 +66,34 @@ std::string task_number(std::size_t index) {
 json metrics_json(schema::EvalResult::Reader r) {
   json attn = json::array();
   for (double e : r.getAttnRelErr()) attn.push_back(e);
-  return {{"kl", r.getKl()},
-          {"kl_all", r.getKlAll() == 0 ? r.getKl() : r.getKlAll()},
-          {"delta_nll", r.getDeltaNll()},
-          {"ppl_fp", r.getPplFp()},
-          {"ppl_q", r.getPplQ()},
-          {"top1_agreement", r.getTop1Agreement()},
-          {"avg_bits", r.getAvgBits()},
-          {"bytes_per_token", r.getBytesPerToken()},
-          {"attn_rel_err", attn},
-          {"tokens", r.getTokens()}};
+  json out = {{"kl", r.getKl()},
+              {"kl_all", r.getKlAll() == 0 ? r.getKl() : r.getKlAll()},
+              {"delta_nll", r.getDeltaNll()},
+              {"ppl_fp", r.getPplFp()},
+              {"ppl_q", r.getPplQ()},
+              {"top1_agreement", r.getTop1Agreement()},
+              {"avg_bits", r.getAvgBits()},
+              {"bytes_per_token", r.getBytesPerToken()},
+              {"attn_rel_err", attn},
+              {"tokens", r.getTokens()}};
+  if (r.getFreeRunPrompts() > 0) {
+    out["free_run"] = {{"prompts", r.getFreeRunPrompts()},
+                       {"agreement", r.getFreeRunAgreement()},
+                       {"first_divergence", r.getFreeRunFirstDivergence()}};
+  }
+  return out;
+}
+
+std::vector<bool> rank_flips(const std::vector<double>& calibration,
+                             const std::vector<double>& validation) {
+  std::vector<bool> flipped(calibration.size(), false);
+  for (std::size_t i = 0; i < calibration.size(); ++i) {
+    for (std::size_t j = i + 1; j < calibration.size(); ++j) {
+      const double c = calibration[i] - calibration[j], v = validation[i] - validation[j];
+      if ((c < 0 && v > 0) || (c > 0 && v < 0)) flipped[i] = flipped[j] = true;
+    }
+  }
+  return flipped;
 }
 
 std::string serialize_request(schema::EvalRequest::Reader request) {
@@ -103,7 +121,8 @@ ModelInfo ModelInfo::read(schema::ModelInfo::Reader r) {
           r.getHeadDim(),
           r.getVocabSize(),
           r.getSequences(),
-          r.getTokens()};
+          r.getTokens(),
+          text(r.getValidationDataFingerprint())};
 }
 
 void ModelInfo::write(schema::ModelInfo::Builder b) const {
@@ -118,28 +137,41 @@ void ModelInfo::write(schema::ModelInfo::Builder b) const {
   b.setVocabSize(vocab_size);
   b.setSequences(sequences);
   b.setTokens(tokens);
+  b.setValidationDataFingerprint(validation_data_fingerprint);
 }
 
 json ModelInfo::to_json() const {
-  return {{"name", name},
-          {"architecture", architecture},
-          {"synthetic", synthetic},
-          {"layers", layers},
-          {"kv_heads", kv_heads},
-          {"head_dim", head_dim},
-          {"vocab_size", vocab_size},
-          {"fingerprint", fingerprint},
-          {"data_fingerprint", data_fingerprint},
-          {"sequences", sequences},
-          {"tokens", tokens}};
+  json out = {{"name", name},
+              {"architecture", architecture},
+              {"synthetic", synthetic},
+              {"layers", layers},
+              {"kv_heads", kv_heads},
+              {"head_dim", head_dim},
+              {"vocab_size", vocab_size},
+              {"fingerprint", fingerprint},
+              {"data_fingerprint", data_fingerprint},
+              {"sequences", sequences},
+              {"tokens", tokens}};
+  if (!validation_data_fingerprint.empty()) {
+    out["validation_data_fingerprint"] = validation_data_fingerprint;
+  }
+  return out;
 }
 
-void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e) {
+void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e,
+             bool validation) {
   EvalInputs in;
   in.model_spec = job.spec.model;
   in.model_fingerprint = job.model->fingerprint;
-  in.data_spec = job.spec.data;
-  in.data_fingerprint = job.model->data_fingerprint;
+  if (validation) {
+    in.data_spec = job.spec.validation_data;
+    in.data_fingerprint = job.model->validation_data_fingerprint;
+    in.free_run = {job.spec.free_run.prompts, job.spec.free_run.prompt_tokens,
+                   job.spec.free_run.new_tokens};
+  } else {
+    in.data_spec = job.spec.data;
+    in.data_fingerprint = job.model->data_fingerprint;
+  }
   in.seq_len = job.spec.seq_len;
   in.scheme = job.spec.scheme;
   in.layers = layers;

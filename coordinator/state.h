@@ -61,6 +61,11 @@ std::string task_number(std::size_t index);
 // What `kvtune eval --json` prints for an evaluation, by the same names.
 json metrics_json(schema::EvalResult::Reader r);
 
+// For configs with these calibration and validation KLs: whether each one's
+// order against another config is reversed on validation (its ranking flips).
+std::vector<bool> rank_flips(const std::vector<double>& calibration,
+                             const std::vector<double>& validation);
+
 // An EvalRequest as a flat Cap'n Proto message, and back: a flat message
 // copied into aligned words (the std::string's own buffer need not be 8-byte
 // aligned).
@@ -72,6 +77,7 @@ struct ModelInfo {
   bool synthetic = false;
   uint32_t layers = 0, kv_heads = 0, head_dim = 0, vocab_size = 0, sequences = 0;
   uint64_t tokens = 0;
+  std::string validation_data_fingerprint;  // a search's validation data
 
   static ModelInfo read(schema::ModelInfo::Reader r);
   void write(schema::ModelInfo::Builder b) const;
@@ -85,9 +91,10 @@ struct TaskEntry {
   std::string request;  // the EvalRequest, a flat Cap'n Proto message
   TaskState state = TaskState::PENDING;
   std::vector<std::string> errors;
-  int profile_layer = -1;  // profile jobs: the layer quantized alone
-  std::string pair;        // profile jobs: its pair
-  double kl = 0;           // the result's KL once done (what a search is told)
+  int profile_layer = -1;   // profile jobs: the layer quantized alone
+  std::string pair;         // profile jobs: its pair
+  double kl = 0;            // the result's KL once done (what a search is told)
+  bool validation = false;  // a search's validation of a frontier or baseline config
 };
 
 struct Job {
@@ -103,6 +110,7 @@ struct Job {
   std::optional<search::Search> search;
   std::size_t generation_begin = 0;
   bool evaluating_baselines = false;  // the search is over; its baselines run
+  bool validating = false;            // ... and then its frontier's validation
 };
 
 struct WorkerInfo {
@@ -122,7 +130,9 @@ struct Counters {
 };
 
 // Fills the request and evaluation key of `e` for `layers` of the job's
-// (described) model.
-void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e);
+// (described) model: on its calibration data, or (`validation`, a search's)
+// on its validation data with its free run.
+void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e,
+             bool validation = false);
 
 }  // namespace kvtune::coord

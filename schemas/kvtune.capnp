@@ -77,6 +77,14 @@ struct EvalRequest {
   promptTokens @8 :UInt32;
   readPrefill @9 :ReadSource;
   readCurrent @10 :ReadSource;
+  # Free-running greedy generation from the first promptTokens tokens of the
+  # first `prompts` sequences, newTokens each (a search's validation); none
+  # when prompts is 0.
+  freeRun :group {
+    prompts @11 :UInt32;
+    promptTokens @12 :UInt32;
+    newTokens @13 :UInt32;
+  }
 }
 
 struct EvalResult {
@@ -95,6 +103,10 @@ struct EvalResult {
   # continuation). 0 in records written before it existed, whose
   # evaluations had no prompt: read it as kl there.
   klAll @11 :Float64;
+  # Set when the request asked for a free run (freeRunPrompts > 0).
+  freeRunPrompts @12 :UInt32;
+  freeRunAgreement @13 :Float64;
+  freeRunFirstDivergence @14 :Float64;
 }
 
 # What a worker learned about a job's model and calibration data (the job's
@@ -111,6 +123,7 @@ struct ModelInfo {
   dataFingerprint @8 :Text;
   sequences @9 :UInt32;
   tokens @10 :UInt64;
+  validationDataFingerprint @11 :Text;  # a search's validation data, when it has one
 }
 
 struct JobRecord {
@@ -207,6 +220,7 @@ struct CoordinatorMessage {
       dataSpec @8 :Text;
       seqLen @9 :UInt32;
       promptTokens @10 :UInt32;
+      validationDataSpec @11 :Text;  # also described (its fingerprint) when set
     }
   }
 }

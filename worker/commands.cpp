@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "calibration.h"
@@ -13,6 +14,7 @@
 #include "kvtune/common/config_file.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/int_list.h"
+#include "kvtune/common/job_spec.h"
 #include "llama.h"
 
 namespace kvtune::worker {
@@ -224,17 +226,8 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   runtime.add_to(opts);
   po::variables_map vm;
   if (!parse(args, opts, vm)) return 0;
-  std::vector<int64_t> free_run_sizes;
-  if (!free_run_text.empty()) {
-    free_run_sizes = parse_int_list(free_run_text, 1, [&](const std::string& item) {
-      return "--free-run '" + free_run_text + "': '" + item + "' is not a positive integer";
-    });
-    if (free_run_sizes.size() != 3) {
-      throw Error("--free-run '" + free_run_text +
-                  "' takes N,P,M (prompts, prompt tokens, new "
-                  "tokens)");
-    }
-  }
+  std::optional<JobSpec::FreeRun> free_run;
+  if (!free_run_text.empty()) free_run = parse_free_run(free_run_text, "--free-run");
   // LibTorch's own default; its matmuls already use OpenBLAS's threads, and
   // more intra-op threads on top oversubscribe the cores.
   if (threads > 0) torch::set_num_threads(threads);
@@ -255,10 +248,10 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   std::vector<Metrics> results;
   for (const auto& layers : configs) results.push_back(evaluator.evaluate(layers, scheme, rule));
   std::vector<FreeRun> runs;
-  if (!free_run_sizes.empty()) {
+  if (free_run) {
     for (const auto& layers : configs) {
-      runs.push_back(evaluator.free_run(layers, scheme, rule, free_run_sizes[0], free_run_sizes[1],
-                                        free_run_sizes[2]));
+      runs.push_back(evaluator.free_run(layers, scheme, rule, free_run->prompts,
+                                        free_run->prompt_tokens, free_run->new_tokens));
     }
   }
 

@@ -230,6 +230,7 @@ class Daemon {
         job.inputs.data_spec = describe.getDataSpec();
         job.inputs.seq_len = static_cast<int>(describe.getSeqLen());
         job.inputs.prompt_tokens = describe.getPromptTokens();
+        job.validation_data_spec = describe.getValidationDataSpec();
         if (stopping_) {
           log_line(prefix_ + "shutting down; not starting task " + job.task_id);
           return;

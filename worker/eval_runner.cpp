@@ -9,6 +9,7 @@
 #include <exception>
 #include <utility>
 
+#include "kvtune/common/error.h"
 #include "kvtune/schemas/transport.h"
 
 namespace kvtune::worker {
@@ -141,7 +142,21 @@ Reply EvalRunner::run_describe(const Job& job) {
   auto described = reply.message->initRoot<schema::WorkerMessage>().initDescribed();
   described.setTaskId(job.task_id);
   described.setDescribeKey(bytes(job.key));
-  cache_.describe(job.inputs, described.initModel());
+  auto model = described.initModel();
+  if (!job.validation_data_spec.empty()) {
+    // First, so that the calibration entry is the most recently used.
+    EvalInputs validation = job.inputs;
+    validation.data_spec = job.validation_data_spec;
+    capnp::MallocMessageBuilder scratch;
+    auto info = scratch.initRoot<schema::ModelInfo>();
+    try {
+      cache_.describe(validation, info);
+    } catch (const Error& e) {
+      throw Error("validation data: " + std::string(e.what()));
+    }
+    model.setValidationDataFingerprint(info.getDataFingerprint());
+  }
+  cache_.describe(job.inputs, model);
   return reply;
 }
 

@@ -28,7 +28,8 @@ struct Job {
   Kind kind = Kind::kEvaluate;
   std::string task_id;
   std::string key;    // evalKey or describeKey, as received
-  EvalInputs inputs;  // a describe uses model_spec, data_spec and seq_len
+  EvalInputs inputs;  // a describe uses model_spec, data_spec, seq_len and prompt_tokens
+  std::string validation_data_spec;  // a describe: also fingerprint this data
 };
 
 // A message for the coordinator, built by the runner, sent by the main thread.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "calibration.h"
@@ -178,11 +179,25 @@ void ModelCache::evaluate(const EvalInputs& in, const std::string& worker_id,
     }
     const auto start = Clock::now();
     const Metrics metrics = entry->evaluator->evaluate(in.layers, in.scheme, in.read);
+    std::optional<FreeRun> run;
+    if (const auto& f = in.free_run; f.prompts > 0) {
+      try {
+        run = entry->evaluator->free_run(in.layers, in.scheme, in.read, f.prompts, f.prompt_tokens,
+                                         f.new_tokens);
+      } catch (const Error& e) {
+        throw Error("free run on " + in.data_spec + ": " + e.what());
+      }
+    }
     {
       std::lock_guard lock(mutex_);
       refresh_loaded_models();  // the evaluator's trail changed what it holds
     }
     fill_eval_result(metrics, worker_id, seconds_since(start), out);
+    if (run) {
+      out.setFreeRunPrompts(static_cast<uint32_t>(run->prompts));
+      out.setFreeRunAgreement(run->agreement);
+      out.setFreeRunFirstDivergence(run->first_divergence);
+    }
   });
 }
 

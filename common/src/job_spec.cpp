@@ -6,6 +6,7 @@
 #include <set>
 #include <string_view>
 
+#include "kvtune/common/int_list.h"
 #include "kvtune/common/utf8.h"
 
 namespace kvtune {
@@ -262,6 +263,59 @@ void for_each_string(const json& obj, const std::string& key, Reader& r, Use use
   }
 }
 
+// A search's validation_data and free_run (refused on other kinds).
+void read_validation(const json& spec, Reader& r, JobSpec& out) {
+  if (out.kind != JobSpec::Kind::Search) {
+    for (const char* field : {"validation_data", "free_run"}) {
+      if (spec.contains(field)) r.fail(field, "only a search job is validated");
+    }
+    return;
+  }
+  out.validation_data = default_validation_data(out.data);
+  if (auto v = r.string(spec, "validation_data", "validation_data", false)) {
+    if (v->empty()) {
+      r.fail("validation_data", "must not be empty (\"none\" skips the validation)");
+    } else {
+      out.validation_data = *v;
+    }
+  }
+  if (spec.contains("free_run")) {
+    const json& f = spec.at("free_run");
+    if (!f.is_object()) {
+      r.fail("free_run", "must be an object, not " + type_name(f));
+      return;
+    }
+    r.only(f, {"prompts", "prompt_tokens", "new_tokens"}, "free_run.");
+    if (auto n = r.integer(f, "prompts", "free_run.prompts", 0, 1 << 16)) out.free_run.prompts = *n;
+    if (auto p = r.integer(f, "prompt_tokens", "free_run.prompt_tokens", 1, 1 << 20)) {
+      out.free_run.prompt_tokens = *p;
+    }
+    if (auto m = r.integer(f, "new_tokens", "free_run.new_tokens", 1, 1 << 20)) {
+      out.free_run.new_tokens = *m;
+    }
+  }
+  // A sampled validation set's size is known here: the free run must fit it.
+  const std::string& v = out.validation_data;
+  if (out.free_run.prompts > 0 && v.starts_with("sample:")) {
+    const std::size_t a = v.find(':'), b = v.find(':', a + 1), c = v.find(':', b + 1);
+    try {
+      const long n = std::stol(v.substr(a + 1, b - a - 1));
+      const long len = std::stol(v.substr(b + 1, c - b - 1));
+      if (out.free_run.prompts > n) {
+        r.fail("free_run.prompts", std::to_string(out.free_run.prompts) + " prompts but " + v +
+                                       " has " + std::to_string(n) + " sequences");
+      }
+      if (out.free_run.prompt_tokens > len) {
+        r.fail("free_run.prompt_tokens", std::to_string(out.free_run.prompt_tokens) +
+                                             " tokens but the sequences of " + v + " have " +
+                                             std::to_string(len));
+      }
+    } catch (const std::logic_error&) {
+      // a malformed sample: spec is the worker's to name when it describes
+    }
+  }
+}
+
 }  // namespace
 
 JobSpecError::JobSpecError(std::vector<FieldError> fields)
@@ -277,6 +331,32 @@ std::string to_string(JobSpec::Kind kind) {
       return "search";
   }
   return "?";
+}
+
+std::string default_validation_data(const std::string& data) {
+  // sample:N:L:SEED -> sample:N:L:SEED+1
+  const std::size_t last = data.rfind(':');
+  if (data.starts_with("sample:") && std::count(data.begin(), data.end(), ':') == 3 &&
+      last + 1 < data.size() && last + 1 + 19 > data.size() &&
+      std::all_of(data.begin() + static_cast<std::ptrdiff_t>(last) + 1, data.end(),
+                  [](char c) { return c >= '0' && c <= '9'; })) {
+    return data.substr(0, last + 1) + std::to_string(std::stoull(data.substr(last + 1)) + 1);
+  }
+  return "sample:8:128:1";
+}
+
+JobSpec::FreeRun parse_free_run(const std::string& text, const std::string& option) {
+  const std::vector<int64_t> sizes = parse_int_list(text, 1, [&](const std::string& item) {
+    return option + " '" + text + "': '" + item + "' is not a positive integer";
+  });
+  if (sizes.size() != 3) {
+    throw Error(option + " '" + text + "' takes N,P,M (prompts, prompt tokens, new tokens)");
+  }
+  constexpr int64_t kMax = 1 << 20;
+  for (const int64_t n : sizes) {
+    if (n > kMax) throw Error(option + " '" + text + "': " + std::to_string(n) + " is too large");
+  }
+  return {static_cast<int>(sizes[0]), static_cast<int>(sizes[1]), static_cast<int>(sizes[2])};
 }
 
 std::string JobSpec::kind_name() const {
@@ -312,10 +392,11 @@ JobSpec JobSpec::parse(const json& spec) {
       spec, "", [](const std::string& t) { return !valid_utf8(t); },
       [](const std::string& t) { return escape_utf8(t); }, errors);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
-  r.only(spec,
-         {"kind", "name", "model", "data", "seq_len", "target", "scheme", "kv_scales",
-          "prompt_tokens", "read", "metric", "configs", "candidates", "search"},
-         "");
+  r.only(
+      spec,
+      {"kind", "name", "model", "data", "seq_len", "target", "scheme", "kv_scales", "prompt_tokens",
+       "read", "metric", "configs", "candidates", "search", "validation_data", "free_run"},
+      "");
 
   if (auto kind = r.string(spec, "kind", "kind", true)) {
     if (*kind == "evaluate") {
@@ -436,6 +517,7 @@ JobSpec JobSpec::parse(const json& spec) {
       out.search = spec.at("search");
     }
   }
+  read_validation(spec, r, out);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
   return out;
 }
@@ -460,7 +542,13 @@ json JobSpec::to_json() const {
   if (!name.empty()) out["name"] = name;
   if (scheme.kv_scales != KvScales::One) out["kv_scales"] = kv_scales_name(scheme.kv_scales);
   if (kind == Kind::Evaluate) out["configs"] = configs;
-  if (kind == Kind::Search) out["search"] = search;
+  if (kind == Kind::Search) {
+    out["search"] = search;
+    out["validation_data"] = validation_data;
+    out["free_run"] = {{"prompts", free_run.prompts},
+                       {"prompt_tokens", free_run.prompt_tokens},
+                       {"new_tokens", free_run.new_tokens}};
+  }
   return out;
 }
 

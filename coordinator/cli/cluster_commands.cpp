@@ -329,10 +329,19 @@ int registry_command(const std::vector<std::string>& args) {
     std::cout << "model   " << entry.value("model", "") << " (" << entry.value("model_spec", "")
               << ")\nscheme  " << entry.value("scheme", "") << "\ndata    "
               << entry.value("data", "") << "\n\n";
-    std::printf("%8s %12s  %s\n", "avg bits", "KL", "layers");
+    if (entry.contains("validation_data")) {
+      std::cout << "validation data " << entry.value("validation_data", "") << "\n\n";
+    }
+    std::printf("%8s %12s %12s %8s  %s\n", "avg bits", "KL", "val KL", "free-run", "layers");
     for (const auto& c : entry["frontier"]) {
-      std::printf("%8.3f %12.6f  %s\n", c.value("avg_bits", 0.0), c.value("kl", 0.0),
-                  c.value("layers", "").c_str());
+      std::string val = "-", agree = "-";
+      if (c.contains("validation")) {
+        const json& v = c["validation"];
+        val = fixed(v.value("kl", 0.0), 6) + (v.value("rank_flip", false) ? "*" : "");
+        if (v.contains("free_run")) agree = fixed(v["free_run"].value("agreement", 0.0), 3);
+      }
+      std::printf("%8.3f %12.6f %12s %8s  %s\n", c.value("avg_bits", 0.0), c.value("kl", 0.0),
+                  val.c_str(), agree.c_str(), c.value("layers", "").c_str());
     }
     return 0;
   }
@@ -419,7 +428,10 @@ void print_job(const json& job) {
     std::cout << "search    " << info.value("strategy", "") << ", " << info.value("evaluations", 0)
               << " evaluations, " << job["frontier"].size() << " configs on the frontier\n";
   }
-  const auto print_row = [](const json& r) {
+  // A search's validation: KL on the validation data and free-run agreement.
+  const bool validated = search && job.contains("validation");
+  bool flips = false;
+  const auto print_row = [&](const json& r) {
     std::string name = r.value("config", "");
     const std::string first = name.substr(0, name.find(','));
     bool uniform = true;
@@ -432,18 +444,42 @@ void print_job(const json& job) {
     if (uniform) name = first + " (all layers)";
     if (name.size() > 32) name = name.substr(0, 29) + "...";
     const json& m = r["metrics"];
-    std::printf("%-32s %8s %10s %10s %10s %8s\n", name.c_str(),
+    std::printf("%-32s %8s %10s %10s %10s %8s", name.c_str(),
                 fixed(m.value("avg_bits", 0.0), 3).c_str(),
                 fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
                 fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
                 fixed(m.value("top1_agreement", 0.0), 4).c_str());
+    if (validated && r.contains("validation")) {
+      const json& v = r["validation"];
+      const bool flip = v.value("rank_flip", false);
+      flips = flips || flip;
+      const std::string agree =
+          v.contains("free_run") ? fixed(v["free_run"].value("agreement", 0.0), 3) : "-";
+      std::printf(" %10s%s %8s", fixed(v.value("kl", 0.0), 5).c_str(), flip ? "*" : " ",
+                  agree.c_str());
+    }
+    std::printf("\n");
   };
-  std::printf("\n%-32s %8s %10s %10s %10s %8s\n", search ? "frontier config" : "config", "avg bits",
+  std::printf("\n%-32s %8s %10s %10s %10s %8s", search ? "frontier config" : "config", "avg bits",
               "bytes/tok", "KL", "dNLL", "top-1");
+  if (validated) std::printf(" %10s  %8s", "val KL", "free-run");
+  std::printf("\n");
   for (const auto& r : job[search ? "frontier" : "results"]) print_row(r);
   if (search && !job["baselines"].empty()) {
     std::cout << "uniform baselines:\n";
     for (const auto& r : job["baselines"]) print_row(r);
+  }
+  if (validated) {
+    const json& v = job["validation"];
+    const json& f = v["free_run"];
+    std::cout << "validation: KL on " << v.value("data", "");
+    if (f.value("prompts", 0) > 0) {
+      std::cout << "; free-run: greedy tokens agreeing with the unquantized model's, "
+                << f.value("prompts", 0) << " prompts of " << f.value("prompt_tokens", 0)
+                << " tokens, " << f.value("new_tokens", 0) << " new";
+    }
+    std::cout << "\n";
+    if (flips) std::cout << "* ranks differently by KL on the validation data\n";
   }
 
   if (job.contains("model_info") && job["model_info"].value("synthetic", false)) {

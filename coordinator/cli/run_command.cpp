@@ -112,12 +112,19 @@ class WorkDir {
   bool owned_ = false;
 };
 
+// --free-run N,P,M (or 0) as the spec's free_run.
+json free_run_spec(const std::string& text) {
+  if (text == "0") return {{"prompts", 0}};
+  const JobSpec::FreeRun f = parse_free_run(text, "--free-run");
+  return {{"prompts", f.prompts}, {"prompt_tokens", f.prompt_tokens}, {"new_tokens", f.new_tokens}};
+}
+
 }  // namespace
 
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind,
                          scheme = "per-token-asym", zero_point = "int", read = "fresh", db,
-                         cache_target = "kvtune", kv_scales = "one";
+                         cache_target = "kvtune", kv_scales = "one", validation_data, free_run;
   std::vector<std::string> configs, candidates, config_files;
   int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0,
       prompt_tokens = 0;
@@ -160,7 +167,12 @@ int run_command(const std::vector<std::string>& args) {
       "max-evaluations", po::value(&max_evaluations)->default_value(max_evaluations),
       "search: evaluation budget, the profile included")(
       "seed", po::value(&seed)->default_value(seed), "search: random seed")(
-      "workers", po::value(&workers)->default_value(workers), "local worker processes")(
+      "validation-data", po::value(&validation_data),
+      "search: data the frontier is checked on (default: the calibration sample's next seed; "
+      "none: no validation)")(
+      "free-run", po::value(&free_run),
+      "search validation: N,P,M = N prompts of P tokens, M new tokens each (default 4,16,32; "
+      "0: none)")("workers", po::value(&workers)->default_value(workers), "local worker processes")(
       "db", po::value(&db),
       "keep the store in this directory (run again to resume); default: a temporary one")(
       "json", po::bool_switch(&json_output), "print the job's JSON")(
@@ -203,12 +215,15 @@ int run_command(const std::vector<std::string>& args) {
       spec["search"] = {
           {"max_bits", max_bits}, {"max_evaluations", max_evaluations}, {"seed", seed}};
       if (!candidates.empty()) spec["search"]["candidates"] = candidates;
+      if (!validation_data.empty()) spec["validation_data"] = validation_data;
+      if (!free_run.empty()) spec["free_run"] = free_run_spec(free_run);
     } else if (!candidates.empty()) {
       spec["candidates"] = candidates;
     }
   }
   absolutize_path(spec, "model");
   absolutize_path(spec, "data");
+  absolutize_path(spec, "validation_data");
   add_config_files(spec, config_files);
   try {
     JobSpec::parse(spec);

@@ -138,6 +138,12 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
   };
   in.read.prefill = source(request.getReadPrefill());
   in.read.current = source(request.getReadCurrent());
+  const auto free_run = request.getFreeRun();
+  in.free_run = {free_run.getPrompts(), free_run.getPromptTokens(), free_run.getNewTokens()};
+  if (in.free_run.prompts > 0 && (in.free_run.prompt_tokens == 0 || in.free_run.new_tokens == 0)) {
+    throw Error("freeRun: " + std::to_string(in.free_run.prompts) +
+                " prompts need promptTokens and newTokens > 0");
+  }
   return in;
 }
 
@@ -173,6 +179,17 @@ void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder o
   out.setPromptTokens(static_cast<uint32_t>(inputs.prompt_tokens));
   out.setReadPrefill(source(inputs.read.prefill));
   out.setReadCurrent(source(inputs.read.current));
+  const auto& f = inputs.free_run;
+  if (f.prompts < 0 || f.prompt_tokens < 0 || f.new_tokens < 0) {
+    throw Error("free_run: negative sizes " + std::to_string(f.prompts) + "," +
+                std::to_string(f.prompt_tokens) + "," + std::to_string(f.new_tokens));
+  }
+  if (f.prompts > 0) {
+    auto free_run = out.initFreeRun();
+    free_run.setPrompts(static_cast<uint32_t>(f.prompts));
+    free_run.setPromptTokens(static_cast<uint32_t>(f.prompt_tokens));
+    free_run.setNewTokens(static_cast<uint32_t>(f.new_tokens));
+  }
 }
 
 std::string evaluation_key(const schema::EvalRequest::Reader& request) {
@@ -212,6 +229,13 @@ std::string evaluation_key(const schema::EvalRequest::Reader& request) {
   // Without a prompt (and JSONL prompts are in the data fingerprint) the
   // prefill rule reads nothing.
   if (request.getPromptTokens() > 0) norm.setReadPrefill(request.getReadPrefill());
+  // Absent (no free run) encodes as before: old keys stay.
+  if (const auto f = request.getFreeRun(); f.getPrompts() > 0) {
+    auto free_run = norm.initFreeRun();
+    free_run.setPrompts(f.getPrompts());
+    free_run.setPromptTokens(f.getPromptTokens());
+    free_run.setNewTokens(f.getNewTokens());
+  }
 
   const kj::Array<capnp::word> canonical = capnp::canonicalize(norm.asReader());
   const auto bytes = canonical.asBytes();

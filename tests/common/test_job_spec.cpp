@@ -193,6 +193,46 @@ TEST(JobSpec, EngineDtypesAndTheirScaleSource) {
   EXPECT_EQ(errors_of(spec), (std::vector<std::string>{"configs[1]", "configs[2]"}));
 }
 
+TEST(JobSpec, ASearchIsValidatedOnAnotherSampleByDefault) {
+  const JobSpec s = JobSpec::parse({{"kind", "search"}, {"model", "m.bin"}});
+  EXPECT_TRUE(s.validates());
+  EXPECT_EQ(s.validation_data, "sample:8:128:1");  // the calibration sample's next seed
+  EXPECT_EQ(s.free_run.prompts, 4);
+  EXPECT_EQ(JobSpec::parse(s.to_json()).to_json(), s.to_json());
+  EXPECT_EQ(default_validation_data("sample:2:64:41"), "sample:2:64:42");
+  EXPECT_EQ(default_validation_data("tokens.u16"), "sample:8:128:1");
+
+  const JobSpec custom = JobSpec::parse(json::parse(R"({
+    "kind": "search", "model": "m.bin", "data": "sample:4:32:7", "validation_data": "v.jsonl",
+    "free_run": {"prompts": 2, "prompt_tokens": 8, "new_tokens": 12}})"));
+  EXPECT_EQ(custom.validation_data, "v.jsonl");
+  EXPECT_EQ(custom.free_run.prompts, 2);
+  EXPECT_EQ(custom.free_run.prompt_tokens, 8);
+  EXPECT_EQ(custom.free_run.new_tokens, 12);
+  EXPECT_FALSE(JobSpec::parse({{"kind", "search"}, {"model", "m"}, {"validation_data", "none"}})
+                   .validates());
+  EXPECT_FALSE(
+      JobSpec::parse({{"kind", "evaluate"}, {"model", "m"}, {"configs", {"KV4"}}}).validates());
+}
+
+TEST(JobSpec, ValidationFieldsThatCannotWorkAreRefused) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(errors_of({{"kind", "profile"}, {"model", "m"}, {"validation_data", "sample:2:8:1"}}),
+            V{"validation_data"});
+  EXPECT_EQ(errors_of({{"kind", "search"}, {"model", "m"}, {"validation_data", ""}}),
+            V{"validation_data"});
+  EXPECT_EQ(errors_of({{"kind", "search"}, {"model", "m"}, {"free_run", {{"prompt", 2}}}}),
+            V{"free_run.prompt"});
+  EXPECT_EQ(errors_of({{"kind", "search"}, {"model", "m"}, {"free_run", {{"new_tokens", 0}}}}),
+            V{"free_run.new_tokens"});
+  // The sampled validation set has 2 sequences of 8 tokens.
+  EXPECT_EQ(errors_of({{"kind", "search"},
+                       {"model", "m"},
+                       {"data", "sample:2:8:0"},
+                       {"free_run", {{"prompts", 3}, {"prompt_tokens", 9}}}}),
+            (V{"free_run.prompts", "free_run.prompt_tokens"}));
+}
+
 TEST(JobSpec, EvaluateNeedsConfigs) {
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}}), std::vector<std::string>{"configs"});
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}, {"configs", json::array()}}),

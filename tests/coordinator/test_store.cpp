@@ -116,6 +116,25 @@ TEST(EvalKey, PromptAndReadRuleChangeTheKeyAndTheirDefaultsLeaveItAsItWas) {
   EXPECT_EQ(back.read, ReadRule::parse("cache"));
 }
 
+TEST(EvalKey, AFreeRunHasItsOwnKeyAndCrossesTheWire) {
+  EvalInputs plain = sample_inputs(), run = sample_inputs(), longer = sample_inputs();
+  run.free_run = {4, 16, 32};
+  longer.free_run = {4, 16, 48};
+  const std::set<std::string> keys{key_of(plain), key_of(run), key_of(longer)};
+  EXPECT_EQ(keys.size(), 3u);
+  EXPECT_EQ(key_of(plain), "2dace2651f3f35cccfb7c8582de6dac3");  // as before free runs
+
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<schema::EvalRequest>();
+  build_eval_request(run, request);
+  EXPECT_EQ(read_eval_request(request.asReader()).free_run, run.free_run);
+  request.getFreeRun().setNewTokens(0);
+  expect_error([&] { read_eval_request(request.asReader()); }, {"freeRun", "newTokens"});
+  EvalInputs negative = sample_inputs();
+  negative.free_run = {-1, 16, 32};
+  expect_error([&] { key_of(negative); }, {"free_run", "-1"});
+}
+
 TEST(EvalKey, KvtunerTargetHasItsOwnKeysAndCrossesTheWire) {
   EvalInputs idealized = sample_inputs(), token = sample_inputs(), channel = sample_inputs();
   idealized.scheme = Scheme::parse("per-token-asym", 32, 32, "int");

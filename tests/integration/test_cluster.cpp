@@ -581,6 +581,125 @@ TEST_F(Cluster, SearchReachesTheBruteForceFrontierWithFivePercentOfItsEvaluation
   }
 }
 
+TEST_F(Cluster, SearchValidatesItsFrontierOnOtherTextAndInFreeRunningGeneration) {
+  REQUIRE_MODEL();
+  // Built to differ from the calibration sample: uniformly random token ids,
+  // text the model would never write (4 sequences of 64 tokens).
+  const std::string noise = dir.file("noise.u16");
+  {
+    std::mt19937 rng(11);
+    std::vector<uint16_t> tokens(4 * 64);
+    for (auto& t : tokens) t = static_cast<uint16_t>(rng() % 512);
+    std::ofstream(noise, std::ios::binary)
+        .write(reinterpret_cast<const char*>(tokens.data()),
+               static_cast<std::streamsize>(tokens.size() * sizeof(uint16_t)));
+  }
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  auto w2 = start_worker(coordinator.endpoint(), "w2", log("w2"));
+  json spec = search_spec(40);
+  spec["seq_len"] = 64;
+  spec["validation_data"] = noise;
+  spec["free_run"] = {{"prompts", 4}, {"prompt_tokens", 16}, {"new_tokens", 48}};
+  const json job = coordinator.wait_job(coordinator.submit(spec));
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  ASSERT_FALSE(job.contains("failures")) << job["failures"].dump(1);
+  EXPECT_EQ(job["validation"]["data"], noise);
+  EXPECT_EQ(job["validation"]["free_run"]["new_tokens"], 48);
+
+  // Every frontier and baseline config is validated: its metrics on the
+  // noise differ from its calibration ones, and equal a single process's
+  // evaluation of the noise (`kvtune eval --free-run`).
+  std::map<std::string, json> validated;  // layers -> the result with its validation
+  for (const char* list : {"frontier", "baselines"}) {
+    ASSERT_FALSE(job[list].empty());
+    for (const json& r : job[list]) {
+      ASSERT_TRUE(r.contains("validation")) << r.dump(1);
+      validated[r["layers"]] = r;
+    }
+  }
+  std::string eval = "OPENBLAS_NUM_THREADS=1 " + build_path("kvtune") +
+                     " eval --threads 1 --json --model " + kModel + " --data " + noise +
+                     " --seq-len 64 --free-run 4,16,48";
+  for (const auto& [layers, r] : validated) eval += " --config " + layers;
+  const CommandResult single = run_command(eval);
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  std::istringstream lines(single.output);
+  auto it = validated.begin();
+  for (std::string line; std::getline(lines, line) && it != validated.end(); ++it) {
+    const json expected = json::parse(line);
+    const json& v = it->second["validation"];
+    const double calibration_kl = it->second["metrics"]["kl"];
+    std::printf("%-26s KL calibration %.6f, noise %.6f; free-run agreement %.3f\n",
+                it->first.c_str(), calibration_kl, v["kl"].get<double>(),
+                v["free_run"]["agreement"].get<double>());
+    EXPECT_GT(std::abs(v["kl"].get<double>() - calibration_kl), 0.01 * calibration_kl) << it->first;
+    EXPECT_NEAR(v["kl"].get<double>(), expected["kl"].get<double>(),
+                1e-5 * expected["kl"].get<double>())
+        << it->first;
+    EXPECT_NEAR(v["top1_agreement"].get<double>(), expected["top1_agreement"].get<double>(), 1e-9);
+    EXPECT_EQ(v["free_run"]["agreement"], expected["free_run"]["agreement"]) << it->first;
+    EXPECT_EQ(v["free_run"]["first_divergence"], expected["free_run"]["first_divergence"]);
+  }
+  EXPECT_EQ(it, validated.end()) << single.output;
+
+  // A config is marked exactly when its KL order against another validated
+  // config is reversed on the noise.
+  for (const auto& [a, ra] : validated) {
+    bool flips = false;
+    for (const auto& [b, rb] : validated) {
+      const double c = ra["metrics"]["kl"].get<double>() - rb["metrics"]["kl"].get<double>();
+      const double v = ra["validation"]["kl"].get<double>() - rb["validation"]["kl"].get<double>();
+      flips = flips || (c < 0 && v > 0) || (c > 0 && v < 0);
+    }
+    EXPECT_EQ(ra["validation"]["rank_flip"], flips) << a;
+  }
+
+  // The registry keeps the frontier's validation; the table shows it.
+  const json entries = coordinator.get("/v1/registry");
+  ASSERT_EQ(entries["entries"].size(), 1u);
+  const json entry =
+      coordinator.get("/v1/registry/" + entries["entries"][0]["id"].get<std::string>());
+  EXPECT_EQ(entry["validation_data"], noise);
+  for (const json& c : entry["frontier"]) {
+    ASSERT_TRUE(c.contains("validation")) << c.dump(1);
+    EXPECT_EQ(c["validation"], validated.at(c["layers"])["validation"]);
+  }
+  const CommandResult table =
+      run_command(build_path("kvtune") + " status " + job["id"].get<std::string>() + " --api " +
+                  coordinator.api());
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_NE(table.output.find("val KL  free-run"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("validation: KL on " + noise), std::string::npos) << table.output;
+}
+
+TEST_F(Cluster, FreeRunningAgreementFallsAsTheBaselinesBitsFall) {
+  REQUIRE_MODEL();
+  // The search's validation, on the default validation data (the calibration
+  // sample's next seed), generating 8 x 48 tokens greedily from real text.
+  CoordinatorProcess coordinator(db(), log("coordinator"));
+  auto w1 = start_worker(coordinator.endpoint(), "w1", log("w1"));
+  json spec = search_spec(30, "sample:8:64:0");
+  spec["free_run"] = {{"prompts", 8}, {"prompt_tokens", 16}, {"new_tokens", 48}};
+  const json job = coordinator.wait_job(coordinator.submit(spec));
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  EXPECT_EQ(job["validation"]["data"], "sample:8:64:1");
+  std::map<std::string, double> agreement;
+  for (const json& b : job["baselines"]) {
+    agreement[b["config"].get<std::string>().substr(0, b["config"].get<std::string>().find(','))] =
+        b["validation"]["free_run"]["agreement"];
+  }
+  std::printf("free-run agreement: KV8 %.3f, KV4 %.3f, KV2 %.3f\n", agreement["KV8"],
+              agreement["KV4"], agreement["KV2"]);
+  EXPECT_GE(agreement.at("KV8"), agreement.at("KV4"));
+  EXPECT_GE(agreement.at("KV4"), agreement.at("KV2"));
+  EXPECT_LT(agreement.at("KV2"), 1.0);
+  // And along the frontier: the fewest bits agree least.
+  const json& frontier = job["frontier"];
+  EXPECT_GE(frontier.back()["validation"]["free_run"]["agreement"].get<double>(),
+            frontier.front()["validation"]["free_run"]["agreement"].get<double>());
+}
+
 TEST_F(Cluster, SearchResumedAfterKillGivesTheIdenticalFrontier) {
   REQUIRE_MODEL();
   const auto frontier_of = [](const json& job) {

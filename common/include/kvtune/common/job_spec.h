@@ -17,6 +17,13 @@
 //    "configs": ["KV4", "K8V4,KV4,..."],       evaluate: required
 //    "candidates": ["KV8", "K8V4", ...],       profile: default the nine of {8,4,2}^2
 //    "search": {...},                          search options (kept as given)
+//    "validation_data": "sample:8:128:1",      search: the frontier and baselines are
+//                                              evaluated again on it; default the
+//                                              calibration sample with the next seed
+//                                              (sample:8:128:1 for token files); "none": skip
+//    "free_run": {"prompts": 4, "prompt_tokens": 16, "new_tokens": 32},
+//                                              search validation's greedy generation
+//                                              (prompts from the validation data; 0: none)
 //    "name": "free-form label"}
 #pragma once
 
@@ -61,6 +68,13 @@ struct JobSpec {
   std::vector<std::string> configs;       // evaluate: one entry per configuration
   std::vector<PrecisionPair> candidates;  // profile: the pairs tried on each layer
   nlohmann::json search = nlohmann::json::object();
+  std::string validation_data;  // search: set by parse (see above)
+  struct FreeRun {
+    int prompts = 4, prompt_tokens = 16, new_tokens = 32;
+  } free_run;
+
+  // A search job with validation data (not "none").
+  bool validates() const { return kind == Kind::Search && validation_data != "none"; }
 
   // Validates `spec`; throws JobSpecError naming every bad field.
   static JobSpec parse(const nlohmann::json& spec);
@@ -70,6 +84,14 @@ struct JobSpec {
   nlohmann::json to_json() const;
   std::string kind_name() const;
 };
+
+// The validation data of calibration data `data`: a sample: spec with the
+// next seed, or sample:8:128:1 for token files.
+std::string default_validation_data(const std::string& data);
+
+// "N,P,M" (a --free-run option): N prompts of P tokens, M new tokens each,
+// all positive. Throws kvtune::Error naming `option` and the bad item.
+JobSpec::FreeRun parse_free_run(const std::string& text, const std::string& option);
 
 // "evaluate", "profile", "search".
 std::string to_string(JobSpec::Kind kind);

@@ -26,6 +26,13 @@ struct EvalInputs {
   std::string metric = "kl";
   int64_t prompt_tokens = 0;  // T0 of sequences without their own
   ReadRule read;
+  // Free-running greedy generation (a search's validation): from the first
+  // prompt_tokens tokens of the first `prompts` sequences, new_tokens each;
+  // none when prompts is 0.
+  struct FreeRun {
+    int64_t prompts = 0, prompt_tokens = 0, new_tokens = 0;
+    bool operator==(const FreeRun&) const = default;
+  } free_run;
 };
 
 // Fills `out` from `inputs`; every field is set explicitly.
