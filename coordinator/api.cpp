@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "exports.h"
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/schemas/transport.h"
 #include "registry.h"
@@ -98,7 +99,7 @@ http::Response Api::post_job(const std::string& body) {
   }
   if (spec.kind == JobSpec::Kind::Search) {
     try {
-      search::check_satisfiable(search::options_from_json(spec.search), spec.scheme);
+      search::check_satisfiable(search_options(spec), spec.scheme);
     } catch (const Error& e) {
       std::string message = e.what();
       if (message.starts_with("search: ")) message.erase(0, 8);  // the field says it
@@ -111,6 +112,33 @@ http::Response Api::post_job(const std::string& body) {
   if (ledger_.failed()) return error_response(503, "not stored: " + ledger_.failure());
   return json_response(201, {{"id", id}, {"state", "queued"}});
 }
+
+namespace {
+
+// Where a registry entry's or job's configs deploy: the model as the job
+// named it and the source of its k/v scales.
+exports::DeployOptions deploy_options(const json& entry) {
+  exports::DeployOptions o;
+  o.model = entry.value("model_spec", entry.value("model", o.model));
+  o.kv_scales = parse_kv_scales(entry.value("kv_scales", "one"));
+  return o;
+}
+
+// How a config of an engine target deploys: the export's format and text,
+// and whether a released engine runs it (else the pull request it needs).
+json deploy_json(const EngineTarget& target, const std::vector<PrecisionPair>& layers,
+                 const exports::DeployOptions& options) {
+  json out = {{"format", target.deploy}, {"released", target.needs.empty()}};
+  if (!target.needs.empty()) out["needs"] = target.needs;
+  try {
+    out["text"] = exports::export_config(target.deploy, layers, options);
+  } catch (const Error& e) {
+    out["error"] = e.what();
+  }
+  return out;
+}
+
+}  // namespace
 
 // GET /v1/registry, /v1/registry/{id}, /v1/registry/{id}/best?max_bits=B&max_kl=E&format=F
 http::Response Api::registry_request(const std::string& path, const std::string& query) {
@@ -149,15 +177,20 @@ http::Response Api::registry_request(const std::string& path, const std::string&
   const auto chosen = registry::best(frontier, max_bits, max_kl);
   if (!chosen)
     return error_response(404, "no frontier config of entry " + rest + " meets the budget");
+  const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
+  const exports::DeployOptions deploy = deploy_options(entry);
   if (params.contains("format")) {
     try {
-      const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
-      return {200, exports::export_config(params["format"], layers), "text/plain"};
+      return {200, exports::export_config(params["format"], layers, deploy), "text/plain"};
     } catch (const Error& e) {
       return error_response(400, e.what());
     }
   }
-  return json_response(200, chosen->to_json());
+  json out = chosen->to_json();
+  if (const EngineTarget* target = find_engine_target(entry.value("target", ""))) {
+    out["deploy"] = deploy_json(*target, layers, deploy);
+  }
+  return json_response(200, out);
 }
 
 http::Response Api::cancel_job(Job& job) {
@@ -268,10 +301,24 @@ json Api::job_json(const Job& job, bool full) const {
     std::map<std::string, json> by_layers;
     for (const json& r : results) by_layers.emplace(r["layers"].get<std::string>(), r);
     json frontier = json::array(), baselines = json::array();
+    std::map<std::string, double> predicted_kl;  // the additive model's, where it predicted
+    for (const auto& a : job.search->additive_frontier()) {
+      predicted_kl.emplace(format_layer_config(a.layers), a.error);
+    }
+    const EngineTarget* target = job.spec.engine_target();
+    exports::DeployOptions deploy;
+    deploy.model = job.spec.model;
+    deploy.kv_scales = job.spec.scheme.kv_scales;
     for (const auto& f : job.search->frontier()) {
-      if (auto it = by_layers.find(format_layer_config(f.layers)); it != by_layers.end()) {
-        frontier.push_back(it->second);
+      const std::string layers = format_layer_config(f.layers);
+      auto it = by_layers.find(layers);
+      if (it == by_layers.end()) continue;
+      json entry = it->second;
+      if (auto p = predicted_kl.find(layers); p != predicted_kl.end()) {
+        entry["predicted_kl"] = p->second;
       }
+      if (target != nullptr) entry["deploy"] = deploy_json(*target, f.layers, deploy);
+      frontier.push_back(std::move(entry));
     }
     for (const auto& [layers, r] : by_layers) {
       const auto pairs = parse_layer_config(layers, static_cast<int>(job.model->layers));

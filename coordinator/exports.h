@@ -1,47 +1,36 @@
 // Exports of a per-layer KV-cache configuration (one PrecisionPair per
-// transformer layer) to the files and strings inference engines load.
+// transformer layer) to the command lines and files inference engines load.
+// Engine facts: ../shared/ENGINES.md; re-check the cited pull requests before
+// relying on an unreleased format.
 //
-// Status of per-layer KV formats in the engines, as researched for this file
-// (re-check the cited pull requests before relying on an engine's support):
+// Released engines (one KV dtype per model; engine_dtype.h names them):
+// - vllm:          `vllm serve M --kv-cache-dtype D [--kv-cache-dtype-skip-layers L..]`
+//                  (skip layers: vllm-project/vllm PR #33695, merged).
+// - sglang-launch: `python -m sglang.launch_server --model-path M --kv-cache-dtype D`.
+// - trtllm-serve:  `kv_cache_config: {dtype: D}` in trtllm-serve's options YAML.
+// Per-layer formats (open or closed pull requests, not released):
+// - trtllm:          KvCacheConfig.dtype ranges "0-3:fp8,4-35:nvfp4" (TensorRT-LLM PR
+//                    #13695, open when written; #13345 closed).
+// - sglang:          `kv_cache_per_layer_dtype: {layer: dtype}` YAML (SGLang PR #17530,
+//                    closed unmerged).
+// - hf_quant_config: ModelOpt's schema-1 `kv_cache_quantized_layers`, written by
+//                    NVIDIA/Model-Optimizer PR #2272 (merged), read by vLLM PR #56116
+//                    (open when written, RFC #57445); hf_config_json is its config.json
+//                    block. Whole-layer FP8 and NVFP4 only.
+// - kvtuner:         KVTuner's `{layer: {nbits_key, nbits_value}}` YAML; integer widths
+//                    only, no KV16. Read back with kvtune::parse_layer_config_text
+//                    (common/include/kvtune/common/config_file.h).
+// llm-compressor's `kv_cache_scheme` is model-wide only, so it is not emitted.
 //
-// - KVTuner: `{layer: {nbits_key: B, nbits_value: B}}` YAML. Integer widths
-//   Integer widths only (16 is not unquantized there). Read back with
-//   kvtune::parse_layer_config_text (common/include/kvtune/common/config_file.h), so import needs
-//   no code here.
-//
-// - TensorRT-LLM: `KvCacheConfig.dtype` accepts a range string such as
-//   "0-3:fp8,4-35:nvfp4" in NVIDIA/TensorRT-LLM pull request #13695 (open when
-//   written; its predecessor #13345 was closed). Released TensorRT-LLM accepts
-//   only one KV dtype for the model: "auto", "fp8" or "nvfp4".
-//
-// - SGLang: `--kv-cache-per-layer-dtype FILE.yaml` with
-//   `kv_cache_per_layer_dtype: {layer: dtype}` was proposed in sgl-project/sglang
-//   pull request #17530 (closed, not merged); released SGLang has one
-//   `--kv-cache-dtype` per model. Its `fp4_e2m1` cache uses E2M1 values in blocks
-//   of 16 with power-of-two (UE8M0) block scales, always
-//   (SGLANG_EXPERIMENTAL_NVFP4 only chooses between two power-of-two exponents),
-//   so it does not exactly match kvtune's nvfp4 (E4M3 block scales). SGLang's main
-//   branch also has `--kv-cache-dtype nvfp4` (E4M3 block scales, a per-layer
-//   global scale); its first release is unverified.
-//
-// - vLLM: reads per-layer KV formats from NVIDIA ModelOpt's schema-1 checkpoint
-//   metadata (`hf_quant_config.json`: `quantization.kv_cache_quantized_layers`),
-//   which ModelOpt writes since NVIDIA/Model-Optimizer pull request #2272
-//   (merged). vLLM's reader is vllm-project/vllm pull request #56116 (open when
-//   written, RFC #57445); it supports whole-layer FP8 and NVFP4 only and rejects
-//   FP8 keys with NVFP4 values in one layer. Released vLLM reads only the
-//   model-wide `kv_cache_quant_algo`. llm-compressor/compressed-tensors'
-//   `quantization_config.kv_cache_scheme` is model-wide (no per-layer form), so
-//   it is not emitted.
-//
-// Every export throws kvtune::Error naming the layer, the pair, the format and
-// the engine constraint a configuration breaks.
+// Every export throws kvtune::Error naming the layer, its pair, the format and
+// the engine rule a configuration breaks.
 #pragma once
 
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/precision.h"
 
 namespace kvtune::exports {
@@ -56,27 +45,72 @@ struct FormatInfo {
   std::vector<std::string> sources;  // URLs of the code and docs it follows
 };
 
-// The formats below, in the order kvtuner, trtllm, sglang, hf_quant_config.
+// The formats below: the released engines' (vllm, sglang-launch,
+// trtllm-serve) first, then kvtuner, trtllm, sglang, hf_quant_config,
+// hf_config_json.
 std::vector<FormatInfo> describe_formats();
 // describe_formats() as a human-readable table (one block per format).
 std::string describe_formats_text();
 
+// What the command lines need besides the layers.
+struct DeployOptions {
+  std::string model = "MODEL";         // the model path or name, written into the command
+  KvScales kv_scales = KvScales::One;  // where the job's per-layer k/v scales came from
+};
+
+// vLLM's released per-layer mechanism, e.g.
+//   vllm serve MODEL --kv-cache-dtype fp8 --kv-cache-dtype-skip-layers 0 1 27
+// Every layer is one `vllm:*` dtype (keys = values) or KV16; the KV16 layers
+// become --kv-cache-dtype-skip-layers (ascending). kv_scales Calculated adds
+// --calculate-kv-scales; Calibrated adds a comment that the checkpoint must
+// carry k_scale/v_scale. `# ` comment lines precede the command: the scale
+// note, and the dtype's availability when no verified release runs it.
+// Refuses other engines' dtypes, kvtune's formats, mixed dtypes, K != V and a
+// configuration with every layer at KV16.
+// Sources: https://github.com/vllm-project/vllm/pull/33695, ENGINES.md "vLLM".
+std::string vllm_command(const std::vector<PrecisionPair>& layers,
+                         const DeployOptions& deploy = {});
+
+// SGLang's launch command, one `sglang:*` dtype on every layer:
+//   python -m sglang.launch_server --model-path MODEL --kv-cache-dtype fp8_e4m3
+// Comments: fp8_e4m3's cast does not saturate (|x/scale| > 448 becomes NaN);
+// with Calibrated, fp8 scales come from the checkpoint (or
+// --quantization-param-path). Refuses kv_scales Calculated (SGLang computes no
+// scales), KV16 layers, mixed dtypes and any other format.
+// Source:
+// https://github.com/sgl-project/sglang/blob/main/docs/advanced_features/quantized_kv_cache.md
+std::string sglang_command(const std::vector<PrecisionPair>& layers,
+                           const DeployOptions& deploy = {});
+
+// TensorRT-LLM's released form, one `trtllm:*` dtype on every layer: an
+// options YAML (valid as written; the command is in a comment)
+//   # kv.yaml: ...
+//   kv_cache_config:
+//     dtype: fp8
+//   # trtllm-serve MODEL --extra_llm_api_options kv.yaml
+// `--extra_llm_api_options` is trtllm-serve's option (newer releases also
+// spell it --config; tensorrt_llm/commands/serve.py). nvfp4 notes that it
+// needs a ModelOpt checkpoint; fp8 with Calibrated notes that TensorRT-LLM
+// applies 1.0, not the checkpoint's scales. Refuses kv_scales Calculated,
+// KV16 layers, mixed dtypes and any other format.
+// Sources: https://nvidia.github.io/TensorRT-LLM/features/quantization.html,
+// https://github.com/NVIDIA/TensorRT-LLM/blob/main/tensorrt_llm/commands/serve.py
+std::string trtllm_serve(const std::vector<PrecisionPair>& layers,
+                         const DeployOptions& deploy = {});
+
 // KVTuner's YAML: `0:\n  nbits_key: 8\n  nbits_value: 4\n...` (wraps
-// kvtune::to_kvtuner_yaml). Integer widths only: KVTuner has no unquantized
-// layer (`nbits_key: 16` is clipped to int8 by its vanilla backend), so KV16
-// layers are refused, named.
-// Source: https://github.com/cmd2001/KVTuner (its per-layer config presets)
-// and common/include/kvtune/common/config_file.h.
+// kvtune::to_kvtuner_yaml). KVTuner has no unquantized layer (`nbits_key: 16`
+// is clipped to int8 by its vanilla backend), so KV16 layers are refused.
+// Source: https://github.com/cmd2001/KVTuner (its per-layer config presets).
 std::string kvtuner_yaml(const std::vector<PrecisionPair>& layers);
 
 // TensorRT-LLM's per-layer range syntax for KvCacheConfig.dtype, e.g.
 // "0-3:fp8,4-35:nvfp4": consecutive layers with the same dtype merged, one
-// layer as "5:fp8". Each layer needs keys and values in the same format: fp8,
-// nvfp4, or 16 (written as `unquantized_dtype`, the model's own cache dtype;
-// TensorRT-LLM's dtype strings are "bfloat16" and "float16"; "auto" is avoided
-// because it follows the checkpoint's KV metadata instead).
-// Source: https://github.com/NVIDIA/TensorRT-LLM/pull/13695 (and #13345),
-// https://nvidia.github.io/TensorRT-LLM/features/quantization.html.
+// layer as "5:fp8". Each layer is fp8 (kvtune's or trtllm:fp8), nvfp4
+// (kvtune's or trtllm:nvfp4) or KV16, written as `unquantized_dtype` (the
+// model's cache dtype, "bfloat16" or "float16"; "auto" is avoided because it
+// follows the checkpoint's KV metadata).
+// Source: https://github.com/NVIDIA/TensorRT-LLM/pull/13695 (and #13345).
 std::string trtllm_ranges(const std::vector<PrecisionPair>& layers,
                           std::string_view unquantized_dtype = "bfloat16");
 
@@ -84,11 +118,10 @@ std::string trtllm_ranges(const std::vector<PrecisionPair>& layers,
 //   kv_cache_per_layer_dtype:
 //     0: fp8_e4m3
 //     1: bf16
-// listing every layer (so the result does not depend on --kv-cache-dtype).
-// fp8 -> fp8_e4m3, nvfp4 -> fp4_e2m1 (see the caveat above; the output says so
-// in a comment), 16 -> bf16. Keys and values of a layer must match.
-// Source: https://github.com/sgl-project/sglang/pull/17530,
-// https://github.com/sgl-project/sglang/blob/main/docs/advanced_features/quantized_kv_cache.md.
+// listing every layer. kvtune fp8 -> fp8_e4m3, kvtune nvfp4 -> fp4_e2m1 (only
+// approximately: SGLang's fp4_e2m1 uses power-of-two block scales; the output
+// says so), `sglang:*` dtypes -> their own name, KV16 -> bf16.
+// Source: https://github.com/sgl-project/sglang/pull/17530.
 std::string sglang_yaml(const std::vector<PrecisionPair>& layers);
 
 // Options of the Hugging Face checkpoint metadata.
@@ -97,8 +130,8 @@ struct HfQuantOptions {
   // Llama/Qwen-style Hugging Face models: "model.layers.3.self_attn").
   std::string module_prefix = "model.layers.";
   std::string module_suffix = ".self_attn";
-  // `producer`: vLLM's loader recognizes the file as ModelOpt's only when the
-  // producer name is "modelopt"; the version records that kvtune wrote it.
+  // `producer`: vLLM sets quant_method from quant_algo only for producer
+  // "modelopt"; the version records that kvtune wrote it.
   std::string producer_name = "modelopt";
   std::string producer_version = "kvtune";
 };
@@ -106,26 +139,53 @@ struct HfQuantOptions {
 // ModelOpt's `hf_quant_config.json` for a KV-only checkpoint (weights left as
 // they are), schema version 1, pretty-printed JSON:
 //   {"producer": {"name": "modelopt", "version": "kvtune"},
-//    "quantization": {"kv_cache_quant_algo": "MIXED_PRECISION",
+//    "quantization": {"quant_algo": null,
+//                     "kv_cache_quant_algo": "MIXED_PRECISION",
 //                     "kv_cache_quantized_layers": {
 //                         "model.layers.0.self_attn": {"quant_algo": "FP8"}, ...},
 //                     "kv_cache_schema_version": 1}}
-// Layers at 16 are left out of the map (kept unquantized); kv_cache_quant_algo
-// is "FP8" or "NVFP4" when every layer has that format, else
-// "MIXED_PRECISION". Keys and values of a layer must match (vLLM rejects
-// ModelOpt's FP8_K_NVFP4_V); at least one layer must be quantized.
-// The checkpoint still needs the calibrated k/v scales (k_scale, v_scale) in
-// its weights; this file only names the formats.
-// Sources: https://github.com/NVIDIA/Model-Optimizer/pull/2272 (producer,
-// modelopt/torch/export/quant_utils.py and tests/.../test_convert_hf_config.py),
-// https://github.com/vllm-project/vllm/pull/56116 (consumer),
-// https://github.com/vllm-project/vllm/issues/57445 (RFC).
+// FP8 layers: kvtune fp8 or vllm:fp8; NVFP4: kvtune nvfp4 or vllm:nvfp4. KV16
+// layers are left out of the map; kv_cache_quant_algo is "FP8" or "NVFP4"
+// when every quantized layer has that format, else "MIXED_PRECISION". Keys
+// and values of a layer must match (vLLM PR #56116 rejects FP8_K_NVFP4_V); at
+// least one layer must be quantized. The checkpoint still needs the
+// calibrated k_scale/v_scale in its weights; this file only names formats.
+// Sources: https://github.com/NVIDIA/Model-Optimizer/pull/2272,
+// https://github.com/vllm-project/vllm/pull/56116 (reader; RFC #57445).
 std::string hf_quant_config(const std::vector<PrecisionPair>& layers,
                             const HfQuantOptions& options = {});
 
-// Dispatches on a FormatInfo::id ("kvtuner", "trtllm", "sglang",
-// "hf_quant_config") with default options; throws kvtune::Error listing the
-// ids for an unknown one.
+// The object to merge into config.json as "quantization_config" for the
+// same KV-only checkpoint (released vLLM reads hf_quant_config.json only when
+// config.json has none; vllm/transformers_utils/config.py get_config). As
+// ModelOpt's convert_hf_quant_config_format writes it for KV-only exports
+// (Model-Optimizer tests/.../test_convert_hf_config.py), pretty-printed:
+//   {"quant_method": "modelopt", "producer": {...}, "ignore": [],
+//    "kv_cache_quant_algo": "FP8",
+//    "kv_cache_scheme": {"dynamic": false, "num_bits": 8, "type": "float"},
+//    "kv_cache_quantized_layers": {...}, "kv_cache_schema_version": 1}
+// no "quant_algo" (the weights are not quantized), kv_cache_scheme only when
+// every quantized layer is FP8. What released vLLM reads of it:
+// - vllm/utils/torch_utils.py get_kv_cache_quant_algo_string (used by
+//   resolve_kv_cache_dtype_string for --kv-cache-dtype auto): needs
+//   quant_method starting with "modelopt"; reads kv_cache_scheme, else
+//   kv_cache_quant_algo ("fp8" -> fp8_e4m3; "nvfp4" and "mixed_precision"
+//   only on newer vLLM, else "auto").
+// - vllm/model_executor/layers/quantization/modelopt.py
+//   ModelOptQuantConfigBase.from_config: quant_method "modelopt" makes vLLM
+//   build this config, and it raises "Missing 'quant_algo' in quantization
+//   config" when quant_algo is absent or null. So released vLLM does not load
+//   a KV-only ModelOpt checkpoint; that needs PR #56116. With a released vLLM
+//   deploy through vllm_command instead.
+std::string hf_config_json_block(const std::vector<PrecisionPair>& layers,
+                                 const HfQuantOptions& options = {});
+
+// Dispatches on a FormatInfo::id (vllm, sglang-launch, trtllm-serve,
+// kvtuner, trtllm, sglang, hf_quant_config, hf_config_json) with default
+// options; throws kvtune::Error listing the ids for an unknown one.
 std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers);
+// The same, with the model and scale source the command lines need.
+std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers,
+                          const DeployOptions& deploy);
 
 }  // namespace kvtune::exports

@@ -1,10 +1,11 @@
 // The generation-synchronous ask/tell Search driver (search.h): option
 // validation, deterministic random draws, genome <-> config mapping, the
 // profile stage, initial generations (baselines, additive-frontier seeds,
-// random fill), frontier bookkeeping, and the state's (de)serialization. The
-// building blocks live in search_profile.cpp (Pareto utilities, pruning,
-// clustering, additive DP), nsga2.cpp (NSGA-II ranking, offspring, survival)
-// and search_options.cpp (the options' JSON spelling).
+// random fill; the single generation of skip-layers and scan), frontier
+// bookkeeping, and the state's (de)serialization. The building blocks live
+// in search_profile.cpp (Pareto utilities, pruning, clustering, additive DP,
+// skip-layer frontier), nsga2.cpp (NSGA-II ranking, offspring, survival) and
+// search_options.cpp (the options' JSON spelling).
 #include "search.h"
 
 #include <algorithm>
@@ -21,17 +22,50 @@ namespace kvtune::search {
 
 using detail::kInf;
 
+namespace {
+
+// Strategies that start with the per-layer profile.
+bool has_profile(Strategy strategy) {
+  return strategy == Strategy::kKvtune || strategy == Strategy::kSkipLayers;
+}
+
+// Strategies whose later generations are NSGA-II offspring (and may stall).
+bool evolves(Strategy strategy) {
+  return strategy == Strategy::kKvtune || strategy == Strategy::kNsga2;
+}
+
+// Strategies that ask exactly one generation: an engine's fixed structure,
+// not a search over per-layer genes.
+bool single_generation(Strategy strategy) {
+  return strategy == Strategy::kSkipLayers || strategy == Strategy::kScan;
+}
+
+// `cap` of `items`: the first, the last and evenly spaced ones between (all
+// of them when they fit), in their order.
+std::vector<std::vector<int>> evenly_spaced(std::vector<std::vector<int>> items, std::size_t cap) {
+  const std::size_t n = items.size();
+  if (n <= cap) return items;
+  std::vector<std::vector<int>> picked;
+  for (std::size_t i = 0; i < cap; ++i) {
+    const std::size_t at = cap == 1 ? 0 : (i * (n - 1) + (cap - 1) / 2) / (cap - 1);
+    picked.push_back(items[at]);
+  }
+  return picked;
+}
+
+}  // namespace
+
 Search::Search(Options options, int num_layers)
     : options_(std::move(options)), num_layers_(num_layers), rng_(options_.seed) {
   validate();
-  if (options_.strategy == Strategy::kKvtune) {
-    stage_ = Stage::kProfile;
-  } else {
+  stage_ = has_profile(options_.strategy) ? Stage::kProfile : Stage::kSearch;
+  // kvtune's groups come from its profile; the others have every candidate
+  // on every layer.
+  if (options_.strategy != Strategy::kKvtune) {
     std::vector<int> all(options_.candidates.size());
     std::iota(all.begin(), all.end(), 0);
     groups_ =
         singleton_groups(std::vector<std::vector<int>>(static_cast<std::size_t>(num_layers_), all));
-    stage_ = Stage::kSearch;
   }
 }
 
@@ -56,7 +90,7 @@ void Search::validate() const {
   if (o.population < 2) throw Error("search: \"population\" must be >= 2");
   if (!(o.cluster_tolerance >= 0)) throw Error("search: \"cluster_tolerance\" must be >= 0");
   if (o.patience < 1) throw Error("search: \"patience\" must be >= 1");
-  if (o.strategy == Strategy::kKvtune) {
+  if (has_profile(o.strategy)) {
     const long long profile =
         static_cast<long long>(num_layers_) * static_cast<long long>(o.candidates.size());
     if (o.max_evaluations <= profile) {
@@ -98,6 +132,11 @@ std::vector<int> Search::layers_of(const Genome& genome) const {
     for (int l : groups_[g].layers) layers[static_cast<std::size_t>(l)] = pair;
   }
   return layers;
+}
+
+std::vector<int> Search::layers_of(const Assignment& assignment) const {
+  return options_.strategy == Strategy::kSkipLayers ? assignment.choice
+                                                    : layers_of(assignment.choice);
 }
 
 std::vector<PrecisionPair> Search::pairs_of(const std::vector<int>& layers) const {
@@ -175,7 +214,7 @@ void Search::prepare() {
   }
   if (options_.strategy == Strategy::kRandom || generation_ == 0) {
     initial_generation();
-  } else {
+  } else if (evolves(options_.strategy)) {
     offspring_generation();
   }
   if (pending_.empty()) stage_ = Stage::kDone;
@@ -184,38 +223,51 @@ void Search::prepare() {
 void Search::initial_generation() {
   const auto remaining = static_cast<std::size_t>(options_.max_evaluations - evaluations_);
   const auto population = static_cast<std::size_t>(options_.population);
-  if (options_.baselines && generation_ == 0) {
-    for (std::size_t p = 0; p < options_.candidates.size() && pending_.size() < remaining; ++p) {
-      if (options_.candidates[p].equivalent_bits() > options_.max_bits) continue;
-      add_if_new(std::vector<int>(static_cast<std::size_t>(num_layers_), static_cast<int>(p)));
-    }
+  const Strategy strategy = options_.strategy;
+  // The uniform configs are scan's whole space, and baselines for the rest.
+  if (strategy == Strategy::kScan || (options_.baselines && generation_ == 0)) {
+    add_uniform_configs(remaining);
   }
-  if (options_.strategy == Strategy::kKvtune) {
-    const Budget budget{options_.max_bits, options_.max_error};
-    std::vector<Genome> seeds;
-    for (const Assignment& a : additive_) {
-      if (violation(a.predicted, budget) <= 0) seeds.push_back(a.choice);
+  if (strategy == Strategy::kScan) return;
+  if (strategy == Strategy::kSkipLayers) {
+    // Every evaluation left goes to the predicted frontier: no random fill,
+    // so drop the baselines it repeats before spacing it out.
+    std::vector<std::vector<int>> fresh;
+    for (auto& layers : predicted_within_budget()) {
+      if (is_new(layers)) fresh.push_back(std::move(layers));
     }
+    for (auto& layers : evenly_spaced(std::move(fresh), remaining - pending_.size())) {
+      add_if_new(std::move(layers));
+    }
+    return;
+  }
+  if (strategy == Strategy::kKvtune) {
     const std::size_t cap = std::max(population, remaining / 2);
-    if (seeds.size() > cap) {
-      // Evenly spaced, both ends included.
-      std::vector<Genome> picked;
-      const std::size_t n = seeds.size();
-      for (std::size_t i = 0; i < cap; ++i) {
-        const std::size_t at = cap == 1 ? 0 : (i * (n - 1) + (cap - 1) / 2) / (cap - 1);
-        picked.push_back(seeds[at]);
-      }
-      seeds = std::move(picked);
-    }
-    for (const Genome& seed : seeds) {
+    for (auto& layers : evenly_spaced(predicted_within_budget(), cap)) {
       if (pending_.size() >= remaining) break;
-      add_if_new(layers_of(seed));
+      add_if_new(std::move(layers));
     }
   }
   const std::size_t target = std::min(std::max(population, pending_.size()), remaining);
   for (std::size_t tries = 0; pending_.size() < target && tries < 100 * population; ++tries) {
     add_if_new(layers_of(random_genome()));
   }
+}
+
+void Search::add_uniform_configs(std::size_t remaining) {
+  for (std::size_t p = 0; p < options_.candidates.size() && pending_.size() < remaining; ++p) {
+    if (options_.candidates[p].equivalent_bits() > options_.max_bits) continue;
+    add_if_new(std::vector<int>(static_cast<std::size_t>(num_layers_), static_cast<int>(p)));
+  }
+}
+
+std::vector<std::vector<int>> Search::predicted_within_budget() const {
+  const Budget budget{options_.max_bits, options_.max_error};
+  std::vector<std::vector<int>> configs;
+  for (const Assignment& a : additive_) {
+    if (violation(a.predicted, budget) <= 0) configs.push_back(layers_of(a));
+  }
+  return configs;
 }
 
 void Search::tell(const std::vector<double>& errors) {
@@ -249,11 +301,18 @@ void Search::tell_profile(const std::vector<double>& errors) {
   }
   evaluations_ += static_cast<int>(errors.size());
   pending_profile_ = false;
+  stage_ = evaluations_ >= options_.max_evaluations ? Stage::kDone : Stage::kSearch;
+  if (options_.strategy == Strategy::kSkipLayers) {
+    additive_.clear();
+    for (SkipConfig& c : skip_layer_frontier(options_.candidates, profile_)) {
+      additive_.push_back({std::move(c.layers), c.predicted});
+    }
+    return;
+  }
   const auto surviving = prune_pairs(options_.candidates, profile_);
   groups_ = options_.cluster ? cluster_layers(profile_, surviving, options_.cluster_tolerance)
                              : singleton_groups(surviving);
   additive_ = search::additive_frontier(options_.candidates, profile_, groups_);
-  stage_ = evaluations_ >= options_.max_evaluations ? Stage::kDone : Stage::kSearch;
 }
 
 void Search::tell_generation(const std::vector<double>& errors) {
@@ -297,13 +356,16 @@ void Search::tell_generation(const std::vector<double>& errors) {
   }
   stall_ = improved ? 0 : stall_ + 1;
 
-  if (options_.strategy != Strategy::kRandom) {
+  const bool evolving = evolves(options_.strategy);
+  if (evolving) {
     std::vector<std::size_t> pool = population_;
     pool.insert(pool.end(), fresh.begin(), fresh.end());
     survive(pool);
   }
-  const bool stalled = options_.strategy != Strategy::kRandom && stall_ >= options_.patience;
-  if (evaluations_ >= options_.max_evaluations || stalled) stage_ = Stage::kDone;
+  const bool stalled = evolving && stall_ >= options_.patience;
+  if (evaluations_ >= options_.max_evaluations || stalled || single_generation(options_.strategy)) {
+    stage_ = Stage::kDone;
+  }
 }
 
 std::vector<Evaluated> Search::evaluated() const {
@@ -333,7 +395,7 @@ std::vector<Evaluated> Search::frontier() const {
 std::vector<Evaluated> Search::additive_frontier() const {
   std::vector<Evaluated> out;
   for (const Assignment& a : additive_) {
-    out.push_back({pairs_of(layers_of(a.choice)), a.predicted.bits, a.predicted.error});
+    out.push_back({pairs_of(layers_of(a)), a.predicted.bits, a.predicted.error});
   }
   return out;
 }
@@ -452,12 +514,15 @@ Search Search::from_json(const nlohmann::json& state) {
       }
     }
   }
+  // Only skip-layers configs hold KV16 layers (-1).
+  const bool skip_layers = s.options_.strategy == Strategy::kSkipLayers;
+  const int least = skip_layers ? -1 : 0;
   auto check_layers = [&](const std::vector<int>& layers) {
     if (layers.size() != static_cast<std::size_t>(s.num_layers_)) {
       throw Error("search: state config of the wrong length");
     }
     for (int p : layers) {
-      if (p < 0 || static_cast<std::size_t>(p) >= s.options_.candidates.size()) {
+      if (p < least || (p >= 0 && static_cast<std::size_t>(p) >= s.options_.candidates.size())) {
         throw Error("search: state config names a bad candidate");
       }
     }
@@ -467,7 +532,13 @@ Search Search::from_json(const nlohmann::json& state) {
     if (!r.genome.empty()) check_genome(r.genome);
   }
   for (const auto& layers : s.pending_) check_layers(layers);
-  for (const Assignment& a : s.additive_) check_genome(a.choice);
+  for (const Assignment& a : s.additive_) {
+    if (skip_layers) {
+      check_layers(a.choice);
+    } else {
+      check_genome(a.choice);
+    }
+  }
   for (std::size_t i : s.population_) {
     if (i >= s.records_.size() || s.records_[i].genome.empty())
       throw Error("search: state population names a bad record");

@@ -125,6 +125,25 @@ struct Assignment {
 std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& candidates,
                                           const Profile& profile, const std::vector<Group>& groups);
 
+// The additive model restricted to vLLM's released structure: one candidate d
+// on every layer except a set of layers kept unquantized (KV16).
+struct SkipConfig {
+  std::vector<int> layers;  // candidate index per layer; -1 = unquantized (KV16)
+  Point predicted;          // bits = average equivalent bits, error = additive sum
+};
+
+// The Pareto frontier of the additive model over skip configs, ordered by
+// increasing bits (ties as in pareto_front, over configs listed candidate by
+// candidate, k ascending). Every skipped layer costs the same bits (16 - d's),
+// so for each candidate d and each count k in 0 .. num_layers - 1 the best skip
+// set of size k is exactly the k layers with the largest profile[l][d] (ties:
+// the lower layer first); its predicted error is the sum of profile[l][d] over
+// the quantized layers. Skipping every layer is left out: it quantizes
+// nothing. Throws kvtune::Error when the profile's shape does not match the
+// candidates.
+std::vector<SkipConfig> skip_layer_frontier(const std::vector<PrecisionPair>& candidates,
+                                            const Profile& profile);
+
 // ---------------------------------------------------------------------------
 // NSGA-II with constraints.
 
@@ -162,13 +181,19 @@ std::vector<double> crowding_distances(const std::vector<Objectives>& solutions,
 // ---------------------------------------------------------------------------
 // The driver.
 
+// kSkipLayers and kScan search only the configs a serving engine's released
+// format can express, so their result deploys as is.
 enum class Strategy {
-  kKvtune,  // profile, prune, cluster, additive-frontier seeding, NSGA-II
-  kNsga2,   // plain NSGA-II on per-layer genes, random initial population
-  kRandom,  // uniform random configurations
+  kKvtune,      // profile, prune, cluster, additive-frontier seeding, NSGA-II
+  kNsga2,       // plain NSGA-II on per-layer genes, random initial population
+  kRandom,      // uniform random configurations
+  kSkipLayers,  // vLLM: one candidate everywhere but some KV16 layers; profile,
+                // then the skip-layer additive frontier evaluated once
+  kScan,        // SGLang / TensorRT-LLM: one candidate on every layer, each tried
 };
-std::string_view strategy_name(Strategy strategy);  // "kvtune", "nsga2", "random"
-Strategy parse_strategy(std::string_view text);     // throws kvtune::Error
+// "kvtune", "nsga2", "random", "skip-layers", "scan"
+std::string_view strategy_name(Strategy strategy);
+Strategy parse_strategy(std::string_view text);  // throws kvtune::Error
 
 // One evaluated (or predicted) configuration.
 struct Evaluated {
@@ -180,10 +205,11 @@ struct Evaluated {
 // Generation-synchronous ask/tell search (see the file comment).
 //
 // Stages:
-// 1. Profile (strategy kvtune only): the first ask() returns, layer-major,
-//    every candidate on every layer alone with the other layers KV16
-//    (num_layers x candidates configs). Its tell() prunes, clusters (unless
-//    `cluster` is false) and computes the additive frontier.
+// 1. Profile (strategies kvtune and skip-layers): the first ask() returns,
+//    layer-major, every candidate on every layer alone with the other layers
+//    KV16 (num_layers x candidates configs). Its tell() prunes, clusters
+//    (unless `cluster` is false) and computes the additive frontier (kvtune),
+//    or computes skip_layer_frontier() (skip-layers).
 // 2. Generations. Genome = one choice per group (kvtune) or per layer (nsga2,
 //    random, whose genes range over every candidate). The first kvtune
 //    generation is the additive frontier's assignments whose prediction
@@ -205,15 +231,23 @@ struct Evaluated {
 //    dominate a reported frontier point. A uniform config outside the
 //    searched space (its pair pruned on some layer, or not shared by a
 //    group) is evaluated and reported but takes no part in NSGA-II.
+//    Skip-layers and scan ask ONE generation and no random genome: scan the
+//    uniform configs within max_bits (whatever `baselines` says: they are
+//    its whole space); skip-layers the baselines, then the skip-layer
+//    frontier's configs whose prediction meets the budgets, in bits order
+//    (evenly subsampled, both ends kept, to the evaluations left). Their
+//    configs keep skipped layers at KV16 (candidate index -1), which
+//    grouping() does not list; they take no part in NSGA-II.
 //
 // Stopping: done() when the evaluations told (profile included) reach
-// max_evaluations; when no new genome could be drawn; or (kvtune, nsga2)
-// after `patience` consecutive generations that did not improve the
-// frontier. A generation improves the frontier when one of its configs is
-// feasible and not weakly dominated by any config evaluated before it
-// (exactly: the hypervolume of the feasible evaluated set grows for every
-// reference point beyond all points), or, while nothing feasible has been
-// found, when it lowers the least constraint violation.
+// max_evaluations; when no new genome could be drawn; after the one
+// generation of skip-layers and scan; or (kvtune, nsga2) after `patience`
+// consecutive generations that did not improve the frontier. A generation
+// improves the frontier when one of its configs is feasible and not weakly
+// dominated by any config evaluated before it (exactly: the hypervolume of
+// the feasible evaluated set grows for every reference point beyond all
+// points), or, while nothing feasible has been found, when it lowers the
+// least constraint violation.
 class Search {
  public:
   struct Options {
@@ -231,8 +265,8 @@ class Search {
   };
 
   // Throws kvtune::Error for invalid options (naming the field), including a
-  // kvtune strategy whose max_evaluations does not exceed the profile's
-  // num_layers x candidates evaluations.
+  // kvtune or skip-layers strategy whose max_evaluations does not exceed the
+  // profile's num_layers x candidates evaluations.
   Search(Options options, int num_layers);
 
   // The configs to evaluate next, each as one pair per layer. Repeated calls
@@ -245,7 +279,7 @@ class Search {
   void tell(const std::vector<double>& errors);
 
   bool done() const { return stage_ == Stage::kDone; }
-  // Still evaluating the per-layer profile (strategy kvtune).
+  // Still evaluating the per-layer profile (strategies kvtune, skip-layers).
   bool profiling() const { return stage_ == Stage::kProfile; }
 
   // Evaluations told so far, profile included.
@@ -261,12 +295,14 @@ class Search {
   // Every evaluated config of the search (profile excluded), in order.
   std::vector<Evaluated> evaluated() const;
   // The groups searched (after the profile for kvtune; one per layer with
-  // every candidate for nsga2 and random). Pairs are candidate indices.
+  // every candidate for the other strategies). Pairs are candidate indices,
+  // never -1, so KV16 layers of skip-layers configs are not listed.
   const std::vector<Group>& grouping() const { return groups_; }
-  // The additive model's frontier with its predicted errors (kvtune, after
-  // the profile; empty otherwise), ordered by increasing bits.
+  // The additive model's frontier with its predicted errors (kvtune and
+  // skip-layers, after the profile; empty otherwise), ordered by increasing
+  // bits.
   std::vector<Evaluated> additive_frontier() const;
-  // The profile (kvtune, after its tell; empty otherwise).
+  // The profile (kvtune and skip-layers, after its tell; empty otherwise).
   const Profile& profile() const { return profile_; }
 
   // The whole state; from_json(to_json()) continues identically. Throws
@@ -279,7 +315,7 @@ class Search {
   using Genome = std::vector<int>;  // one choice per group
 
   struct Record {
-    std::vector<int> layers;  // candidate index per layer
+    std::vector<int> layers;  // candidate index per layer (-1 = KV16: skip-layers)
     Genome genome;            // empty when not in the searched space
     double bits = 0;
     double error = 0;
@@ -291,11 +327,14 @@ class Search {
   void tell_profile(const std::vector<double>& errors);
   void tell_generation(const std::vector<double>& errors);
   void initial_generation();
+  void add_uniform_configs(std::size_t remaining);  // one candidate everywhere, within max_bits
+  std::vector<std::vector<int>> predicted_within_budget() const;  // additive_, in order
   void offspring_generation();
   Genome random_genome();
   bool is_new(const std::vector<int>& layers) const;  // neither evaluated nor pending
   void add_if_new(std::vector<int> layers);
   std::vector<int> layers_of(const Genome& genome) const;  // candidate indices
+  std::vector<int> layers_of(const Assignment& assignment) const;
   Genome genome_of(const std::vector<int>& layers) const;  // empty when not expressible
   std::vector<PrecisionPair> pairs_of(const std::vector<int>& layers) const;
   double bits_of(const std::vector<int>& layers) const;
@@ -312,6 +351,8 @@ class Search {
   std::mt19937_64 rng_;
   Profile profile_;
   std::vector<Group> groups_;
+  // kvtune: choices over groups_. skip-layers: the configs' layers (-1 =
+  // KV16), which no group can express (see grouping()).
   std::vector<Assignment> additive_;
   std::vector<Record> records_;            // every evaluated genome, in order
   std::vector<std::size_t> population_;    // indices into records_

@@ -13,17 +13,81 @@
 #include "registry.h"
 
 namespace kvtune::coord {
+search::Search::Options search_options(const JobSpec& spec) {
+  search::Search::Options o = search::options_from_json(spec.search);
+  const EngineTarget* target = spec.engine_target();
+  if (target == nullptr) return o;
+  if (spec.search.contains("candidates")) {
+    for (const PrecisionPair& p : o.candidates) {
+      if (std::string why = target->pair_refusal(p); !why.empty()) {
+        throw Error("search: candidates: " + why);
+      }
+    }
+  } else {
+    o.candidates = target->candidates();
+  }
+  using Structure = EngineTarget::Structure;
+  const std::optional<search::Strategy> fixed =
+      target->structure == Structure::SkipLayers ? std::optional(search::Strategy::kSkipLayers)
+      : target->structure == Structure::Uniform  ? std::optional(search::Strategy::kScan)
+                                                 : std::nullopt;
+  if (fixed) {
+    if (spec.search.contains("strategy") && o.strategy != *fixed) {
+      throw Error("search: strategy " + std::string(search::strategy_name(o.strategy)) +
+                  ": target " + spec.target + " runs " +
+                  std::string(structure_name(target->structure)) + " configurations, searched by " +
+                  std::string(search::strategy_name(*fixed)));
+    }
+    o.strategy = *fixed;
+  }
+  return o;
+}
+
+std::vector<PrecisionPair> baseline_pairs(const Job& job) {
+  std::vector<PrecisionPair> out;
+  if (const EngineTarget* target = job.spec.engine_target()) {
+    for (const PrecisionPair& p : target->candidates()) {
+      if (p.key.kind != KvFormat::Kind::Full &&
+          shape_refusal(p, job.model->kv_heads, job.model->head_dim).empty()) {
+        out.push_back(p);
+      }
+    }
+    return out;
+  }
+  for (const char* name : {"KV8", "K8V4", "KV4", "K4V2", "KV2"}) {
+    out.push_back(PrecisionPair::parse(name));
+  }
+  return out;
+}
+
 namespace {
 
-// KVTuner's uniform configurations.
-constexpr const char* kBaselines[] = {"KV8", "K8V4", "KV4", "K4V2", "KV2"};
+// Drops the target's default candidates that the described model's cache
+// shape cannot hold (nvfp4 with head_dim 8), saying so; candidates the spec
+// names itself fail the job instead.
+void fit_candidates(const Job& job, search::Search::Options& options) {
+  std::vector<PrecisionPair> kept;
+  for (const PrecisionPair& p : options.candidates) {
+    const std::string why = shape_refusal(p, job.model->kv_heads, job.model->head_dim);
+    if (why.empty()) {
+      kept.push_back(p);
+    } else if (job.spec.search.contains("candidates")) {
+      throw Error("candidate " + why);
+    } else {
+      log("job " + job.id + ": candidate " + why + "; not searched");
+    }
+  }
+  if (kept.empty()) throw Error("no candidate fits the model's cache");
+  options.candidates = std::move(kept);
+}
 
 }  // namespace
 
 void SearchDriver::start(Job& job) {
   try {
-    job.search.emplace(search::options_from_json(job.spec.search),
-                       static_cast<int>(job.model->layers));
+    search::Search::Options options = search_options(job.spec);
+    fit_candidates(job, options);
+    job.search.emplace(std::move(options), static_cast<int>(job.model->layers));
   } catch (const Error& e) {
     fail_job(job, std::string("search: ") + e.what(), scheduler_, ledger_);
     return;
@@ -165,15 +229,15 @@ void SearchDriver::start_baselines(Job& job, bool queue_missing) {
   job.evaluating_baselines = true;
   job.generation_begin = job.tasks.size();
   std::size_t queued = 0;
-  for (const char* name : kBaselines) {
-    const std::vector<PrecisionPair> layers(job.model->layers, PrecisionPair::parse(name));
+  for (const PrecisionPair& pair : baseline_pairs(job)) {
+    const std::vector<PrecisionPair> layers(job.model->layers, pair);
     const std::string text = format_layer_config(layers);
     const bool known = std::any_of(job.tasks.begin(), job.tasks.end(),
                                    [&](const TaskEntry& t) { return t.layers == text; });
     if (known) continue;
     TaskEntry e;
     address(job, layers, e);
-    e.config = name;
+    e.config = pair.name();
     job.tasks.push_back(std::move(e));
     const std::size_t i = job.tasks.size() - 1;
     TaskEntry& t = job.tasks[i];
@@ -204,9 +268,8 @@ void SearchDriver::start_validation(Job& job, bool queue_missing) {
   job.validating = true;
   std::vector<std::string> wanted;
   for (const auto& f : job.search->frontier()) wanted.push_back(format_layer_config(f.layers));
-  for (const char* name : kBaselines) {
-    wanted.push_back(format_layer_config(
-        std::vector<PrecisionPair>(job.model->layers, PrecisionPair::parse(name))));
+  for (const PrecisionPair& pair : baseline_pairs(job)) {
+    wanted.push_back(format_layer_config(std::vector<PrecisionPair>(job.model->layers, pair)));
   }
   const std::size_t calibrated = job.tasks.size();
   job.generation_begin = calibrated;
@@ -295,6 +358,8 @@ void SearchDriver::record_frontier(const Job& job) {
     scheme += "/T0=" + std::to_string(job.spec.prompt_tokens) +
               "/read=" + job.spec.read.key(job.spec.prompt_tokens);
   }
+  const EngineTarget* target = job.spec.engine_target();
+  if (target != nullptr) scheme += "/target=" + job.spec.target;
   const std::string key =
       registry::key(job.model->fingerprint, scheme, job.model->data_fingerprint, job.spec.metric);
   const std::map<std::string, json> validated = validation_table(job, ledger_);
@@ -328,6 +393,13 @@ void SearchDriver::record_frontier(const Job& job) {
                 {"metric", job.spec.metric},
                 {"synthetic", job.model->synthetic}};
   if (validates(job)) entry["validation_data"] = job.spec.validation_data;
+  entry["target"] = job.spec.target;
+  if (target != nullptr) {
+    // Whether a released engine runs this structure, or which pull request it needs.
+    entry["released"] = target->needs.empty();
+    if (!target->needs.empty()) entry["needs"] = target->needs;
+    entry["kv_scales"] = kv_scales_name(job.spec.scheme.kv_scales);
+  }
   std::vector<registry::Config> before;
   if (auto old = ledger_.store().get_raw(Store::Area::Registry, key)) {
     for (const json& c : json::parse(*old).at("frontier")) {

@@ -12,12 +12,24 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ledger.h"
 #include "scheduler.h"
 #include "state.h"
 
 namespace kvtune::coord {
+
+// The search options of a search job: its "search" object, and for an
+// engine target (JobSpec::engine_target) the target's candidates by default
+// and the strategy its structure allows (skip-layers, scan; per-layer targets
+// take kvtune's or the one given). Throws kvtune::Error naming the field.
+search::Search::Options search_options(const JobSpec& spec);
+
+// The uniform configs evaluated beside a described search's frontier, as
+// pairs: KVTuner's KV8, K8V4, KV4, K4V2, KV2, or an engine target's dtypes
+// that the model's cache shape fits.
+std::vector<PrecisionPair> baseline_pairs(const Job& job);
 
 // A search's validation so far: for each validated config (by layer string)
 // its metrics on the validation data, with "rank_flip": whether its KL order

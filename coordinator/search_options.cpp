@@ -19,6 +19,10 @@ std::string_view strategy_name(Strategy strategy) {
       return "nsga2";
     case Strategy::kRandom:
       return "random";
+    case Strategy::kSkipLayers:
+      return "skip-layers";
+    case Strategy::kScan:
+      return "scan";
   }
   return "kvtune";
 }
@@ -27,8 +31,10 @@ Strategy parse_strategy(std::string_view text) {
   if (text == "kvtune") return Strategy::kKvtune;
   if (text == "nsga2") return Strategy::kNsga2;
   if (text == "random") return Strategy::kRandom;
+  if (text == "skip-layers") return Strategy::kSkipLayers;
+  if (text == "scan") return Strategy::kScan;
   throw Error("search: unknown strategy \"" + std::string(text) +
-              "\" (expected kvtune, nsga2 or random)");
+              "\" (expected kvtune, nsga2, random, skip-layers or scan)");
 }
 
 namespace {

@@ -1,7 +1,8 @@
 // The search's building blocks that work on a profile (search.h): the Pareto
 // utilities over (bits, error) points, log-scaled errors, intra-layer pruning,
-// inter-layer clustering and the exact additive-model frontier (a
-// multiple-choice-knapsack dynamic program over integer bit totals).
+// inter-layer clustering, the exact additive-model frontier (a
+// multiple-choice-knapsack dynamic program over integer bit totals) and its
+// restriction to skip-layer configs.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -218,6 +219,44 @@ std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& cand
     frontier.push_back(std::move(a));
   }
   return frontier;
+}
+
+// Skip-layer configs: for each candidate, the greedy by profile is exact
+// because every skipped layer adds the same bits, so only the error saved by
+// skipping decides which layers to skip.
+std::vector<SkipConfig> skip_layer_frontier(const std::vector<PrecisionPair>& candidates,
+                                            const Profile& profile) {
+  check_profile(candidates, profile);
+  const PrecisionPair kv16{KvFormat::full(), KvFormat::full()};
+  const std::size_t num_layers = profile.size();
+  std::vector<SkipConfig> configs;
+  for (std::size_t d = 0; d < candidates.size(); ++d) {
+    std::vector<std::size_t> order(num_layers);
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    // Most sensitive first; stable, so ties keep the lower layer first.
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return profile[a][d] > profile[b][d]; });
+    // A candidate that is KV16 itself has nothing to skip: its skip configs
+    // would be the same pairs under other names.
+    const std::size_t skips = candidates[d] == kv16 ? 1 : num_layers;
+    std::vector<int> layers(num_layers, static_cast<int>(d));
+    for (std::size_t k = 0; k < skips; ++k) {
+      if (k > 0) layers[order[k - 1]] = -1;
+      std::vector<PrecisionPair> pairs;
+      double error = 0;
+      for (std::size_t l = 0; l < num_layers; ++l) {
+        const bool skipped = layers[l] < 0;
+        pairs.push_back(skipped ? kv16 : candidates[d]);
+        if (!skipped) error += profile[l][d];
+      }
+      configs.push_back({layers, {average_bits(pairs), error}});
+    }
+  }
+  std::vector<Point> points;
+  for (const SkipConfig& c : configs) points.push_back(c.predicted);
+  std::vector<SkipConfig> front;
+  for (std::size_t i : pareto_front(points)) front.push_back(std::move(configs[i]));
+  return front;
 }
 
 }  // namespace kvtune::search

@@ -12,6 +12,7 @@
 #include "evaluator.h"
 #include "fingerprint.h"
 #include "kvtune/common/config_file.h"
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/int_list.h"
 #include "kvtune/common/job_spec.h"
@@ -41,8 +42,9 @@ struct QuantOptions {
   void add_to(po::options_description& opts) {
     opts.add_options()(
         "target", po::value(&target)->default_value(target),
-        "kvtune (its idealized caches) or kvtuner (KVTuner's own cache, re-quantized at each "
-        "flush, bf16 arithmetic)")(
+        "kvtune (its idealized caches), kvtuner (KVTuner's own cache, re-quantized at each "
+        "flush, bf16 arithmetic), or an engine: vllm, sglang, trtllm, vllm-per-layer-pr, "
+        "trtllm-per-layer-pr (its dtypes, structure and read rule)")(
         "scheme", po::value(&scheme)->default_value(scheme),
         "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
         "group-size", po::value(&group_size),
@@ -62,9 +64,20 @@ struct QuantOptions {
   bool has_config() const { return !configs.empty() || !config_file.empty(); }
   Scheme quant_scheme() const {
     const auto given = [](int v) { return v == kUnset ? std::nullopt : std::optional<int>(v); };
-    Scheme s = Scheme::from_options(target, scheme, given(group_size), given(residual), zero_point);
+    const EngineTarget* engine = find_engine_target(target);
+    if (engine != nullptr && scheme != "per-token-asym") {
+      throw Error("--scheme " + scheme + ": target " + target +
+                  "'s engine dtypes have their own arithmetic (no integer scheme)");
+    }
+    Scheme s = Scheme::from_options(engine != nullptr ? "kvtune" : target, scheme,
+                                    given(group_size), given(residual), zero_point);
     s.kv_scales = parse_kv_scales(kv_scales);
     return s;
+  }
+  // The read rule: --read, else an engine target's own.
+  ReadRule read_rule(const std::string& text, bool defaulted) const {
+    const EngineTarget* engine = find_engine_target(target);
+    return engine != nullptr && defaulted ? engine->read_rule() : ReadRule::parse(text);
   }
   // Every configuration given, in order.
   std::vector<std::vector<PrecisionPair>> layer_configs(int num_layers) const {
@@ -77,6 +90,11 @@ struct QuantOptions {
     for (const std::string& c : configs) {
       try {
         out.push_back(parse_layer_config(c, num_layers));
+        const EngineTarget* engine = find_engine_target(target);
+        if (engine == nullptr) continue;
+        if (std::string why = engine->refusal(out.back()); !why.empty()) {
+          throw Error("target " + target + ": " + why);
+        }
       } catch (const Error& e) {
         throw Error(std::string("--config ") + c + ": " + e.what());
       }
@@ -236,7 +254,7 @@ static int eval_command_impl(const std::vector<std::string>& args) {
   if (prompt_tokens < 0) {
     throw Error("--prompt-tokens " + std::to_string(prompt_tokens) + " must be 0 or more");
   }
-  const ReadRule rule = ReadRule::parse(read_text);
+  const ReadRule rule = quant.read_rule(read_text, vm["read"].defaulted());
   const Model model = runtime.place(load_model(model_spec));
   const auto configs = quant.layer_configs(static_cast<int>(model.config.n_layers));
   const CalibrationData data = load_calibration(data_spec, seq_len, model);

@@ -6,6 +6,7 @@
 #include <set>
 #include <string_view>
 
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/int_list.h"
 #include "kvtune/common/utf8.h"
 
@@ -428,11 +429,21 @@ JobSpec JobSpec::parse(const json& spec) {
   if (auto target = r.string(spec, "target", "target", false)) {
     if (*target == "kvtuner") {
       out.scheme = Scheme::kvtuner("per-token-asym");
-    } else if (*target != "kvtune") {
-      r.fail("target", "'" + *target + "' is not one of kvtune, kvtuner");
+    } else if (*target != "kvtune" && find_engine_target(*target) == nullptr) {
+      r.fail("target", "'" + *target + "' is not one of " + target_names());
+    }
+    if (*target == "kvtuner" || *target == "kvtune" || find_engine_target(*target) != nullptr) {
+      out.target = *target;
     }
   }
+  const EngineTarget* engine = out.engine_target();
+  if (engine != nullptr) out.read = engine->read_rule();  // unless "read" says otherwise
   if (spec.contains("scheme")) read_scheme(spec.at("scheme"), r, out.scheme);
+  if (engine != nullptr && out.scheme.grouping == kernels::Grouping::Kivi) {
+    r.fail("scheme.name", "kivi: the " + out.target +
+                              " target's engine dtypes have their own arithmetic (no integer "
+                              "scheme)");
+  }
   if (auto scales = r.string(spec, "kv_scales", "kv_scales", false)) {
     try {
       out.scheme.kv_scales = parse_kv_scales(*scales);
@@ -471,9 +482,15 @@ JobSpec JobSpec::parse(const json& spec) {
     for_each_string(spec, "configs", r, [&](const std::string& path, const std::string& c) {
       try {
         const auto count = static_cast<int>(std::count(c.begin(), c.end(), ',') + 1);
-        for (const PrecisionPair& p : parse_layer_config(c, count)) {
+        const std::vector<PrecisionPair> layers = parse_layer_config(c, count);
+        for (const PrecisionPair& p : layers) {
           for (const KvFormat& f : {p.key, p.value}) {
             if (const std::string why = out.scheme.refusal(f); !why.empty()) throw Error(why);
+          }
+        }
+        if (engine != nullptr) {
+          if (const std::string why = engine->refusal(layers); !why.empty()) {
+            throw Error("target " + out.target + ": " + why);
           }
         }
         out.configs.push_back(c);
@@ -495,6 +512,9 @@ JobSpec JobSpec::parse(const json& spec) {
         for (const KvFormat& f : {p.key, p.value}) {
           if (const std::string why = out.scheme.refusal(f); !why.empty()) throw Error(why);
         }
+        if (engine != nullptr) {
+          if (const std::string why = engine->pair_refusal(p); !why.empty()) throw Error(why);
+        }
         if (std::find(out.candidates.begin(), out.candidates.end(), p) != out.candidates.end()) {
           r.fail(path, p.name() + " is listed twice");
         }
@@ -505,6 +525,10 @@ JobSpec JobSpec::parse(const json& spec) {
     });
     if (spec.at("candidates").is_array() && spec.at("candidates").empty()) {
       r.fail("candidates", "must list at least one pair");
+    }
+  } else if (engine != nullptr) {
+    for (const PrecisionPair& p : engine->candidates()) {
+      if (p.key.kind != KvFormat::Kind::Full) out.candidates.push_back(p);  // KV16 alone: KL 0
     }
   } else {
     out.candidates = kvtuner_candidates();
@@ -529,7 +553,7 @@ json JobSpec::to_json() const {
               {"model", model},
               {"data", data},
               {"seq_len", seq_len},
-              {"target", scheme.target_name()},
+              {"target", target},
               {"scheme",
                {{"name", scheme.name()},
                 {"group_size", scheme.group_size},

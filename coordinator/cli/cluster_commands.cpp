@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/program_options.hpp>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include "coordinator.h"
 #include "http.h"
 #include "kvtune/common/config_file.h"
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
 
@@ -373,6 +375,11 @@ int registry_command(const std::vector<std::string>& args) {
   } else {
     std::printf("%s\navg bits %.3f, KL %.6f\n", best.value("layers", "").c_str(),
                 best.value("avg_bits", 0.0), best.value("kl", 0.0));
+    if (best.contains("deploy") && best["deploy"].contains("text")) {
+      const json& d = best["deploy"];
+      if (!d.value("released", false)) std::cout << "needs " << d.value("needs", "") << "\n";
+      std::cout << d["text"].get<std::string>();
+    }
   }
   return 0;
 }
@@ -403,6 +410,29 @@ int workers_command(const std::vector<std::string>& args) {
   return 0;
 }
 
+namespace {
+
+// An engine target's deploy command for the lowest-KL frontier config (the
+// frontier holds only configs within the budget).
+void print_deploy(const json& job) {
+  if (!job.contains("frontier") || job["frontier"].empty()) return;
+  const json& best = job["frontier"].back();
+  if (!best.contains("deploy")) return;
+  const json& d = best["deploy"];
+  std::cout << "\ndeploy the lowest KL within the budget (" << fixed(best["metrics"]["avg_bits"], 3)
+            << " bits, KL " << fixed(best["metrics"]["kl"], 5) << ")";
+  if (!d.value("released", false)) std::cout << "; needs " << d.value("needs", "");
+  std::cout << ":\n";
+  if (d.contains("error")) {
+    std::cout << "  (no export: " << d.value("error", "") << ")\n";
+    return;
+  }
+  std::istringstream lines(d.value("text", ""));
+  for (std::string line; std::getline(lines, line);) std::cout << "  " << line << "\n";
+}
+
+}  // namespace
+
 void print_job(const json& job) {
   const json& p = job["progress"];
   std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
@@ -412,10 +442,18 @@ void print_job(const json& job) {
     // Which cache was emulated: kvtune's idealized one or KVTuner's own.
     const json& spec = job["spec"];
     const json& scheme = spec["scheme"];
-    std::cout << "cache     target " << spec.value("target", "kvtune") << ", scheme "
-              << scheme.value("name", "") << " (G " << scheme.value("group_size", 0) << ", R "
-              << scheme.value("residual", 0) << "), read " << spec.value("read", "fresh")
-              << ", prompt " << spec.value("prompt_tokens", 0) << " tokens\n";
+    const std::string target = spec.value("target", "kvtune");
+    std::cout << "cache     target " << target;
+    if (const EngineTarget* engine = find_engine_target(target)) {
+      // The engine's dtypes carry their own arithmetic: no integer scheme.
+      std::cout << " (" << structure_name(engine->structure) << ", k/v scales "
+                << spec.value("kv_scales", "one") << ")";
+    } else {
+      std::cout << ", scheme " << scheme.value("name", "") << " (G "
+                << scheme.value("group_size", 0) << ", R " << scheme.value("residual", 0) << ")";
+    }
+    std::cout << ", read " << spec.value("read", "fresh") << ", prompt "
+              << spec.value("prompt_tokens", 0) << " tokens\n";
   }
   std::cout << "progress  " << p.value("done", 0) << "/" << p.value("total", 0) << " done";
   if (p.value("failed", 0) > 0) std::cout << ", " << p.value("failed", 0) << " failed";
@@ -430,6 +468,10 @@ void print_job(const json& job) {
   }
   // A search's validation: KL on the validation data and free-run agreement.
   const bool validated = search && job.contains("validation");
+  // The additive model's prediction beside the measured KL (engine targets).
+  const bool predicted =
+      search && std::any_of(job["frontier"].begin(), job["frontier"].end(),
+                            [](const json& f) { return f.contains("predicted_kl"); });
   bool flips = false;
   const auto print_row = [&](const json& r) {
     std::string name = r.value("config", "");
@@ -444,10 +486,15 @@ void print_job(const json& job) {
     if (uniform) name = first + " (all layers)";
     if (name.size() > 32) name = name.substr(0, 29) + "...";
     const json& m = r["metrics"];
-    std::printf("%-32s %8s %10s %10s %10s %8s", name.c_str(),
-                fixed(m.value("avg_bits", 0.0), 3).c_str(),
+    std::printf("%-32s %8s %10s %10s", name.c_str(), fixed(m.value("avg_bits", 0.0), 3).c_str(),
                 fixed(m.value("bytes_per_token", 0.0), 1).c_str(),
-                fixed(m.value("kl", 0.0), 5).c_str(), fixed(m.value("delta_nll", 0.0), 5).c_str(),
+                fixed(m.value("kl", 0.0), 5).c_str());
+    if (predicted) {
+      std::printf(" %10s", r.contains("predicted_kl")
+                               ? fixed(r["predicted_kl"].get<double>(), 5).c_str()
+                               : "-");
+    }
+    std::printf(" %10s %8s", fixed(m.value("delta_nll", 0.0), 5).c_str(),
                 fixed(m.value("top1_agreement", 0.0), 4).c_str());
     if (validated && r.contains("validation")) {
       const json& v = r["validation"];
@@ -460,8 +507,10 @@ void print_job(const json& job) {
     }
     std::printf("\n");
   };
-  std::printf("\n%-32s %8s %10s %10s %10s %8s", search ? "frontier config" : "config", "avg bits",
-              "bytes/tok", "KL", "dNLL", "top-1");
+  std::printf("\n%-32s %8s %10s %10s", search ? "frontier config" : "config", "avg bits",
+              "bytes/tok", "KL");
+  if (predicted) std::printf(" %10s", "pred KL");
+  std::printf(" %10s %8s", "dNLL", "top-1");
   if (validated) std::printf(" %10s  %8s", "val KL", "free-run");
   std::printf("\n");
   for (const auto& r : job[search ? "frontier" : "results"]) print_row(r);
@@ -481,6 +530,8 @@ void print_job(const json& job) {
     std::cout << "\n";
     if (flips) std::cout << "* ranks differently by KL on the validation data\n";
   }
+  if (predicted) std::cout << "pred KL: the additive model's prediction (per-layer KLs summed)\n";
+  print_deploy(job);
 
   if (job.contains("model_info") && job["model_info"].value("synthetic", false)) {
     std::cout << "note: " << job.value("model", "")

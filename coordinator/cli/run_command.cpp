@@ -143,7 +143,8 @@ int run_command(const std::vector<std::string>& args) {
       "data", po::value(&data)->default_value(data), "calibration data")(
       "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
       "target", po::value(&cache_target)->default_value(cache_target),
-      "kvtune (its idealized caches) or kvtuner (KVTuner's own cache)")(
+      "kvtune (its idealized caches), kvtuner (KVTuner's own cache), or an engine: vllm, "
+      "sglang, trtllm (released), vllm-per-layer-pr, trtllm-per-layer-pr")(
       "scheme", po::value(&scheme)->default_value(scheme),
       "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
       "group-size", po::value(&group_size)->default_value(group_size),
@@ -200,8 +201,9 @@ int run_command(const std::vector<std::string>& args) {
             {"seq_len", seq_len},
             {"target", cache_target},
             {"scheme", {{"name", scheme}, {"zero_point", zero_point}}},
-            {"prompt_tokens", prompt_tokens},
-            {"read", read}};
+            {"prompt_tokens", prompt_tokens}};
+    // An engine target reads as its engine does unless --read says otherwise.
+    if (!vm["read"].defaulted()) spec["read"] = read;
     if (kv_scales != "one") spec["kv_scales"] = kv_scales;
     if (cache_target == "kvtuner") {  // KVTuner's setting unless given
       if (!vm["group-size"].defaulted()) spec["scheme"]["group_size"] = group_size;

@@ -233,6 +233,49 @@ TEST(JobSpec, ValidationFieldsThatCannotWorkAreRefused) {
             (V{"free_run.prompts", "free_run.prompt_tokens"}));
 }
 
+TEST(JobSpec, AnEngineTargetSetsCandidatesAndReadRuleAndRefusesWhatTheEngineCannotRun) {
+  const JobSpec vllm = JobSpec::parse(
+      {{"kind", "profile"}, {"model", "m"}, {"target", "vllm"}, {"kv_scales", "calculated"}});
+  EXPECT_EQ(vllm.target, "vllm");
+  ASSERT_NE(vllm.engine_target(), nullptr);
+  EXPECT_EQ(vllm.read, ReadRule::parse("cache"));  // vLLM V1 reads what it just cached
+  ASSERT_EQ(vllm.candidates.size(), 5u);
+  EXPECT_EQ(vllm.candidates[0].name(), "KVvllm:fp8");
+  EXPECT_EQ(JobSpec::parse(vllm.to_json()).to_json(), vllm.to_json());
+  const JobSpec fresh =
+      JobSpec::parse({{"kind", "search"}, {"model", "m"}, {"target", "sglang"}, {"read", "fresh"}});
+  EXPECT_EQ(fresh.read, ReadRule::parse("fresh"));  // the spec's own rule wins
+  EXPECT_EQ(JobSpec::parse({{"kind", "search"}, {"model", "m"}, {"target", "sglang"}}).read,
+            ReadRule::parse("fresh-prefill"));
+
+  using V = std::vector<std::string>;
+  EXPECT_EQ(
+      errors_of({{"kind", "evaluate"},
+                 {"model", "m"},
+                 {"target", "vllm"},
+                 {"configs", {"KVvllm:fp8,KV16,KVvllm:fp8", "KVvllm:fp8,KVvllm:nvfp4", "KV4"}}}),
+      (V{"configs[1]", "configs[2]"}));
+  EXPECT_EQ(errors_of({{"kind", "profile"},
+                       {"model", "m"},
+                       {"target", "trtllm"},
+                       {"candidates", {"KVtrtllm:fp8", "KVvllm:fp8"}}}),
+            V{"candidates[1]"});
+  EXPECT_EQ(errors_of({{"kind", "search"}, {"model", "m"}, {"target", "vllm2"}}), V{"target"});
+  EXPECT_EQ(
+      errors_of(
+          {{"kind", "search"}, {"model", "m"}, {"target", "vllm"}, {"scheme", {{"name", "kivi"}}}}),
+      V{"scheme.name"});
+  try {
+    JobSpec::parse({{"kind", "evaluate"},
+                    {"model", "m"},
+                    {"target", "sglang"},
+                    {"configs", {"KVsglang:fp8_e4m3,KV16"}}});
+    ADD_FAILURE() << "a skipped layer passed for sglang";
+  } catch (const JobSpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1 (KV16)"), std::string::npos) << e.what();
+  }
+}
+
 TEST(JobSpec, EvaluateNeedsConfigs) {
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}}), std::vector<std::string>{"configs"});
   EXPECT_EQ(errors_of({{"kind", "evaluate"}, {"model", "m"}, {"configs", json::array()}}),

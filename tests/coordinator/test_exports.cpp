@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "exports.h"
 #include "kvtune/common/config_file.h"
+#include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
 
 namespace kvtune::exports {
@@ -14,6 +16,18 @@ namespace {
 
 std::vector<PrecisionPair> cfg(const std::string& text) {
   return parse_layer_config(text, static_cast<int>(std::count(text.begin(), text.end(), ',')) + 1);
+}
+
+// Keys and values of one engine dtype ("vllm:fp8") or kvtune format ("16").
+KvFormat fmt(std::string_view name) {
+  const EngineDtype* d = find_engine_dtype(name);
+  return d != nullptr ? KvFormat::of(*d) : KvFormat::parse(name);
+}
+PrecisionPair kv(std::string_view key, std::string_view value) {
+  return {fmt(key), fmt(value)};
+}
+PrecisionPair kv(std::string_view both) {
+  return kv(both, both);
 }
 
 template <typename F>
@@ -198,27 +212,338 @@ TEST(Exports, EmptyConfigurationsAreRefused) {
   EXPECT_THROW(sglang_yaml({}), Error);
   EXPECT_THROW(hf_quant_config({}), Error);
   EXPECT_THROW(kvtuner_yaml({}), Error);
+  EXPECT_THROW(hf_config_json_block({}), Error);
+  EXPECT_THROW(vllm_command({}), Error);
+  EXPECT_THROW(sglang_command({}), Error);
+  EXPECT_THROW(trtllm_serve({}), Error);
 }
+
+// ---- Released engines: vLLM ----
+
+TEST(Exports, VllmCommandSkipsTheKv16Layers) {
+  const std::vector<PrecisionPair> layers = {kv("16"), kv("16"), kv("vllm:fp8"), kv("vllm:fp8"),
+                                             kv("16")};
+  EXPECT_EQ(vllm_command(layers),
+            "vllm serve MODEL --kv-cache-dtype fp8 --kv-cache-dtype-skip-layers 0 1 4\n");
+  // No KV16 layer: no skip flag.
+  EXPECT_EQ(vllm_command({kv("vllm:fp8_e5m2"), kv("vllm:fp8_e5m2")}),
+            "vllm serve MODEL --kv-cache-dtype fp8_e5m2\n");
+}
+
+TEST(Exports, VllmCommandCarriesTheModelAndTheScaleSource) {
+  DeployOptions deploy;
+  deploy.model = "meta-llama/Llama-3.1-8B-Instruct";
+  deploy.kv_scales = KvScales::Calculated;
+  EXPECT_EQ(vllm_command({kv("vllm:fp8"), kv("16"), kv("vllm:fp8")}, deploy),
+            "vllm serve meta-llama/Llama-3.1-8B-Instruct --kv-cache-dtype fp8 "
+            "--kv-cache-dtype-skip-layers 1 --calculate-kv-scales\n");
+  deploy.kv_scales = KvScales::Calibrated;
+  EXPECT_EQ(vllm_command({kv("vllm:fp8"), kv("vllm:fp8")}, deploy),
+            "# The checkpoint must carry calibrated per-layer k_scale/v_scale that vLLM loads (as "
+            "NVIDIA ModelOpt or llm-compressor export them).\n"
+            "vllm serve meta-llama/Llama-3.1-8B-Instruct --kv-cache-dtype fp8\n");
+  // A path that is not one plain shell word is quoted.
+  deploy.model = "/models/it's mine";
+  deploy.kv_scales = KvScales::One;
+  EXPECT_EQ(vllm_command({kv("vllm:fp8")}, deploy),
+            "vllm serve '/models/it'\\''s mine' --kv-cache-dtype fp8\n");
+  deploy.model = "bad\nname";
+  EXPECT_THROW(vllm_command({kv("vllm:fp8")}, deploy), Error);
+}
+
+TEST(Exports, VllmCommandNotesAnUnreleasedDtype) {
+  DeployOptions deploy;
+  deploy.kv_scales = KvScales::Calculated;
+  EXPECT_EQ(vllm_command({kv("vllm:nvfp4"), kv("16")}, deploy),
+            "# vllm:nvfp4 needs vLLM main since 2026-08 (commit 002f10e0); its first release is "
+            "unverified\n"
+            "vllm serve MODEL --kv-cache-dtype nvfp4 --kv-cache-dtype-skip-layers 1 "
+            "--calculate-kv-scales\n");
+  // Per-token-head dtypes have no per-layer scale: no --calculate-kv-scales.
+  EXPECT_EQ(vllm_command({kv("vllm:fp8_per_token_head")}, deploy),
+            "# vllm:fp8_per_token_head needs vLLM main since 2026-08 (commit 002f10e0); its first "
+            "release is unverified\n"
+            "# vllm:fp8_per_token_head computes its own scales per token and head; per-layer k/v "
+            "scales (calculated) do not apply.\n"
+            "vllm serve MODEL --kv-cache-dtype fp8_per_token_head\n");
+}
+
+TEST(Exports, VllmCommandRefusalsNameTheLayerAndTheRule) {
+  std::string msg = error_of([] { vllm_command({kv("vllm:fp8"), kv("sglang:fp8_e4m3")}); });
+  EXPECT_NE(msg.find("vLLM command: layer 1 (KVsglang:fp8_e4m3): sglang:fp8_e4m3 is SGLang's "
+                     "cache dtype, not vLLM's"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { vllm_command({kv("vllm:fp8"), kv("16"), kv("8")}); });
+  EXPECT_NE(msg.find("layer 2 (KV8): kvtune's 8-bit integer format is not a vLLM cache dtype"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { vllm_command({kv("fp8")}); });
+  EXPECT_NE(msg.find("layer 0 (KVfp8): kvtune's fp8 (per-head scales) is not a vLLM cache dtype"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { vllm_command({kv("vllm:fp8"), kv("16"), kv("vllm:fp8_e5m2")}); });
+  EXPECT_NE(msg.find("layer 2 (KVvllm:fp8_e5m2): vLLM takes one --kv-cache-dtype for the model, "
+                     "and layer 0 has KVvllm:fp8"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { vllm_command({kv("vllm:fp8"), kv("16", "vllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 1 (K16Vvllm:fp8): vLLM stores keys and values in one cache dtype "
+                     "(got key 16, value vllm:fp8)"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { vllm_command({kv("16"), kv("16")}); });
+  EXPECT_NE(msg.find("every layer is unquantized (KV16)"), std::string::npos) << msg;
+  EXPECT_THROW(vllm_command({}), Error);
+}
+
+// ---- SGLang ----
+
+TEST(Exports, SglangCommand) {
+  EXPECT_EQ(sglang_command({kv("sglang:fp8_e4m3"), kv("sglang:fp8_e4m3")}),
+            "# SGLang's fp8_e4m3 cast does not saturate: |x / scale| > 448 becomes NaN.\n"
+            "python -m sglang.launch_server --model-path MODEL --kv-cache-dtype fp8_e4m3\n");
+  DeployOptions deploy;
+  deploy.model = "Qwen/Qwen3-8B";
+  deploy.kv_scales = KvScales::Calibrated;
+  EXPECT_EQ(sglang_command({kv("sglang:fp8_e5m2")}, deploy),
+            "# k_scale/v_scale come from the checkpoint (or --quantization-param-path FILE).\n"
+            "python -m sglang.launch_server --model-path Qwen/Qwen3-8B --kv-cache-dtype "
+            "fp8_e5m2\n");
+  EXPECT_EQ(sglang_command({kv("sglang:fp4_e2m1")}, deploy),
+            "# sglang:fp4_e2m1 uses power-of-two block scales; the checkpoint's k/v scales do "
+            "not apply.\n"
+            "python -m sglang.launch_server --model-path Qwen/Qwen3-8B --kv-cache-dtype "
+            "fp4_e2m1\n");
+}
+
+TEST(Exports, SglangCommandRefusals) {
+  std::string msg = error_of([] { sglang_command({kv("sglang:fp8_e4m3"), kv("16")}); });
+  EXPECT_NE(msg.find("SGLang launch command: layer 1 (KV16): SGLang keeps every layer in the one "
+                     "--kv-cache-dtype; it cannot leave a layer unquantized"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { sglang_command({kv("sglang:fp8_e4m3"), kv("sglang:fp4_e2m1")}); });
+  EXPECT_NE(msg.find("layer 1 (KVsglang:fp4_e2m1): SGLang takes one --kv-cache-dtype"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { sglang_command({kv("trtllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 0 (KVtrtllm:fp8): trtllm:fp8 is TensorRT-LLM's cache dtype"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] {
+    DeployOptions deploy;
+    deploy.kv_scales = KvScales::Calculated;
+    sglang_command({kv("sglang:fp8_e4m3")}, deploy);
+  });
+  EXPECT_NE(msg.find("SGLang computes no KV scales"), std::string::npos) << msg;
+}
+
+// ---- TensorRT-LLM ----
+
+TEST(Exports, TrtllmServeOptions) {
+  EXPECT_EQ(trtllm_serve({kv("trtllm:fp8"), kv("trtllm:fp8")}),
+            "# kv.yaml: LLM API options for trtllm-serve --extra_llm_api_options (newer releases\n"
+            "# also spell it --config; tensorrt_llm/commands/serve.py).\n"
+            "kv_cache_config:\n"
+            "  dtype: fp8\n"
+            "# Serve with: trtllm-serve MODEL --extra_llm_api_options kv.yaml\n");
+  DeployOptions deploy;
+  deploy.model = "/ckpt/llama-nvfp4";
+  deploy.kv_scales = KvScales::Calibrated;
+  EXPECT_EQ(trtllm_serve({kv("trtllm:nvfp4")}, deploy),
+            "# kv.yaml: LLM API options for trtllm-serve --extra_llm_api_options (newer releases\n"
+            "# also spell it --config; tensorrt_llm/commands/serve.py).\n"
+            "# nvfp4 needs a ModelOpt checkpoint: its per-layer global scales come from the "
+            "checkpoint's k_scale/v_scale.\n"
+            "kv_cache_config:\n"
+            "  dtype: nvfp4\n"
+            "# Serve with: trtllm-serve /ckpt/llama-nvfp4 --extra_llm_api_options kv.yaml\n");
+  const std::string fp8 = trtllm_serve({kv("trtllm:fp8")}, deploy);
+  EXPECT_NE(fp8.find("# TensorRT-LLM's fp8 cache uses a scale of 1.0; the checkpoint's "
+                     "k_scale/v_scale are not applied.\n"),
+            std::string::npos)
+      << fp8;
+}
+
+TEST(Exports, TrtllmServeRefusals) {
+  std::string msg = error_of([] { trtllm_serve({kv("16"), kv("trtllm:fp8")}); });
+  EXPECT_NE(msg.find("TensorRT-LLM serve options: layer 0 (KV16): TensorRT-LLM keeps every layer "
+                     "in the one kv_cache_config.dtype"),
+            std::string::npos)
+      << msg;
+  msg = error_of([] { trtllm_serve({kv("trtllm:fp8"), kv("vllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 1 (KVvllm:fp8): vllm:fp8 is vLLM's cache dtype"), std::string::npos)
+      << msg;
+  msg = error_of([] {
+    DeployOptions deploy;
+    deploy.kv_scales = KvScales::Calculated;
+    trtllm_serve({kv("trtllm:fp8")}, deploy);
+  });
+  EXPECT_NE(msg.find("TensorRT-LLM computes no KV scales"), std::string::npos) << msg;
+}
+
+// ---- Per-layer exports with engine dtypes ----
+
+TEST(Exports, TrtllmRangesTakeTrtllmDtypes) {
+  EXPECT_EQ(trtllm_ranges({kv("16"), kv("trtllm:fp8"), kv("fp8"), kv("trtllm:nvfp4")}),
+            "0:bfloat16,1-2:fp8,3:nvfp4");
+  const std::string msg = error_of([] { trtllm_ranges({kv("trtllm:fp8"), kv("vllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 1 (KVvllm:fp8)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not vllm:fp8"), std::string::npos) << msg;
+  EXPECT_THROW(trtllm_ranges({kv("trtllm:fp8", "trtllm:nvfp4")}), Error);
+}
+
+TEST(Exports, HfQuantConfigTakesVllmDtypes) {
+  auto doc = nlohmann::json::parse(hf_quant_config({kv("vllm:fp8"), kv("fp8"), kv("16")}));
+  // vllm:fp8 and kvtune's fp8 are both FP8: not mixed.
+  EXPECT_EQ(doc["quantization"]["kv_cache_quant_algo"], "FP8");
+  EXPECT_EQ(doc["quantization"]["kv_cache_quantized_layers"],
+            nlohmann::json::parse(R"({"model.layers.0.self_attn": {"quant_algo": "FP8"},
+                                      "model.layers.1.self_attn": {"quant_algo": "FP8"}})"));
+  doc = nlohmann::json::parse(hf_quant_config({kv("vllm:nvfp4"), kv("vllm:fp8")}));
+  EXPECT_EQ(doc["quantization"]["kv_cache_quant_algo"], "MIXED_PRECISION");
+  EXPECT_EQ(
+      doc["quantization"]["kv_cache_quantized_layers"]["model.layers.0.self_attn"]["quant_algo"],
+      "NVFP4");
+  std::string msg = error_of([] { hf_quant_config({kv("vllm:fp8"), kv("vllm:fp8_e5m2")}); });
+  EXPECT_NE(msg.find("layer 1 (KVvllm:fp8_e5m2)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not vllm:fp8_e5m2"), std::string::npos) << msg;
+  msg = error_of([] { hf_quant_config({kv("trtllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 0 (KVtrtllm:fp8)"), std::string::npos) << msg;
+}
+
+TEST(Exports, SglangYamlTakesSglangDtypes) {
+  const std::string out = sglang_yaml({kv("sglang:fp8_e5m2"), kv("16"), kv("sglang:fp4_e2m1")});
+  EXPECT_NE(out.find("kv_cache_per_layer_dtype:\n  0: fp8_e5m2\n  1: bf16\n  2: fp4_e2m1\n"),
+            std::string::npos)
+      << out;
+  // SGLang's own fp4_e2m1 is exact: no caveat about kvtune's nvfp4.
+  EXPECT_EQ(out.find("approximately"), std::string::npos) << out;
+  const std::string msg = error_of([] { sglang_yaml({kv("vllm:fp8")}); });
+  EXPECT_NE(msg.find("layer 0 (KVvllm:fp8)"), std::string::npos) << msg;
+}
+
+// ---- config.json block ----
+
+TEST(Exports, HfConfigJsonBlockIsModeloptsKvOnlyQuantizationConfig) {
+  EXPECT_EQ(hf_config_json_block({kv("vllm:fp8"), kv("16")}),
+            "{\n"
+            "  \"quant_method\": \"modelopt\",\n"
+            "  \"producer\": {\n"
+            "    \"name\": \"modelopt\",\n"
+            "    \"version\": \"kvtune\"\n"
+            "  },\n"
+            "  \"ignore\": [],\n"
+            "  \"kv_cache_quant_algo\": \"FP8\",\n"
+            "  \"kv_cache_scheme\": {\n"
+            "    \"dynamic\": false,\n"
+            "    \"num_bits\": 8,\n"
+            "    \"type\": \"float\"\n"
+            "  },\n"
+            "  \"kv_cache_quantized_layers\": {\n"
+            "    \"model.layers.0.self_attn\": {\n"
+            "      \"quant_algo\": \"FP8\"\n"
+            "    }\n"
+            "  },\n"
+            "  \"kv_cache_schema_version\": 1\n"
+            "}\n");
+}
+
+TEST(Exports, HfConfigJsonBlockFieldsVllmReads) {
+  auto q = nlohmann::json::parse(hf_config_json_block({kv("fp8"), kv("fp8"), kv("16")}));
+  // get_kv_cache_quant_algo_string: quant_method must start with "modelopt".
+  EXPECT_EQ(q.at("quant_method"), "modelopt");
+  // KV-only: no weight quant_algo (ModelOpt leaves it out).
+  EXPECT_FALSE(q.contains("quant_algo"));
+  EXPECT_EQ(q.at("kv_cache_scheme"),
+            nlohmann::json::parse(R"({"dynamic": false, "num_bits": 8, "type": "float"})"));
+  EXPECT_EQ(q.at("kv_cache_quant_algo"), "FP8");
+  EXPECT_EQ(q.at("kv_cache_schema_version"), 1);
+  EXPECT_EQ(q.at("ignore"), nlohmann::json::array());
+  EXPECT_EQ(q.at("producer").at("name"), "modelopt");
+  EXPECT_EQ(q.at("kv_cache_quantized_layers").size(), 2u);
+
+  q = nlohmann::json::parse(hf_config_json_block({kv("vllm:nvfp4"), kv("nvfp4")}));
+  EXPECT_EQ(q.at("kv_cache_quant_algo"), "NVFP4");
+  EXPECT_FALSE(q.contains("kv_cache_scheme"));  // ModelOpt's FP8 scheme only
+  q = nlohmann::json::parse(hf_config_json_block({kv("vllm:nvfp4"), kv("16"), kv("vllm:fp8")}));
+  EXPECT_EQ(q.at("kv_cache_quant_algo"), "MIXED_PRECISION");
+  EXPECT_FALSE(q.contains("kv_cache_scheme"));
+  EXPECT_EQ(q.at("kv_cache_quantized_layers"),
+            nlohmann::json::parse(R"({"model.layers.0.self_attn": {"quant_algo": "NVFP4"},
+                                      "model.layers.2.self_attn": {"quant_algo": "FP8"}})"));
+
+  // The same module names as hf_quant_config, and the same refusals.
+  HfQuantOptions options;
+  options.module_prefix = "language_model.model.layers.";
+  q = nlohmann::json::parse(hf_config_json_block({kv("fp8")}, options));
+  EXPECT_TRUE(q["kv_cache_quantized_layers"].contains("language_model.model.layers.0.self_attn"));
+  EXPECT_THROW(hf_config_json_block({kv("16")}), Error);
+  const std::string msg = error_of([] { hf_config_json_block({kv("fp8"), kv("fp8", "nvfp4")}); });
+  EXPECT_NE(msg.find("layer 1 (Kfp8Vnvfp4)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("keys and values must use the same format"), std::string::npos) << msg;
+}
+
+// ---- Dispatch ----
 
 TEST(Exports, DispatchAndDescription) {
   const auto layers = cfg("KVfp8,KVfp8");
   EXPECT_EQ(export_config("trtllm", layers), "0-1:fp8");
   EXPECT_EQ(export_config("sglang", layers), sglang_yaml(layers));
   EXPECT_EQ(export_config("hf_quant_config", layers), hf_quant_config(layers));
+  EXPECT_EQ(export_config("hf_config_json", layers), hf_config_json_block(layers));
   EXPECT_EQ(export_config("kvtuner", cfg("KV8")), kvtuner_yaml(cfg("KV8")));
-  const std::string msg = error_of([&] { export_config("onnx", layers); });
-  EXPECT_NE(msg.find("one of kvtuner, trtllm, sglang, hf_quant_config"), std::string::npos);
+  EXPECT_EQ(export_config("vllm", {kv("vllm:fp8"), kv("16")}),
+            "vllm serve MODEL --kv-cache-dtype fp8 --kv-cache-dtype-skip-layers 1\n");
+  EXPECT_EQ(export_config("sglang-launch", {kv("sglang:fp4_e2m1")}),
+            "python -m sglang.launch_server --model-path MODEL --kv-cache-dtype fp4_e2m1\n");
+  EXPECT_EQ(export_config("trtllm-serve", {kv("trtllm:fp8")}), trtllm_serve({kv("trtllm:fp8")}));
 
+  // The deploy options reach the command lines.
+  DeployOptions deploy;
+  deploy.model = "org/model";
+  deploy.kv_scales = KvScales::Calculated;
+  EXPECT_EQ(export_config("vllm", {kv("vllm:fp8")}, deploy),
+            "vllm serve org/model --kv-cache-dtype fp8 --calculate-kv-scales\n");
+  deploy.kv_scales = KvScales::One;
+  EXPECT_EQ(export_config("sglang-launch", {kv("sglang:fp4_e2m1")}, deploy),
+            "python -m sglang.launch_server --model-path org/model --kv-cache-dtype fp4_e2m1\n");
+  EXPECT_NE(export_config("trtllm-serve", {kv("trtllm:fp8")}, deploy)
+                .find("# Serve with: trtllm-serve org/model --extra_llm_api_options kv.yaml\n"),
+            std::string::npos);
+  // Formats without a command line ignore them.
+  EXPECT_EQ(export_config("trtllm", layers, deploy), "0-1:fp8");
+
+  const std::string msg = error_of([&] { export_config("onnx", layers); });
+  EXPECT_NE(msg.find("unknown export format 'onnx' (one of vllm, sglang-launch, trtllm-serve, "
+                     "kvtuner, trtllm, sglang, hf_quant_config, hf_config_json)"),
+            std::string::npos)
+      << msg;
+
+  const std::map<std::string, std::vector<PrecisionPair>> sample = {
+      {"vllm", {kv("vllm:fp8"), kv("16")}},
+      {"sglang-launch", {kv("sglang:fp8_e4m3")}},
+      {"trtllm-serve", {kv("trtllm:nvfp4")}},
+      {"kvtuner", cfg("KV8")},
+      {"trtllm", layers},
+      {"sglang", layers},
+      {"hf_quant_config", layers},
+      {"hf_config_json", layers}};
   const auto formats = describe_formats();
-  ASSERT_EQ(formats.size(), 4u);
+  ASSERT_EQ(formats.size(), sample.size());
   for (const FormatInfo& f : formats) {
-    EXPECT_NO_THROW(export_config(f.id, f.id == "kvtuner" ? cfg("KV8") : layers)) << f.id;
+    ASSERT_TRUE(sample.contains(f.id)) << f.id;
+    EXPECT_NO_THROW(export_config(f.id, sample.at(f.id))) << f.id;
     ASSERT_FALSE(f.sources.empty()) << f.id;
     EXPECT_EQ(f.sources[0].rfind("https://github.com/", 0), 0u) << f.id;
+    EXPECT_FALSE(f.example.empty() || f.accepts.empty() || f.status.empty()) << f.id;
   }
+  EXPECT_EQ(formats[0].id, "vllm");  // released engines first
   const std::string table = describe_formats_text();
   for (const char* url : {"TensorRT-LLM/pull/13695", "sglang/pull/17530",
-                          "Model-Optimizer/pull/2272", "vllm/pull/56116"}) {
+                          "Model-Optimizer/pull/2272", "vllm/pull/56116", "vllm/pull/33695",
+                          "tensorrt_llm/commands/serve.py", "vllm/utils/torch_utils.py"}) {
     EXPECT_NE(table.find(url), std::string::npos) << url;
   }
 }

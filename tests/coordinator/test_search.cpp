@@ -1,11 +1,13 @@
 // Tests of the search pipeline: Pareto utilities, pruning, clustering, the
 // additive model's exact frontier (against brute force), NSGA-II's
 // constrained domination, the ask/tell driver's determinism and resumption,
+// the engine-structured strategies (skip-layers, scan) against brute force,
 // and the headline: on a synthetic model shaped like stories260K the kvtune
 // strategy reaches 99% of the brute-force frontier's hypervolume with 5% of
 // the evaluations.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -369,14 +371,17 @@ TEST(Search, RejectsInvalidOptions) {
 }
 
 TEST(Search, NeverAsksAConfigTwiceAndStaysWithinBudget) {
-  for (Strategy strategy : {Strategy::kKvtune, Strategy::kNsga2, Strategy::kRandom}) {
+  for (Strategy strategy : {Strategy::kKvtune, Strategy::kNsga2, Strategy::kRandom,
+                            Strategy::kSkipLayers, Strategy::kScan}) {
     SCOPED_TRACE(std::string(strategy_name(strategy)));
     Search search(small_options(strategy, 3), 5);
+    const bool profiled = strategy == Strategy::kKvtune || strategy == Strategy::kSkipLayers;
+    EXPECT_EQ(search.profiling(), profiled);
     const auto asks = run(search, synthetic_model(5));
     std::set<std::string> seen;
     std::size_t asked = 0;
     for (std::size_t round = 0; round < asks.size(); ++round) {
-      if (strategy == Strategy::kKvtune && round == 0) continue;  // the profile
+      if (profiled && round == 0) continue;  // the profile
       for (const Config& c : asks[round]) {
         EXPECT_TRUE(seen.insert(format_layer_config(c)).second) << format_layer_config(c);
         ++asked;
@@ -461,6 +466,321 @@ TEST(Search, OptionsFromJson) {
   EXPECT_THROW(options_from_json(nlohmann::json::parse(R"({"max_bit": 4})")), Error);
   EXPECT_THROW(options_from_json(nlohmann::json::parse(R"({"strategy": "optuna"})")), Error);
   EXPECT_THROW(options_from_json(nlohmann::json::parse(R"({"max_bits": "four"})")), Error);
+  EXPECT_EQ(options_from_json(nlohmann::json::parse(R"({"strategy": "skip-layers"})")).strategy,
+            Strategy::kSkipLayers);
+}
+
+TEST(Search, ParsesEveryStrategyName) {
+  EXPECT_EQ(parse_strategy("skip-layers"), Strategy::kSkipLayers);
+  EXPECT_EQ(parse_strategy("scan"), Strategy::kScan);
+  for (Strategy strategy : {Strategy::kKvtune, Strategy::kNsga2, Strategy::kRandom,
+                            Strategy::kSkipLayers, Strategy::kScan}) {
+    EXPECT_EQ(parse_strategy(strategy_name(strategy)), strategy);
+  }
+  EXPECT_EQ(strategy_name(Strategy::kSkipLayers), "skip-layers");
+  EXPECT_EQ(strategy_name(Strategy::kScan), "scan");
+  try {
+    parse_strategy("skip_layers");
+    ADD_FAILURE() << "an unknown strategy was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kvtune, nsga2, random, skip-layers or scan"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Engine-structured strategies: skip-layers (vLLM) and scan (SGLang,
+// TensorRT-LLM)
+
+const PrecisionPair kKv16{KvFormat::full(), KvFormat::full()};
+
+TEST(SkipLayerFrontier, HandWorkedFrontier) {
+  // Bits: KV8 8, KV4 4, KV16 16; 4 layers.
+  const std::vector<PrecisionPair> candidates = {pair("KV8"), pair("KV4")};
+  const Profile profile = {
+      {0.02, 0.40},  // 0
+      {0.01, 0.10},  // 1
+      {0.04, 0.20},  // 2
+      {0.01, 0.05},  // 3
+  };
+  // KV8 skips layers 2, 0, then 1 (tied with 3 at 0.01: the lower first):
+  //   k=0 (8, 0.08)  k=1 (10, 0.04)  k=2 (12, 0.02)  k=3 (14, 0.01).
+  // KV4 skips layers 0, 2, then 1:
+  //   k=0 (4, 0.75)  k=1 (7, 0.35)  k=2 (10, 0.15)  k=3 (13, 0.05),
+  // where (10, 0.15) is dominated by KV8's (10, 0.04) and (13, 0.05) by
+  // KV8's (12, 0.02).
+  struct Expected {
+    std::vector<int> layers;
+    double bits;
+    double error;
+  };
+  const std::vector<Expected> expected = {
+      {{1, 1, 1, 1}, 4, 0.75},   {{-1, 1, 1, 1}, 7, 0.35},   {{0, 0, 0, 0}, 8, 0.08},
+      {{0, 0, -1, 0}, 10, 0.04}, {{-1, 0, -1, 0}, 12, 0.02}, {{-1, -1, -1, 0}, 14, 0.01},
+  };
+  const auto front = skip_layer_frontier(candidates, profile);
+  ASSERT_EQ(front.size(), expected.size());
+  for (std::size_t i = 0; i < front.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(front[i].layers, expected[i].layers);
+    EXPECT_DOUBLE_EQ(front[i].predicted.bits, expected[i].bits);
+    EXPECT_NEAR(front[i].predicted.error, expected[i].error, 1e-15);
+  }
+  EXPECT_THROW(skip_layer_frontier(candidates, {{0.1}}), Error);
+  // A KV16 candidate has nothing to skip: only its uniform config (16, 0).
+  const auto with_kv16 = skip_layer_frontier({kKv16, pair("KV4")}, {{0, 0.4}, {0, 0.1}});
+  ASSERT_EQ(with_kv16.size(), 3u);  // KV4, KV4 skipping layer 0, KV16
+  EXPECT_EQ(with_kv16[1].layers, (std::vector<int>{-1, 1}));
+  EXPECT_EQ(with_kv16[2].layers, (std::vector<int>{0, 0}));
+}
+
+// An exactly additive model: each layer's damage summed (KV16 costs 0), so
+// the profile predicts every config's error exactly. Two layers (1, then 3)
+// dominate, as in real models, so that keeping them at KV16 beats a more
+// precise candidate: with max_bits 10 the structure's front has 10 points, 6
+// of them with skipped layers (1, or 1 and 3).
+Evaluator additive_model() {
+  const std::vector<double> s = {2, 40, 0.5, 10, 0.2};
+  return [s](const Config& config) {
+    double sum = 0;
+    for (std::size_t l = 0; l < config.size(); ++l) {
+      sum += s[l] * (key_damage(config[l].key.bits) + value_damage(config[l].value.bits));
+    }
+    return sum;
+  };
+}
+
+bool in_skip_structure(const Config& config) {
+  const PrecisionPair* d = nullptr;
+  for (const PrecisionPair& p : config) {
+    if (p == kKv16) continue;
+    if (d && !(p == *d)) return false;
+    d = &p;
+  }
+  return d != nullptr;
+}
+
+struct Scored {
+  Config config;
+  double bits = 0;
+  double error = 0;
+};
+
+// The non-dominated ones, by increasing bits; of identical points the first.
+std::vector<Scored> nondominated(const std::vector<Scored>& all) {
+  std::vector<Scored> front;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    bool beaten = false;
+    for (std::size_t j = 0; j < all.size() && !beaten; ++j) {
+      const bool no_worse = all[j].bits <= all[i].bits && all[j].error <= all[i].error;
+      const bool better = all[j].bits < all[i].bits || all[j].error < all[i].error;
+      beaten = no_worse && (better || j < i);
+    }
+    if (!beaten) front.push_back(all[i]);
+  }
+  std::sort(front.begin(), front.end(),
+            [](const Scored& a, const Scored& b) { return a.bits < b.bits; });
+  return front;
+}
+
+// Brute force: every candidate d with every subset of layers kept at KV16
+// (skipping all of them quantizes nothing), within max_bits.
+std::vector<Scored> skip_structure_front(const std::vector<PrecisionPair>& candidates, int layers,
+                                         double max_bits, const Evaluator& model) {
+  std::vector<Scored> all;
+  for (const PrecisionPair& d : candidates) {
+    for (unsigned mask = 0; mask + 1 < (1u << layers); ++mask) {
+      Config config;
+      double bits = 0;
+      for (int l = 0; l < layers; ++l) {
+        config.push_back(mask >> l & 1 ? kKv16 : d);
+        bits += config.back().equivalent_bits();
+      }
+      bits /= layers;
+      if (bits <= max_bits) all.push_back({config, bits, model(config)});
+    }
+  }
+  return nondominated(all);
+}
+
+std::vector<Config> uniform_configs(const std::vector<PrecisionPair>& candidates, int layers,
+                                    double max_bits) {
+  std::vector<Config> out;
+  for (const PrecisionPair& d : candidates) {
+    if (d.equivalent_bits() <= max_bits) out.emplace_back(static_cast<std::size_t>(layers), d);
+  }
+  return out;
+}
+
+Search::Options skip_options(Strategy strategy, int max_evaluations) {
+  Search::Options o;
+  o.candidates = five_pairs();  // bits 8, 6, 4, 3, 2
+  o.max_bits = 10;
+  o.max_evaluations = max_evaluations;
+  o.strategy = strategy;
+  return o;
+}
+
+TEST(SkipLayers, EvaluatesThePredictedFrontierAndFindsTheStructuresFront) {
+  const int layers = 5;
+  const Evaluator model = additive_model();
+  const auto options = skip_options(Strategy::kSkipLayers, 200);
+  Search search(options, layers);
+  ASSERT_TRUE(search.profiling());
+  const auto profile_configs = search.ask();
+  ASSERT_EQ(profile_configs.size(), 25u);  // every candidate on every layer alone
+  EXPECT_EQ(profile_configs[2 * 5 + 3],
+            (Config{kKv16, kKv16, pair("K4V2"), kKv16, kKv16}));  // layer 2, candidate 3
+  std::vector<double> profile_errors;
+  for (const Config& c : profile_configs) profile_errors.push_back(model(c));
+  search.tell(profile_errors);
+  EXPECT_FALSE(search.profiling());
+  EXPECT_FALSE(search.done());
+
+  // The one generation: the baselines, then the predicted frontier (exact
+  // here) within max_bits that they do not already cover, in bits order.
+  const auto front = skip_structure_front(options.candidates, layers, options.max_bits, model);
+  std::vector<Config> expected = uniform_configs(options.candidates, layers, options.max_bits);
+  const std::size_t baselines = expected.size();
+  ASSERT_EQ(baselines, 5u);
+  for (const Scored& f : front) {
+    if (std::find(expected.begin(), expected.end(), f.config) == expected.end()) {
+      expected.push_back(f.config);
+    }
+  }
+  ASSERT_EQ(front.size(), 10u);
+  ASSERT_EQ(expected.size(), baselines + 6);  // the skip configs on the front
+  // KV8 everywhere is dominated by K8V4 with layer 1 at KV16 (both 8 bits).
+  EXPECT_EQ(std::count(expected.begin(), expected.end(), Config(layers, pair("KV8"))), 1);
+  EXPECT_EQ(front[6].config,
+            (Config{pair("K8V4"), kKv16, pair("K8V4"), pair("K8V4"), pair("K8V4")}));
+  const auto generation = search.ask();
+  EXPECT_EQ(generation, expected);
+  for (const Config& c : generation) EXPECT_TRUE(in_skip_structure(c)) << format_layer_config(c);
+
+  // The additive frontier reports the prediction over all bits: within
+  // max_bits it is the brute-force front, with exact errors.
+  std::vector<Evaluated> predicted;
+  for (const Evaluated& e : search.additive_frontier()) {
+    if (e.bits <= options.max_bits) predicted.push_back(e);
+  }
+  ASSERT_EQ(predicted.size(), front.size());
+  for (std::size_t i = 0; i < front.size(); ++i) {
+    EXPECT_EQ(predicted[i].layers, front[i].config) << i;
+    EXPECT_NEAR(predicted[i].error, front[i].error, 1e-12) << i;
+  }
+
+  std::vector<double> errors;
+  for (const Config& c : generation) errors.push_back(model(c));
+  search.tell(errors);
+  EXPECT_TRUE(search.done());
+  EXPECT_TRUE(search.ask().empty());
+  EXPECT_EQ(search.evaluations(), 25 + static_cast<int>(generation.size()));
+  const auto frontier = search.frontier();
+  ASSERT_EQ(frontier.size(), front.size());
+  for (std::size_t i = 0; i < front.size(); ++i) {
+    SCOPED_TRACE(format_layer_config(front[i].config));
+    EXPECT_EQ(frontier[i].layers, front[i].config);
+    EXPECT_DOUBLE_EQ(frontier[i].bits, front[i].bits);
+    EXPECT_DOUBLE_EQ(frontier[i].error, front[i].error);
+  }
+
+  EXPECT_THROW(Search(skip_options(Strategy::kSkipLayers, 25), layers), Error);  // profile only
+}
+
+TEST(SkipLayers, EvenlySubsamplesTheFrontierToTheEvaluationsLeft) {
+  const int layers = 5;
+  const Evaluator model = additive_model();
+  auto options = skip_options(Strategy::kSkipLayers, 25 + 3);  // the profile + 3
+  options.baselines = false;
+  Search search(options, layers);
+  run(search, model, 1);  // the profile
+  const auto front = skip_structure_front(options.candidates, layers, options.max_bits, model);
+  ASSERT_GT(front.size(), 3u);
+  const auto generation = search.ask();
+  ASSERT_EQ(generation.size(), 3u);
+  EXPECT_EQ(generation.front(), front.front().config);
+  EXPECT_EQ(generation.back(), front.back().config);
+  const auto middle = std::find_if(front.begin() + 1, front.end() - 1,
+                                   [&](const Scored& f) { return f.config == generation[1]; });
+  EXPECT_NE(middle, front.end() - 1) << format_layer_config(generation[1]);
+  std::vector<double> errors;
+  for (const Config& c : generation) errors.push_back(model(c));
+  search.tell(errors);
+  EXPECT_TRUE(search.done());
+  EXPECT_EQ(search.evaluations(), 28);
+}
+
+TEST(SkipLayers, JsonRoundTripAfterTheProfileContinuesIdentically) {
+  const int layers = 5;
+  const Evaluator model = additive_model();
+  for (bool pending : {false, true}) {
+    SCOPED_TRACE(pending ? "generation asked" : "nothing asked");
+    Search original(skip_options(Strategy::kSkipLayers, 200), layers);
+    run(original, model, 1);  // the profile
+    if (pending) original.ask();
+    const std::string saved = original.to_json().dump();
+    Search resumed = Search::from_json(nlohmann::json::parse(saved));
+    EXPECT_EQ(resumed.to_json().dump(), saved);
+    EXPECT_EQ(resumed.profile(), original.profile());
+    const auto predicted_a = original.additive_frontier();
+    const auto predicted_b = resumed.additive_frontier();
+    ASSERT_EQ(predicted_a.size(), predicted_b.size());
+    for (std::size_t i = 0; i < predicted_a.size(); ++i) {
+      EXPECT_EQ(predicted_a[i].layers, predicted_b[i].layers);
+      EXPECT_EQ(predicted_a[i].error, predicted_b[i].error);
+    }
+    const auto asks = run(original, model);
+    ASSERT_EQ(asks.size(), 1u);
+    EXPECT_EQ(run(resumed, model), asks);
+    EXPECT_TRUE(resumed.done());
+    EXPECT_EQ(resumed.to_json(), original.to_json());
+    const auto fa = original.frontier();
+    const auto fb = resumed.frontier();
+    ASSERT_EQ(fa.size(), fb.size());
+    for (std::size_t i = 0; i < fa.size(); ++i) EXPECT_EQ(fa[i].layers, fb[i].layers);
+  }
+  // A KV16 layer (-1) is a valid config only for skip-layers.
+  Search nsga2(skip_options(Strategy::kNsga2, 200), layers);
+  nsga2.ask();
+  auto state = nsga2.to_json();
+  state["pending"][0][0] = -1;
+  EXPECT_THROW(Search::from_json(state), Error);
+}
+
+TEST(Scan, AsksTheUniformConfigsWithinMaxBitsOnce) {
+  const int layers = 5;
+  const Evaluator model = synthetic_model(layers);
+  auto options = skip_options(Strategy::kScan, 500);
+  options.max_bits = 4;
+  options.baselines = false;  // the uniform configs are scan's space regardless
+  Search search(options, layers);
+  EXPECT_FALSE(search.profiling());
+  const auto configs = search.ask();
+  const Config kv4(layers, pair("KV4")), k4v2(layers, pair("K4V2")), kv2(layers, pair("KV2"));
+  EXPECT_EQ(configs, (std::vector<Config>{kv4, k4v2, kv2}));
+  std::vector<double> errors;
+  for (const Config& c : configs) errors.push_back(model(c));
+  search.tell(errors);
+  EXPECT_TRUE(search.done());
+  EXPECT_TRUE(search.ask().empty());
+  EXPECT_TRUE(search.additive_frontier().empty());
+  // More bits, less error: all three on the frontier, by increasing bits.
+  const auto frontier = search.frontier();
+  ASSERT_EQ(frontier.size(), 3u);
+  EXPECT_EQ(frontier[0].layers, kv2);
+  EXPECT_EQ(frontier[1].layers, k4v2);
+  EXPECT_EQ(frontier[2].layers, kv4);
+  EXPECT_DOUBLE_EQ(frontier[2].bits, 4.0);
+  EXPECT_DOUBLE_EQ(frontier[2].error, model(kv4));
+
+  // max_evaluations caps the scan, in candidate order.
+  options.max_evaluations = 2;
+  Search capped(options, layers);
+  EXPECT_EQ(capped.ask(), (std::vector<Config>{kv4, k4v2}));
+  capped.tell({model(kv4), model(k4v2)});
+  EXPECT_TRUE(capped.done());
 }
 
 // ---------------------------------------------------------------------------

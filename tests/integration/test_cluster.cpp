@@ -858,6 +858,113 @@ TEST_F(Cluster, RunSearchesTheDemoModelAsTheQuickstartDoes) {
   for (const json& f : job["frontier"]) EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 5.0);
 }
 
+// The layers of a config string, one pair name per layer.
+std::vector<std::string> pairs_of(const std::string& layers) {
+  std::vector<std::string> out;
+  std::istringstream in(layers);
+  for (std::string pair; std::getline(in, pair, ',');) out.push_back(pair);
+  return out;
+}
+
+TEST_F(Cluster, RunTargetVllmFindsDtypeAndSkipLayersWithTheServeCommand) {
+  REQUIRE_MODEL();
+  const std::string run = build_path("kvtune") + " run --target vllm --model " + kModel +
+                          " --data sample:4:64:0 --workers 2 --validation-data none";
+  const CommandResult r = run_command(run + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json job = json::parse(r.output);
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  EXPECT_EQ(job["spec"]["read"], "cache");  // vLLM V1 reads what it just cached
+  EXPECT_EQ(job["search"]["strategy"], "skip-layers");
+  // nvfp4 cannot hold stories260K's cache (head_dim 8): four dtypes remain.
+  EXPECT_EQ(job["spec"]["candidates"].size(), 5u);
+  // The profile (5 layers x 4 dtypes), then the additive frontier's points once.
+  EXPECT_LE(job["search"]["evaluations"].get<int>(), 20 + 4 * 5);
+  ASSERT_GE(job["frontier"].size(), 3u);
+  bool skipped_some = false;
+  for (const json& f : job["frontier"]) {
+    // One dtype for every quantized layer, the others KV16: and its command says so.
+    const auto pairs = pairs_of(f["layers"]);
+    std::string dtype, skip;
+    for (std::size_t l = 0; l < pairs.size(); ++l) {
+      if (pairs[l] == "KV16") {
+        skip += " " + std::to_string(l);
+        continue;
+      }
+      ASSERT_EQ(pairs[l].rfind("KVvllm:", 0), 0u) << f["layers"];
+      if (dtype.empty()) dtype = pairs[l].substr(std::string("KVvllm:").size());
+      EXPECT_EQ(pairs[l], "KVvllm:" + dtype) << f["layers"];
+    }
+    skipped_some = skipped_some || !skip.empty();
+    const std::string expected = "vllm serve " + kModel + " --kv-cache-dtype " + dtype +
+                                 (skip.empty() ? "" : " --kv-cache-dtype-skip-layers" + skip);
+    const std::string text = f["deploy"]["text"];
+    EXPECT_NE(text.find(expected + "\n"), std::string::npos) << expected << "\n" << text;
+    EXPECT_EQ(f["deploy"]["released"], true);
+    // The additive model's prediction beside the measured KL.
+    if (!skip.empty()) {
+      EXPECT_TRUE(f.contains("predicted_kl")) << f.dump(1);
+    }
+  }
+  EXPECT_TRUE(skipped_some);
+  // The baselines are vLLM's own dtypes on every layer.
+  ASSERT_EQ(job["baselines"].size(), 4u);
+  for (const json& b : job["baselines"]) {
+    EXPECT_EQ(pairs_of(b["layers"]).front().rfind("KVvllm:", 0), 0u);
+  }
+
+  // As a person reads it: the table with the prediction, then the command.
+  const CommandResult text = run_command(run + " --max-bits 12", true);
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("pred KL"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("deploy the lowest KL within the budget"), std::string::npos)
+      << text.output;
+  EXPECT_NE(text.output.find("  vllm serve " + kModel + " --kv-cache-dtype "), std::string::npos)
+      << text.output;
+}
+
+TEST_F(Cluster, RunTargetsSglangAndTrtllmScanTheirDtypesAndPerLayerPrTargetsSaySo) {
+  REQUIRE_MODEL();
+  const std::string run = build_path("kvtune") + " run --model " + kModel +
+                          " --data sample:2:64:0 --workers 2 --json --validation-data none";
+  const CommandResult sglang = run_command(run + " --target sglang");
+  ASSERT_EQ(sglang.exit_code, 0) << sglang.output;
+  const json scan = json::parse(sglang.output);
+  ASSERT_EQ(scan["state"], "done") << scan.dump(1);
+  EXPECT_EQ(scan["search"]["strategy"], "scan");
+  EXPECT_EQ(scan["search"]["evaluations"], 3);  // fp8_e4m3, fp8_e5m2, fp4_e2m1
+  ASSERT_FALSE(scan["frontier"].empty());
+  for (const json& f : scan["frontier"]) {
+    const auto pairs = pairs_of(f["layers"]);
+    EXPECT_EQ(std::count(pairs.begin(), pairs.end(), pairs[0]), 5) << f["layers"];
+    const std::string flag = pairs[0].substr(std::string("KVsglang:").size());
+    EXPECT_NE(
+        f["deploy"]["text"].get<std::string>().find("python -m sglang.launch_server --model-path " +
+                                                    kModel + " --kv-cache-dtype " + flag),
+        std::string::npos)
+        << f["deploy"].dump(1);
+  }
+
+  const CommandResult pr =
+      run_command(run + " --target trtllm-per-layer-pr --max-evaluations 40 --max-bits 8");
+  ASSERT_EQ(pr.exit_code, 0) << pr.output;
+  const json per_layer = json::parse(pr.output);
+  ASSERT_EQ(per_layer["state"], "done") << per_layer.dump(1);
+  ASSERT_FALSE(per_layer["frontier"].empty());
+  for (const json& f : per_layer["frontier"]) {
+    EXPECT_EQ(f["deploy"]["released"], false);
+    EXPECT_NE(f["deploy"]["needs"].get<std::string>().find("#13695"), std::string::npos);
+    for (const std::string& p : pairs_of(f["layers"])) {
+      EXPECT_TRUE(p == "KVtrtllm:fp8" || p == "KVtrtllm:nvfp4" || p == "KV16") << p;
+    }
+  }
+  // What the engine cannot run is refused at the door, naming the rule.
+  const CommandResult bad = run_command(
+      run + " --target sglang --config KVsglang:fp8_e4m3,KV16," + "KV16,KV16,KV16", true);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("cannot leave a layer unquantized"), std::string::npos) << bad.output;
+}
+
 TEST_F(Cluster, RunAgainWithTheSameDbResumesTheInterruptedJobToTheSameFrontier) {
   const std::string args =
       " run --model builtin:demo --data sample:8:128:0 --candidate KV8 --candidate K8V4 "

@@ -6,7 +6,11 @@
 //    "model": "models/stories260K.bin",       required
 //    "data": "sample:8:128:0",                 default
 //    "seq_len": 256,                           default
-//    "target": "kvtune" | "kvtuner",           default kvtune (kvtune/common/scheme.h)
+//    "target": "kvtune",                       kvtune | kvtuner (kvtune/common/scheme.h), or an
+//                                              engine: vllm | sglang | trtllm |
+//                                              vllm-per-layer-pr | trtllm-per-layer-pr
+//                                              (kvtune/common/engine_target.h: its dtypes,
+//                                              structure and read rule, the default "read")
 //    "scheme": {"name": "per-token-asym" | "kivi", "group_size": 32,
 //               "residual": 32, "zero_point": "int" | "float"},
 //              kvtuner: {"name": "per-token-asym" | "per-channel-asym", "group_size",
@@ -31,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/read_rule.h"
@@ -59,6 +64,7 @@ struct JobSpec {
   Kind kind = Kind::Evaluate;
   std::string name;
   std::string model;
+  std::string target = "kvtune";  // kvtune, kvtuner or an engine target's name
   std::string data = "sample:8:128:0";
   int seq_len = 256;
   Scheme scheme;
@@ -72,6 +78,9 @@ struct JobSpec {
   struct FreeRun {
     int prompts = 4, prompt_tokens = 16, new_tokens = 32;
   } free_run;
+
+  // The engine target (nullptr for kvtune and kvtuner).
+  const EngineTarget* engine_target() const { return find_engine_target(target); }
 
   // A search job with validation data (not "none").
   bool validates() const { return kind == Kind::Search && validation_data != "none"; }

@@ -1,0 +1,145 @@
+#include "kvtune/common/engine_target.h"
+
+#include <algorithm>
+#include <array>
+#include <stdexcept>
+
+#include "kvtune/kernels/engine.h"
+
+namespace kvtune {
+namespace {
+
+using Structure = EngineTarget::Structure;
+
+constexpr std::array<std::string_view, 5> kVllm = {"vllm:fp8", "vllm:fp8_e5m2",
+                                                   "vllm:fp8_per_token_head",
+                                                   "vllm:int8_per_token_head", "vllm:nvfp4"};
+constexpr std::array<std::string_view, 3> kSglang = {"sglang:fp8_e4m3", "sglang:fp8_e5m2",
+                                                     "sglang:fp4_e2m1"};
+constexpr std::array<std::string_view, 2> kTrtllm = {"trtllm:fp8", "trtllm:nvfp4"};
+constexpr std::array<std::string_view, 2> kVllmPr = {"vllm:fp8", "vllm:nvfp4"};
+
+// Read rules (ENGINES.md "Read rules"): vLLM V1 writes the step's K/V into the
+// cache before its attention kernel reads the cache; SGLang's default
+// FlashInfer path reads the prompt's own K/V fresh (ragged extend) and the
+// decoded token's from the cache; TensorRT-LLM's paged context FMHA (block
+// reuse is on by default) and XQA decode read the cache.
+constexpr std::array kTargets = {
+    EngineTarget{"vllm", "vllm", Structure::SkipLayers, kVllm, "cache",
+                 "vLLM V1 FlashAttention/Triton/FlashInfer", "", "vllm"},
+    EngineTarget{"sglang", "sglang", Structure::Uniform, kSglang, "fresh-prefill",
+                 "SGLang FlashInfer (its default ragged extend)", "", "sglang-launch"},
+    EngineTarget{"trtllm", "trtllm", Structure::Uniform, kTrtllm, "cache",
+                 "TensorRT-LLM paged context FMHA and XQA decode", "", "trtllm-serve"},
+    EngineTarget{"vllm-per-layer-pr", "vllm", Structure::PerLayer, kVllmPr, "cache",
+                 "vLLM V1 FlashAttention/Triton/FlashInfer",
+                 "vllm-project/vllm PR #56116 (ModelOpt kv_cache_quantized_layers)",
+                 "hf_quant_config"},
+    EngineTarget{"trtllm-per-layer-pr", "trtllm", Structure::PerLayer, kTrtllm, "cache",
+                 "TensorRT-LLM paged context FMHA and XQA decode",
+                 "NVIDIA/TensorRT-LLM PR #13695 (KvCacheConfig.dtype ranges)", "trtllm"},
+};
+
+bool unquantized(const PrecisionPair& p) {
+  return p.key.kind == KvFormat::Kind::Full && p.value.kind == KvFormat::Kind::Full;
+}
+
+}  // namespace
+
+std::vector<PrecisionPair> EngineTarget::candidates() const {
+  std::vector<PrecisionPair> out;
+  for (std::string_view d : dtypes) {
+    const KvFormat f = KvFormat::of(*find_engine_dtype(d));
+    out.push_back({f, f});
+  }
+  if (structure == Structure::PerLayer) out.push_back({KvFormat::full(), KvFormat::full()});
+  return out;
+}
+
+std::string EngineTarget::pair_refusal(const PrecisionPair& pair) const {
+  if (unquantized(pair)) {
+    return structure == Structure::PerLayer
+               ? ""
+               : "KV16 is not a candidate of target " + std::string(name) +
+                     " (an unquantized model needs no search)";
+  }
+  const bool known = std::any_of(dtypes.begin(), dtypes.end(), [&](std::string_view d) {
+    return pair.key.kind == KvFormat::Kind::Engine && pair.key.name() == find_engine_dtype(d)->name;
+  });
+  if (!(pair.key == pair.value) || !known) {
+    std::string list;
+    for (std::string_view d : dtypes) list += (list.empty() ? "" : ", ") + std::string(d);
+    return pair.name() + " is not a " + std::string(engine) + " cache dtype of target " +
+           std::string(name) + " (keys and values share one of " + list + ")";
+  }
+  return "";
+}
+
+std::string EngineTarget::refusal(const std::vector<PrecisionPair>& layers) const {
+  const PrecisionPair* dtype = nullptr;
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const PrecisionPair& p = layers[l];
+    const std::string where = "layer " + std::to_string(l) + " (" + p.name() + "): ";
+    if (unquantized(p)) {
+      if (structure == Structure::Uniform) {
+        return where + std::string(engine) +
+               " keeps every layer in one cache dtype; it cannot leave a layer unquantized";
+      }
+      continue;
+    }
+    if (std::string why = pair_refusal(p); !why.empty()) return where + why;
+    if (structure == Structure::PerLayer) continue;
+    if (dtype != nullptr && !(*dtype == p)) {
+      return where + std::string(engine) + " takes one --kv-cache-dtype for the model, and layer " +
+             std::to_string(&*dtype - layers.data()) + " has " + dtype->name();
+    }
+    if (dtype == nullptr) dtype = &p;
+  }
+  if (dtype == nullptr && structure != Structure::PerLayer) {
+    return "every layer is unquantized: not a quantized cache of target " + std::string(name);
+  }
+  return "";
+}
+
+std::string shape_refusal(const PrecisionPair& pair, int64_t kv_heads, int64_t head_dim) {
+  for (const KvFormat& f : {pair.key, pair.value}) {
+    if (f.kind != KvFormat::Kind::Engine) continue;
+    try {
+      kernels::validate_engine({find_engine_dtype(f.name())->arith, 1.0f}, {1, kv_heads, head_dim});
+    } catch (const std::invalid_argument& e) {
+      return pair.name() + ": " + e.what();
+    }
+  }
+  return "";
+}
+
+std::string_view structure_name(Structure s) {
+  switch (s) {
+    case Structure::SkipLayers:
+      return "skip-layers";
+    case Structure::Uniform:
+      return "uniform";
+    case Structure::PerLayer:
+      break;
+  }
+  return "per-layer";
+}
+
+std::span<const EngineTarget> engine_targets() {
+  return kTargets;
+}
+
+const EngineTarget* find_engine_target(std::string_view name) {
+  for (const EngineTarget& t : kTargets) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+std::string target_names() {
+  std::string out = "kvtune, kvtuner";
+  for (const EngineTarget& t : kTargets) out += ", " + std::string(t.name);
+  return out;
+}
+
+}  // namespace kvtune

@@ -1,0 +1,90 @@
+// Engine targets: the configurations each released engine (or pull request)
+// runs, and the reason named for each it does not.
+#include <gtest/gtest.h>
+
+#include "kvtune/common/engine_target.h"
+
+namespace kvtune {
+namespace {
+
+std::vector<PrecisionPair> layers(const std::string& text, int n) {
+  return parse_layer_config(text, n);
+}
+
+std::string refusal(std::string_view target, const std::string& config, int n) {
+  return find_engine_target(target)->refusal(layers(config, n));
+}
+
+TEST(EngineTarget, EveryTargetNamesItsDtypesStructureAndReadRule) {
+  ASSERT_NE(find_engine_target("vllm"), nullptr);
+  EXPECT_EQ(find_engine_target("kvtune"), nullptr);
+  EXPECT_EQ(find_engine_target("kvtuner"), nullptr);
+  EXPECT_EQ(target_names(),
+            "kvtune, kvtuner, vllm, sglang, trtllm, vllm-per-layer-pr, trtllm-per-layer-pr");
+  const EngineTarget& vllm = *find_engine_target("vllm");
+  EXPECT_EQ(vllm.structure, EngineTarget::Structure::SkipLayers);
+  EXPECT_TRUE(vllm.needs.empty());
+  EXPECT_EQ(vllm.read_rule(), ReadRule::parse("cache"));
+  ASSERT_EQ(vllm.candidates().size(), 5u);
+  EXPECT_EQ(vllm.candidates()[0].name(), "KVvllm:fp8");
+  EXPECT_EQ(find_engine_target("sglang")->read_rule(), ReadRule::parse("fresh-prefill"));
+  const EngineTarget& pr = *find_engine_target("trtllm-per-layer-pr");
+  EXPECT_NE(pr.needs.find("#13695"), std::string_view::npos);
+  ASSERT_EQ(pr.candidates().size(), 3u);  // fp8, nvfp4, and a layer left unquantized
+  EXPECT_EQ(pr.candidates()[2].name(), "KV16");
+  for (const EngineTarget& t : engine_targets()) {
+    for (std::string_view d : t.dtypes) {
+      const EngineDtype* dtype = find_engine_dtype(d);
+      ASSERT_NE(dtype, nullptr) << d;
+      EXPECT_EQ(dtype->engine, t.engine) << d;
+    }
+  }
+}
+
+TEST(EngineTarget, VllmRunsOneDtypeWithSkippedLayers) {
+  EXPECT_EQ(refusal("vllm", "KVvllm:fp8", 4), "");
+  EXPECT_EQ(refusal("vllm", "KV16,KVvllm:fp8,KVvllm:fp8,KV16", 4), "");
+  EXPECT_EQ(refusal("vllm", "KVvllm:fp8_e4m3,KVvllm:fp8", 2), "");  // vLLM's alias
+  const std::string two = refusal("vllm", "KVvllm:fp8,KV16,KVvllm:nvfp4", 3);
+  EXPECT_NE(two.find("layer 2 (KVvllm:nvfp4)"), std::string::npos) << two;
+  EXPECT_NE(two.find("layer 0 has KVvllm:fp8"), std::string::npos) << two;
+  const std::string mixed = refusal("vllm", "Kvllm:fp8Vvllm:nvfp4", 2);
+  EXPECT_NE(mixed.find("keys and values share one of"), std::string::npos) << mixed;
+  const std::string other = refusal("vllm", "KVsglang:fp8_e4m3", 2);
+  EXPECT_NE(other.find("not a vllm cache dtype"), std::string::npos) << other;
+  const std::string integer = refusal("vllm", "KV8", 2);
+  EXPECT_NE(integer.find("layer 0 (KV8)"), std::string::npos) << integer;
+  EXPECT_NE(refusal("vllm", "KV16", 3).find("every layer is unquantized"), std::string::npos);
+}
+
+TEST(EngineTarget, SglangAndTrtllmRunOneDtypeForEveryLayer) {
+  EXPECT_EQ(refusal("sglang", "KVsglang:fp4_e2m1", 3), "");
+  EXPECT_EQ(refusal("trtllm", "KVtrtllm:nvfp4", 3), "");
+  const std::string skip = refusal("sglang", "KVsglang:fp8_e4m3,KV16", 2);
+  EXPECT_NE(skip.find("layer 1 (KV16)"), std::string::npos) << skip;
+  EXPECT_NE(skip.find("cannot leave a layer unquantized"), std::string::npos) << skip;
+  EXPECT_NE(refusal("trtllm", "KVtrtllm:fp8,KVtrtllm:nvfp4", 2).find("layer 1"), std::string::npos);
+}
+
+TEST(EngineTarget, PerLayerPullRequestsTakeAnyOfTheirDtypesPerLayer) {
+  EXPECT_EQ(refusal("trtllm-per-layer-pr", "KVtrtllm:fp8,KVtrtllm:nvfp4,KV16", 3), "");
+  EXPECT_EQ(refusal("vllm-per-layer-pr", "KVvllm:nvfp4,KVvllm:fp8", 2), "");
+  EXPECT_NE(refusal("vllm-per-layer-pr", "KVvllm:fp8_e5m2,KVvllm:fp8", 2).find("layer 0"),
+            std::string::npos);
+  EXPECT_NE(refusal("trtllm-per-layer-pr", "Ktrtllm:fp8Vtrtllm:nvfp4", 1).find("keys and values"),
+            std::string::npos);
+}
+
+TEST(EngineTarget, ShapesAnEngineDtypeCannotHoldAreNamed) {
+  const auto pair = [](const char* name) { return PrecisionPair::parse(name); };
+  EXPECT_EQ(shape_refusal(pair("KVvllm:nvfp4"), 8, 128), "");
+  EXPECT_EQ(shape_refusal(pair("KVvllm:nvfp4"), 4, 8),
+            "KVvllm:nvfp4: nvfp4 blocks are 16 channels of one head: head_dim 8 is not a "
+            "multiple of 16");
+  EXPECT_EQ(shape_refusal(pair("KVsglang:fp4_e2m1"), 4, 8), "");  // 32 values per token
+  EXPECT_NE(shape_refusal(pair("KVsglang:fp4_e2m1"), 1, 8), "");
+  EXPECT_EQ(shape_refusal(pair("KV4"), 1, 8), "");
+}
+
+}  // namespace
+}  // namespace kvtune
