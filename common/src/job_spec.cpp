@@ -302,6 +302,12 @@ void read_validation(const json& spec, Reader& r, JobSpec& out) {
     try {
       const long n = std::stol(v.substr(a + 1, b - a - 1));
       const long len = std::stol(v.substr(b + 1, c - b - 1));
+      if (!spec.contains("free_run") && n > 0 && len > 1) {
+        // The defaults shrink to a small validation sample; given sizes are checked.
+        out.free_run.prompts = static_cast<int>(std::min<long>(out.free_run.prompts, n));
+        out.free_run.prompt_tokens =
+            static_cast<int>(std::min<long>(out.free_run.prompt_tokens, len / 2));
+      }
       if (out.free_run.prompts > n) {
         r.fail("free_run.prompts", std::to_string(out.free_run.prompts) + " prompts but " + v +
                                        " has " + std::to_string(n) + " sequences");

@@ -1,5 +1,6 @@
 #include "kvtune/common/scheme.h"
 
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 
 namespace kvtune {
@@ -66,7 +67,7 @@ Scheme parse_kvtuner(const std::string& name, int group_size, int residual,
 Scheme Scheme::parse(const std::string& name, int group_size, int residual,
                      const std::string& zero_point, const std::string& target) {
   if (target == "kvtuner") return parse_kvtuner(name, group_size, residual, zero_point);
-  if (target != "kvtune") throw Error("target '" + target + "' is not one of kvtune, kvtuner");
+  if (target != "kvtune") throw Error("target '" + target + "' is not one of " + target_names());
   Scheme s;
   if (name == "per-token-asym") {
     s.grouping = kk::Grouping::PerToken;

@@ -225,7 +225,13 @@ TEST(JobSpec, ValidationFieldsThatCannotWorkAreRefused) {
             V{"free_run.prompt"});
   EXPECT_EQ(errors_of({{"kind", "search"}, {"model", "m"}, {"free_run", {{"new_tokens", 0}}}}),
             V{"free_run.new_tokens"});
-  // The sampled validation set has 2 sequences of 8 tokens.
+  // The default free run shrinks to a small validation sample...
+  const JobSpec small =
+      JobSpec::parse({{"kind", "search"}, {"model", "m"}, {"data", "sample:2:8:0"}});
+  EXPECT_EQ(small.free_run.prompts, 2);
+  EXPECT_EQ(small.free_run.prompt_tokens, 4);
+  EXPECT_EQ(JobSpec::parse(small.to_json()).to_json(), small.to_json());
+  // ... but sizes a spec gives are checked: the sample has 2 sequences of 8 tokens.
   EXPECT_EQ(errors_of({{"kind", "search"},
                        {"model", "m"},
                        {"data", "sample:2:8:0"},

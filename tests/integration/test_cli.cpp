@@ -396,9 +396,32 @@ TEST(CliEval, KvtunerTargetRunsKvtunersCacheAndRefusesWhatItCannot) {
   EXPECT_NE(r.output.find("format 3 is not KVTuner's"), std::string::npos) << r.output;
   r = run_command(base + " --target kvtuner --read cache", true);
   EXPECT_NE(r.output.find("takes the fresh rule"), std::string::npos) << r.output;
-  r = run_command(base + " --target vllm", true);
-  EXPECT_NE(r.output.find("target 'vllm' is not one of kvtune, kvtuner"), std::string::npos)
+  r = run_command(base + " --target vllm2", true);
+  EXPECT_NE(r.output.find("target 'vllm2' is not one of kvtune, kvtuner, vllm, sglang"),
+            std::string::npos)
       << r.output;
+}
+
+TEST(CliEval, AnEngineTargetReadsAsItsEngineAndRefusesWhatItCannotRun) {
+  SKIP_WITHOUT_SHARED();
+  const std::string base = kKvtune + " eval --model " + kStories + " --data sample:2:32:0 --json";
+  CommandResult r = run_command(base + " --target vllm --config KV16,KVvllm:fp8,KVvllm:fp8," +
+                                "KVvllm:fp8,KVvllm:fp8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto vllm = nlohmann::json::parse(r.output);
+  EXPECT_EQ(vllm["read"], "cache");  // vLLM V1 reads what it just cached
+  EXPECT_GT(vllm["kl"].get<double>(), 0.0);
+  // The same config under kvtune's default rule reads fresh K/V: another result.
+  r = run_command(base + " --config KV16,KVvllm:fp8,KVvllm:fp8,KVvllm:fp8,KVvllm:fp8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output)["read"], "fresh");
+  EXPECT_NE(nlohmann::json::parse(r.output)["kl"], vllm["kl"]);
+
+  r = run_command(base + " --target vllm --config KVvllm:fp8,KVvllm:fp8_e5m2,KV16,KV16,KV16", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("layer 1 (KVvllm:fp8_e5m2)"), std::string::npos) << r.output;
+  r = run_command(base + " --target sglang --config KVsglang:fp8_e4m3,KV16,KV16,KV16,KV16", true);
+  EXPECT_NE(r.output.find("cannot leave a layer unquantized"), std::string::npos) << r.output;
 }
 
 TEST(CliEval, BadInputsAreNamed) {

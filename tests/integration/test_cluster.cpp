@@ -517,7 +517,12 @@ TEST_F(Cluster, SearchReachesTheBruteForceFrontierWithFivePercentOfItsEvaluation
   ASSERT_EQ(search["state"], "done") << search.dump(1);
   const int used = search["search"]["evaluations"];
   EXPECT_LE(used, 156);  // 5% of 3,125, the 25 profile evaluations included
-  EXPECT_EQ(search["progress"]["done"], used);
+  // Besides the search's own: one validation of each frontier and baseline config.
+  std::set<std::string> validated;
+  for (const char* list : {"frontier", "baselines"}) {
+    for (const json& r : search[list]) validated.insert(r["layers"].get<std::string>());
+  }
+  EXPECT_EQ(search["progress"]["done"], used + static_cast<int>(validated.size()));
 
   // Each generation was dispatched in the order of its layer strings, so that
   // consecutive evaluations on a worker share leading layers (prefix reuse).
@@ -914,13 +919,31 @@ TEST_F(Cluster, RunTargetVllmFindsDtypeAndSkipLayersWithTheServeCommand) {
   }
 
   // As a person reads it: the table with the prediction, then the command.
-  const CommandResult text = run_command(run + " --max-bits 12", true);
+  const CommandResult text = run_command(run + " --max-bits 12 --db " + db(), true);
   ASSERT_EQ(text.exit_code, 0) << text.output;
   EXPECT_NE(text.output.find("pred KL"), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("deploy the lowest KL within the budget"), std::string::npos)
       << text.output;
   EXPECT_NE(text.output.find("  vllm serve " + kModel + " --kv-cache-dtype "), std::string::npos)
       << text.output;
+
+  // The registry entry records the target and that a release runs it; its
+  // best config within a budget comes back as the command line.
+  CoordinatorProcess coordinator(db() + "/store", log("coordinator"));
+  const json entries = coordinator.get("/v1/registry");
+  ASSERT_EQ(entries["entries"].size(), 1u);
+  const json& entry = entries["entries"][0];
+  EXPECT_EQ(entry["target"], "vllm");
+  EXPECT_EQ(entry["released"], true);
+  const std::string id = entry["id"];
+  const CommandResult best = run_command(build_path("kvtune") + " registry best " + id +
+                                         " --max-bits 12 --format vllm --api " + coordinator.api());
+  ASSERT_EQ(best.exit_code, 0) << best.output;
+  EXPECT_NE(best.output.find("vllm serve " + kModel + " --kv-cache-dtype "), std::string::npos)
+      << best.output;
+  const json answer = coordinator.get("/v1/registry/" + id + "/best?max_bits=12");
+  EXPECT_EQ(answer["deploy"]["format"], "vllm");
+  EXPECT_EQ(answer["deploy"]["text"].get<std::string>() + "", best.output);
 }
 
 TEST_F(Cluster, RunTargetsSglangAndTrtllmScanTheirDtypesAndPerLayerPrTargetsSaySo) {
