@@ -117,10 +117,14 @@ namespace {
 
 // Where a registry entry's or job's configs deploy: the model as the job
 // named it and the source of its k/v scales.
-exports::DeployOptions deploy_options(const json& entry) {
+exports::DeployOptions deploy_options(const json& entry, const json& metrics) {
   exports::DeployOptions o;
   o.model = entry.value("model_spec", entry.value("model", o.model));
   o.kv_scales = parse_kv_scales(entry.value("kv_scales", "one"));
+  if (metrics.contains("k_scales") && metrics.contains("v_scales")) {
+    o.k_scales = metrics["k_scales"].get<std::vector<float>>();
+    o.v_scales = metrics["v_scales"].get<std::vector<float>>();
+  }
   return o;
 }
 
@@ -178,7 +182,7 @@ http::Response Api::registry_request(const std::string& path, const std::string&
   if (!chosen)
     return error_response(404, "no frontier config of entry " + rest + " meets the budget");
   const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
-  const exports::DeployOptions deploy = deploy_options(entry);
+  const exports::DeployOptions deploy = deploy_options(entry, chosen->metrics);
   if (params.contains("format")) {
     try {
       return {200, exports::export_config(params["format"], layers, deploy), "text/plain"};
@@ -306,9 +310,8 @@ json Api::job_json(const Job& job, bool full) const {
       predicted_kl.emplace(format_layer_config(a.layers), a.error);
     }
     const EngineTarget* target = job.spec.engine_target();
-    exports::DeployOptions deploy;
-    deploy.model = job.spec.model;
-    deploy.kv_scales = job.spec.scheme.kv_scales;
+    const json job_deploy = {{"model_spec", job.spec.model},
+                             {"kv_scales", kv_scales_name(job.spec.scheme.kv_scales)}};
     for (const auto& f : job.search->frontier()) {
       const std::string layers = format_layer_config(f.layers);
       auto it = by_layers.find(layers);
@@ -317,7 +320,10 @@ json Api::job_json(const Job& job, bool full) const {
       if (auto p = predicted_kl.find(layers); p != predicted_kl.end()) {
         entry["predicted_kl"] = p->second;
       }
-      if (target != nullptr) entry["deploy"] = deploy_json(*target, f.layers, deploy);
+      if (target != nullptr) {
+        entry["deploy"] =
+            deploy_json(*target, f.layers, deploy_options(job_deploy, entry["metrics"]));
+      }
       frontier.push_back(std::move(entry));
     }
     for (const auto& [layers, r] : by_layers) {

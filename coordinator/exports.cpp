@@ -27,6 +27,9 @@ constexpr const char* kModeloptConvert =
 constexpr const char* kVllmPr = "https://github.com/vllm-project/vllm/pull/56116";
 constexpr const char* kVllmRfc = "https://github.com/vllm-project/vllm/issues/57445";
 constexpr const char* kVllmSkipPr = "https://github.com/vllm-project/vllm/pull/33695";
+constexpr const char* kVllmWeightUtils =
+    "https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/model_loader/"
+    "weight_utils.py";
 constexpr const char* kVllmDocs =
     "https://docs.vllm.ai/en/latest/features/quantization/quantized_kvcache/";
 constexpr const char* kVllmTorchUtils =
@@ -297,6 +300,15 @@ std::vector<FormatInfo> describe_formats() {
        "vLLM resolves --kv-cache-dtype auto from it but its ModelOpt config refuses a missing "
        "quant_algo, so loading it needs pull request #56116.",
        {kVllmTorchUtils, kVllmModelopt, kModeloptConvert, kVllmPr}},
+      {"kv_scales",
+       "the checkpoint's calibrated per-layer k_scale / v_scale tensors (ModelOpt names)",
+       "{\"model.layers.0.self_attn.k_proj.k_scale\": 0.0123, "
+       "\"model.layers.0.self_attn.v_proj.v_scale\": 0.0045}",
+       "layers of vllm:fp8, vllm:fp8_e5m2, vllm:nvfp4, sglang:fp8_*, trtllm:nvfp4 with kv_scales "
+       "calibrated",
+       "Released: vLLM loads these names (maybe_remap_kv_scale_name); merge them into the "
+       "checkpoint's safetensors.",
+       {kVllmWeightUtils}},
   };
 }
 
@@ -322,7 +334,7 @@ std::string vllm_command(const std::vector<PrecisionPair>& layers, const DeployO
     if (deploy.kv_scales == KvScales::Calibrated) {
       notes +=
           "# The checkpoint must carry calibrated per-layer k_scale/v_scale that vLLM loads (as "
-          "NVIDIA ModelOpt or llm-compressor export them).\n";
+          "NVIDIA ModelOpt or llm-compressor export them; --format kv_scales writes kvtune's).\n";
     }
   } else if (deploy.kv_scales != KvScales::One) {
     notes += "# " + std::string(d.name) +
@@ -504,6 +516,37 @@ std::string hf_config_json_block(const std::vector<PrecisionPair>& layers,
   return doc.dump(2) + "\n";
 }
 
+std::string kv_scales_json(const std::vector<PrecisionPair>& layers, const DeployOptions& deploy,
+                           const HfQuantOptions& options) {
+  constexpr const char* kFormat = "kv_scales";
+  if (deploy.kv_scales != KvScales::Calibrated) {
+    throw Error(std::string(kFormat) + ": the job's k/v scales are '" +
+                std::string(kv_scales_name(deploy.kv_scales)) + "': " +
+                (deploy.kv_scales == KvScales::One
+                     ? "the engine applies 1.0 without checkpoint scales"
+                     : "vLLM computes them at start-up (--calculate-kv-scales)") +
+                "; there is nothing to write (search with kv_scales calibrated)");
+  }
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();  // in layer order
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const KvFormat& f = layers[l].key;
+    if (f.kind != KvFormat::Kind::Engine || f.engine_dtype().scale != EngineDtype::Scale::Layer) {
+      continue;
+    }
+    if (l >= deploy.k_scales.size() || l >= deploy.v_scales.size() ||
+        !(deploy.k_scales[l] > 0.0f && deploy.v_scales[l] > 0.0f)) {
+      throw Error(where(l, layers[l], kFormat) + ": its evaluation reported no k/v scales");
+    }
+    const std::string module = options.module_prefix + std::to_string(l) + options.module_suffix;
+    out[module + ".k_proj.k_scale"] = deploy.k_scales[l];
+    out[module + ".v_proj.v_scale"] = deploy.v_scales[l];
+  }
+  if (out.empty()) {
+    throw Error(std::string(kFormat) + ": no layer has a dtype with a per-layer k/v scale");
+  }
+  return out.dump(2) + "\n";
+}
+
 std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers) {
   return export_config(format_id, layers, DeployOptions{});
 }
@@ -518,6 +561,7 @@ std::string export_config(std::string_view format_id, const std::vector<Precisio
   if (format_id == "sglang") return sglang_yaml(layers);
   if (format_id == "hf_quant_config") return hf_quant_config(layers);
   if (format_id == "hf_config_json") return hf_config_json_block(layers);
+  if (format_id == "kv_scales") return kv_scales_json(layers, deploy);
   std::string ids;
   for (const FormatInfo& f : describe_formats()) ids += (ids.empty() ? "" : ", ") + f.id;
   throw Error("unknown export format '" + std::string(format_id) + "' (one of " + ids + ")");

@@ -56,6 +56,9 @@ std::string describe_formats_text();
 struct DeployOptions {
   std::string model = "MODEL";         // the model path or name, written into the command
   KvScales kv_scales = KvScales::One;  // where the job's per-layer k/v scales came from
+  // The per-layer k_scale / v_scale the evaluation applied (a result's
+  // "k_scales" / "v_scales"; 0 for a layer without one): for kv_scales_json.
+  std::vector<float> k_scales, v_scales;
 };
 
 // vLLM's released per-layer mechanism, e.g.
@@ -180,8 +183,24 @@ std::string hf_quant_config(const std::vector<PrecisionPair>& layers,
 std::string hf_config_json_block(const std::vector<PrecisionPair>& layers,
                                  const HfQuantOptions& options = {});
 
+// The calibrated per-layer k/v scales of a configuration, as the tensors a
+// ModelOpt checkpoint carries them, for the user to merge into the
+// checkpoint's safetensors (vLLM's maybe_remap_kv_scale_name maps these
+// names onto its attention layers):
+//   {"model.layers.0.self_attn.k_proj.k_scale": 0.0123,
+//    "model.layers.0.self_attn.v_proj.v_scale": 0.0045, ...}
+// One entry per layer whose dtype takes a per-layer scale (vllm:fp8,
+// vllm:fp8_e5m2, vllm:nvfp4, sglang:fp8_*, trtllm:nvfp4). Only for kv_scales
+// Calibrated: with One the engine applies 1.0 and with Calculated vLLM
+// computes them at start-up, so there is nothing to write (refused, saying
+// so), as is a configuration without such a layer or without its scales.
+// Source: vllm/model_executor/model_loader/weight_utils.py
+// (maybe_remap_kv_scale_name, its modelopt_scale_names).
+std::string kv_scales_json(const std::vector<PrecisionPair>& layers, const DeployOptions& deploy,
+                           const HfQuantOptions& options = {});
+
 // Dispatches on a FormatInfo::id (vllm, sglang-launch, trtllm-serve,
-// kvtuner, trtllm, sglang, hf_quant_config, hf_config_json) with default
+// kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales) with default
 // options; throws kvtune::Error listing the ids for an unknown one.
 std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers);
 // The same, with the model and scale source the command lines need.

@@ -76,6 +76,14 @@ json metrics_json(schema::EvalResult::Reader r) {
               {"bytes_per_token", r.getBytesPerToken()},
               {"attn_rel_err", attn},
               {"tokens", r.getTokens()}};
+  if (r.hasKScales() && r.getKScales().size() > 0) {
+    // The engine dtypes' per-layer scales applied (0: a layer without one).
+    json k = json::array(), v = json::array();
+    for (float x : r.getKScales()) k.push_back(x);
+    for (float x : r.getVScales()) v.push_back(x);
+    out["k_scales"] = std::move(k);
+    out["v_scales"] = std::move(v);
+  }
   if (r.getFreeRunPrompts() > 0) {
     out["free_run"] = {{"prompts", r.getFreeRunPrompts()},
                        {"agreement", r.getFreeRunAgreement()},

@@ -107,6 +107,11 @@ struct EvalResult {
   freeRunPrompts @12 :UInt32;
   freeRunAgreement @13 :Float64;
   freeRunFirstDivergence @14 :Float64;
+  # Per layer, the k_scale / v_scale an engine dtype with a per-layer scale
+  # applies (from the job's kv_scales and the calibration amax); 0 elsewhere.
+  # Empty when no layer has one.
+  kScales @15 :List(Float32);
+  vScales @16 :List(Float32);
 }
 
 # What a worker learned about a job's model and calibration data (the job's

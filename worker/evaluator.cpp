@@ -46,6 +46,11 @@ void TensorQuantizer::check_engine_overflow(int64_t overflow, const torch::Tenso
       std::to_string(amax / (e4m3 ? 448.0f : 57344.0f)) + " fits them (kv_scales calibrated)");
 }
 
+float TensorQuantizer::layer_scale() const {
+  if (format_.kind != KvFormat::Kind::Engine) return 0.0f;
+  return format_.engine_dtype().scale == EngineDtype::Scale::Layer ? engine_spec_.scale : 0.0f;
+}
+
 kk::IntSpec TensorQuantizer::int_spec() const {
   return scheme_.int_spec(role_, format_.bits);
 }

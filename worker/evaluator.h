@@ -61,6 +61,9 @@ class TensorQuantizer {
   torch::Tensor quantize_dequantize(const torch::Tensor& x) const;
   // Storage bits per element for a cache of `tokens` tokens.
   double storage_bits(int64_t tokens, int64_t kv_heads, int64_t head_dim) const;
+  // The per-layer k_scale / v_scale an engine dtype applies (EngineDtype::Scale::Layer,
+  // from the job's KvScales and this calibration's amax); 0 for other formats.
+  float layer_scale() const;
 
  private:
   kernels::IntSpec int_spec() const;

@@ -240,7 +240,7 @@ TEST(Exports, VllmCommandCarriesTheModelAndTheScaleSource) {
   deploy.kv_scales = KvScales::Calibrated;
   EXPECT_EQ(vllm_command({kv("vllm:fp8"), kv("vllm:fp8")}, deploy),
             "# The checkpoint must carry calibrated per-layer k_scale/v_scale that vLLM loads (as "
-            "NVIDIA ModelOpt or llm-compressor export them).\n"
+            "NVIDIA ModelOpt or llm-compressor export them; --format kv_scales writes kvtune's).\n"
             "vllm serve meta-llama/Llama-3.1-8B-Instruct --kv-cache-dtype fp8\n");
   // A path that is not one plain shell word is quoted.
   deploy.model = "/models/it's mine";
@@ -487,6 +487,40 @@ TEST(Exports, HfConfigJsonBlockFieldsVllmReads) {
 
 // ---- Dispatch ----
 
+TEST(Exports, KvScalesAreTheCheckpointTensorsVllmLoads) {
+  DeployOptions deploy;
+  deploy.kv_scales = KvScales::Calibrated;
+  deploy.k_scales = {0.5f, 0.0f, 0.25f};
+  deploy.v_scales = {0.125f, 0.0f, 2.0f};
+  const auto layers = cfg("KVvllm:fp8,KV16,KVvllm:fp8");
+  EXPECT_EQ(kv_scales_json(layers, deploy),
+            "{\n"
+            "  \"model.layers.0.self_attn.k_proj.k_scale\": 0.5,\n"
+            "  \"model.layers.0.self_attn.v_proj.v_scale\": 0.125,\n"
+            "  \"model.layers.2.self_attn.k_proj.k_scale\": 0.25,\n"
+            "  \"model.layers.2.self_attn.v_proj.v_scale\": 2.0\n"
+            "}\n");
+  EXPECT_EQ(export_config("kv_scales", layers, deploy), kv_scales_json(layers, deploy));
+
+  // Nothing to write: the engine applies 1.0, or vLLM computes them.
+  DeployOptions one = deploy;
+  one.kv_scales = KvScales::One;
+  EXPECT_NE(error_of([&] { kv_scales_json(layers, one); }).find("applies 1.0"), std::string::npos);
+  DeployOptions calculated = deploy;
+  calculated.kv_scales = KvScales::Calculated;
+  EXPECT_NE(error_of([&] { kv_scales_json(layers, calculated); }).find("--calculate-kv-scales"),
+            std::string::npos);
+  // Per-token-head dtypes have no per-layer scale; a layer without its scales is named.
+  EXPECT_NE(error_of([&] {
+              kv_scales_json(cfg("KVvllm:int8_per_token_head"), deploy);
+            }).find("no layer has a dtype with a per-layer k/v scale"),
+            std::string::npos);
+  DeployOptions missing = deploy;
+  missing.k_scales.resize(1);
+  EXPECT_NE(error_of([&] { kv_scales_json(layers, missing); }).find("layer 2 (KVvllm:fp8)"),
+            std::string::npos);
+}
+
 TEST(Exports, DispatchAndDescription) {
   const auto layers = cfg("KVfp8,KVfp8");
   EXPECT_EQ(export_config("trtllm", layers), "0-1:fp8");
@@ -517,7 +551,7 @@ TEST(Exports, DispatchAndDescription) {
 
   const std::string msg = error_of([&] { export_config("onnx", layers); });
   EXPECT_NE(msg.find("unknown export format 'onnx' (one of vllm, sglang-launch, trtllm-serve, "
-                     "kvtuner, trtllm, sglang, hf_quant_config, hf_config_json)"),
+                     "kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales)"),
             std::string::npos)
       << msg;
 
@@ -529,12 +563,16 @@ TEST(Exports, DispatchAndDescription) {
       {"trtllm", layers},
       {"sglang", layers},
       {"hf_quant_config", layers},
-      {"hf_config_json", layers}};
+      {"hf_config_json", layers},
+      {"kv_scales", {kv("vllm:fp8")}}};
+  DeployOptions calibrated;  // what kv_scales needs
+  calibrated.kv_scales = KvScales::Calibrated;
+  calibrated.k_scales = calibrated.v_scales = {0.5f};
   const auto formats = describe_formats();
   ASSERT_EQ(formats.size(), sample.size());
   for (const FormatInfo& f : formats) {
     ASSERT_TRUE(sample.contains(f.id)) << f.id;
-    EXPECT_NO_THROW(export_config(f.id, sample.at(f.id))) << f.id;
+    EXPECT_NO_THROW(export_config(f.id, sample.at(f.id), calibrated)) << f.id;
     ASSERT_FALSE(f.sources.empty()) << f.id;
     EXPECT_EQ(f.sources[0].rfind("https://github.com/", 0), 0u) << f.id;
     EXPECT_FALSE(f.example.empty() || f.accepts.empty() || f.status.empty()) << f.id;

@@ -946,6 +946,49 @@ TEST_F(Cluster, RunTargetVllmFindsDtypeAndSkipLayersWithTheServeCommand) {
   EXPECT_EQ(answer["deploy"]["text"].get<std::string>() + "", best.output);
 }
 
+TEST_F(Cluster, CalibratedScalesOfAVllmConfigComeBackAsCheckpointTensors) {
+  REQUIRE_MODEL();
+  // vllm:fp8 alone, its k/v scales calibrated (amax / 448 per layer).
+  const CommandResult r = run_command(build_path("kvtune") + " run --target vllm --model " +
+                                      kModel + " --data sample:2:64:0 --workers 2 --json " +
+                                      "--validation-data none --kv-scales calibrated " +
+                                      "--candidate KVvllm:fp8 --db " + db());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json job = json::parse(r.output);
+  ASSERT_EQ(job["state"], "done") << job.dump(1);
+  const json& best = job["frontier"].back();
+  const auto pairs = pairs_of(best["layers"]);
+  const json& k = best["metrics"]["k_scales"];
+  const json& v = best["metrics"]["v_scales"];
+  ASSERT_EQ(k.size(), pairs.size());
+  EXPECT_NE(best["deploy"]["text"].get<std::string>().find("--format kv_scales"),
+            std::string::npos);
+
+  CoordinatorProcess coordinator(db() + "/store", log("coordinator"));
+  const std::string id = coordinator.get("/v1/registry")["entries"][0]["id"];
+  const CommandResult scales =
+      run_command(build_path("kvtune") + " registry best " + id +
+                  " --max-bits 16 --format kv_scales --api " + coordinator.api());
+  ASSERT_EQ(scales.exit_code, 0) << scales.output;
+  const json tensors = json::parse(scales.output);
+  std::size_t quantized = 0;
+  for (std::size_t l = 0; l < pairs.size(); ++l) {
+    const std::string layer = "model.layers." + std::to_string(l) + ".self_attn.";
+    if (pairs[l] == "KV16") {
+      EXPECT_FALSE(tensors.contains(layer + "k_proj.k_scale")) << l;
+      EXPECT_EQ(k[l], 0.0);
+      continue;
+    }
+    ++quantized;
+    // What the evaluation applied, with keys' scales unlike values'.
+    EXPECT_GT(k[l].get<double>(), 0.0);
+    EXPECT_EQ(tensors.at(layer + "k_proj.k_scale"), k[l]) << l;
+    EXPECT_EQ(tensors.at(layer + "v_proj.v_scale"), v[l]) << l;
+    EXPECT_NE(k[l], v[l]) << l;
+  }
+  EXPECT_EQ(tensors.size(), 2 * quantized);
+}
+
 TEST_F(Cluster, RunTargetsSglangAndTrtllmScanTheirDtypesAndPerLayerPrTargetsSaySo) {
   REQUIRE_MODEL();
   const std::string run = build_path("kvtune") + " run --model " + kModel +
