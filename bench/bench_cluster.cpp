@@ -23,7 +23,7 @@
 
 #include "../tests/support/cluster.h"
 #include "../tests/support/temp_dir.h"
-#include "kvtune/schemas/transport.h"
+#include "instant_worker.h"
 
 namespace {
 
@@ -59,52 +59,6 @@ double run_job(const CoordinatorProcess& c, const json& job_spec) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// A worker that answers at once: a describe with stories260K's shape, every
-// task with a fixed result.
-void instant_worker(const std::string& endpoint, const std::string& id, std::atomic<bool>& stop) {
-  kvtune::transport::WorkerSocket socket(endpoint, id);
-  auto send = [&](auto fill) {
-    capnp::MallocMessageBuilder message;
-    fill(message.initRoot<kvtune::schema::WorkerMessage>());
-    socket.send(message);
-  };
-  send([&](auto m) { m.initHello().setWorkerId(id); });
-  send([](auto m) { m.initCredit().setCount(16); });
-  while (!stop.load()) {
-    auto in = socket.receive(std::chrono::milliseconds(50));
-    if (!in || !in->ok()) continue;
-    const auto msg = in->message->get();
-    if (msg.isDescribe()) {
-      const auto d = msg.getDescribe();
-      send([&](auto m) {
-        auto out = m.initDescribed();
-        out.setTaskId(d.getTaskId());
-        out.setDescribeKey(d.getDescribeKey());
-        auto info = out.initModel();
-        info.setName("stories260K");
-        info.setLayers(5);
-        info.setFingerprint("bench");
-        info.setDataFingerprint("bench");
-      });
-    } else if (msg.isTask()) {
-      const auto t = msg.getTask();
-      send([&](auto m) {
-        auto out = m.initResult();
-        out.setTaskId(t.getTaskId());
-        out.setEvalKey(t.getEvalKey());
-        auto r = out.initResult();
-        r.setKl(0.1);
-        r.setAvgBits(4);
-        r.initAttnRelErr(5);
-        r.setWorkerId(id);
-      });
-    } else {
-      continue;
-    }
-    send([](auto m) { m.initCredit().setCount(1); });
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -136,8 +90,8 @@ int main(int argc, char** argv) {
     std::atomic<bool> stop{false};
     std::vector<std::thread> workers;
     for (int i = 0; i < 4; ++i) {
-      workers.emplace_back(instant_worker, c.endpoint(), "load" + std::to_string(i),
-                           std::ref(stop));
+      workers.emplace_back(kvtune::bench::instant_worker, c.endpoint(), "load" + std::to_string(i),
+                           5, std::ref(stop));
     }
     const std::size_t n = quick ? 1000 : 3000;
     const double s = run_job(c, spec(configs(n, 3), "sample:1:4:0"));

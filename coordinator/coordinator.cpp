@@ -78,7 +78,10 @@ class Coordinator::Impl {
       // Everything that has arrived, then one synced write for all of it.
       std::chrono::milliseconds wait =
           ledger_.pending() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(2);
-      for (int i = 0; i < 4096; ++i) {
+      // Up to a time slice of messages, so that the API is polled at least
+      // every few slices however fast results arrive (its latency under load).
+      const auto slice_end = Clock::now() + kSlice;
+      for (int i = 0; i < 4096 && (i == 0 || Clock::now() < slice_end); ++i) {
         std::optional<transport::CoordinatorSocket::Incoming> incoming;
         try {
           incoming = socket_.receive(i == 0 ? wait : std::chrono::milliseconds(0));
@@ -102,6 +105,10 @@ class Coordinator::Impl {
     }
     log("stopping");
   }
+
+  // The longest the loop handles messages, or dispatches, before it turns to
+  // the HTTP API again.
+  static constexpr std::chrono::milliseconds kSlice{10};
 
   static transport::CoordinatorSocket bind_socket(const CoordinatorOptions& options);
   static http::ServerOptions http_options(const CoordinatorOptions& options) {
@@ -216,7 +223,11 @@ class Coordinator::Impl {
   }
 
   void dispatch(Clock::time_point now) {
-    while (auto a = scheduler_.next_assignment(now)) {
+    // At most a time slice of assignments per turn (the rest next turn).
+    const auto slice_end = Clock::now() + kSlice;
+    while (Clock::now() < slice_end) {
+      auto a = scheduler_.next_assignment(now);
+      if (!a) break;
       capnp::MallocMessageBuilder message;
       auto root = message.initRoot<schema::CoordinatorMessage>();
       const Scheduler::Task& t = a->task;
