@@ -11,7 +11,7 @@ PACKAGES=(
   libboost-dev libboost-program-options-dev
   libtorch-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libxxhash-dev libyaml-cpp-dev
+  nlohmann-json3-dev libxxhash-dev libyaml-cpp-dev libxml2-dev
   libopenblas0-pthread
 )
 

@@ -22,11 +22,13 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "daemon_common.h"
 #include "eval_runner.h"
+#include "health.h"
 #include "kvtune/common/error.h"
 #include "kvtune/schemas/eval_key.h"
 #include "kvtune/schemas/transport.h"
@@ -129,6 +131,7 @@ class Daemon {
     say_hello(true);
     auto last_heartbeat = Clock::now();
     last_heard_ = Clock::now();
+    write_health(true);
     for (;;) {
       auto now = Clock::now();
       const int signals = g_signals.load(std::memory_order_relaxed);
@@ -155,6 +158,7 @@ class Daemon {
       now = Clock::now();
       if (now - last_heartbeat >= milliseconds(options_.heartbeat_ms)) {
         send_heartbeat();
+        write_health(false);
         last_heartbeat = now;
       }
       if (now - last_heard_ >= milliseconds(options_.coordinator_timeout_ms)) {
@@ -174,6 +178,7 @@ class Daemon {
       }
       if (!incoming) continue;
       last_heard_ = Clock::now();
+      last_message_ms_ = wall_ms();
       if (!incoming->ok()) {
         log_line(prefix_ + "refused a message from the coordinator: " + incoming->error);
         continue;
@@ -282,6 +287,8 @@ class Daemon {
     send(message, "goodbye");
     log_line(prefix_ + "goodbye" +
              (hand_back.empty() ? "" : " (handed back task " + hand_back + ")"));
+    // Gone: a probe now says "no status file" rather than reading an old one.
+    if (!options_.health_file.empty()) std::remove(options_.health_file.c_str());
     const auto until = Clock::now() + kFlushTime;
     while (Clock::now() < until) {
       try {
@@ -323,6 +330,30 @@ class Daemon {
     send(message, "heartbeat");
   }
 
+  // Rewrites the --health-file status (health.h). A failure at start is an
+  // error; later ones are logged once, until a write succeeds again.
+  void write_health(bool first) {
+    if (options_.health_file.empty()) return;
+    HealthStatus status;
+    status.pid = ::getpid();
+    status.worker_id = id_;
+    status.coordinator = options_.endpoint;
+    status.heartbeat_ms = options_.heartbeat_ms;
+    status.coordinator_timeout_ms = options_.coordinator_timeout_ms;
+    status.started_ms = started_ms_;
+    status.last_coordinator_message_ms = last_message_ms_;
+    std::tie(status.busy_task_id, status.busy_since_ms) = runner_.busy_task();
+    status.written_ms = wall_ms();
+    try {
+      write_health_file(options_.health_file, status);
+      health_failing_ = false;
+    } catch (const Error& e) {
+      if (first) throw;
+      if (!health_failing_) log_line(prefix_ + e.what() + " (a health probe will fail)");
+      health_failing_ = true;
+    }
+  }
+
   void send(capnp::MessageBuilder& message, const char* what) {
     if (!socket_.send(message)) {
       log_line(prefix_ + "the outgoing queue is full; dropped a " + what + " message");
@@ -337,6 +368,9 @@ class Daemon {
   transport::WorkerSocket& socket_;
   EvalRunner runner_;
   Clock::time_point last_heard_;
+  const int64_t started_ms_ = wall_ms();
+  int64_t last_message_ms_ = 0;  // wall_ms() of the last coordinator message; 0: none
+  bool health_failing_ = false;
   Clock::time_point last_hello_;
   bool stopping_ = false;
   Clock::time_point grace_deadline_;
@@ -398,8 +432,14 @@ int run_daemon(DaemonOptions options) {
 }  // namespace
 
 int worker_command(const std::vector<std::string>& args) {
+  // `kvtune worker health ...`: the check a probe runs (health.h).
+  if (!args.empty() && args[0] == "health") {
+    return health_command(std::vector<std::string>(args.begin() + 1, args.end()));
+  }
   DaemonOptions o;
-  po::options_description opts("kvtune worker [options]");
+  po::options_description opts(
+      "kvtune worker [options]\n(kvtune worker health --help: the health check of a worker "
+      "started with --health-file)");
   opts.add_options()("help,h", "show this help")(
       "connect", po::value(&o.endpoint)->default_value(o.endpoint), "the coordinator's endpoint")(
       "id", po::value(&o.id), "worker id (default: HOSTNAME-PID)")(
@@ -427,7 +467,10 @@ int worker_command(const std::vector<std::string>& args) {
       "curve-server-key", po::value(&o.curve_server_key),
       "the coordinator's CURVE public key file (COORD.key.pub): connect with CURVE")(
       "curve-keys", po::value(&o.curve_keys),
-      "this worker's CURVE key pair file (kvtune keygen --out FILE)");
+      "this worker's CURVE key pair file (kvtune keygen --out FILE)")(
+      "health-file", po::value(&o.health_file),
+      "rewrite this JSON status file every heartbeat, for `kvtune worker health "
+      "--health-file PATH` (a Kubernetes probe)");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {

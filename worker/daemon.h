@@ -12,7 +12,8 @@
 //
 // Torch-free interface. The parts: daemon.cpp (command line, protocol loop),
 // eval_runner.h (the evaluation thread), model_cache.h (the cache; the only
-// part that includes LibTorch), daemon_common.h (options, logging).
+// part that includes LibTorch), daemon_common.h (options, logging), health.h
+// (--health-file and `kvtune worker health`, for probes).
 #pragma once
 
 #include <cstddef>
@@ -25,7 +26,8 @@
 namespace kvtune::worker {
 
 // `worker [--connect ENDPOINT] [--id ID] [--device cpu|cuda[:N]] ...`: runs
-// until SIGTERM/SIGINT (or --max-tasks); returns the exit code.
+// until SIGTERM/SIGINT (or --max-tasks); returns the exit code. `worker
+// health ...` runs the health check instead (health.h).
 int worker_command(const std::vector<std::string>& args);
 
 // A least-recently-used cache of at most `capacity` owned values. Not

@@ -32,6 +32,9 @@ struct DaemonOptions {
   // worker's key pair file (kvtune keygen); both or neither.
   std::string curve_server_key;
   std::string curve_keys;
+  // A status file rewritten every heartbeat for `kvtune worker health`
+  // (health.h); empty: none.
+  std::string health_file;
 };
 
 // The prefix of this worker's log lines.
@@ -56,6 +59,13 @@ inline std::string seconds_text(double seconds) {
 
 inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Wall-clock milliseconds since the Unix epoch (the status file's times).
+inline int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace kvtune::worker

@@ -86,6 +86,12 @@ std::string EvalRunner::busy_task_id() const {
   return running_ ? running_task_id_ : std::string();
 }
 
+std::pair<std::string, int64_t> EvalRunner::busy_task() const {
+  std::lock_guard lock(mutex_);
+  if (!running_) return {};
+  return {running_task_id_, running_since_ms_};
+}
+
 std::vector<std::string> EvalRunner::drop_queued() {
   std::lock_guard lock(mutex_);
   std::vector<std::string> dropped;
@@ -106,6 +112,7 @@ void EvalRunner::run() {
       jobs_.pop_front();
       running_ = true;
       running_task_id_ = job.task_id;
+      running_since_ms_ = wall_ms();
     }
     Reply reply = execute(job);
     {
@@ -113,6 +120,7 @@ void EvalRunner::run() {
       replies_.push_back(std::move(reply));
       running_ = false;
       running_task_id_.clear();
+      running_since_ms_ = 0;
     }
   }
 }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "daemon_common.h"
@@ -61,6 +62,9 @@ class EvalRunner {
 
   // The task id of the running job; empty when none runs.
   std::string busy_task_id() const;
+  // The running job's task id and when it started (wall_ms()); {"", 0}
+  // when none runs.
+  std::pair<std::string, int64_t> busy_task() const;
 
   // Drops jobs that have not started; returns their task ids.
   std::vector<std::string> drop_queued();
@@ -86,6 +90,7 @@ class EvalRunner {
   std::deque<Reply> replies_;
   bool running_ = false;
   std::string running_task_id_;
+  int64_t running_since_ms_ = 0;
   bool stop_ = false;
   ModelCache cache_;  // runner thread only, but for loaded_models()
 

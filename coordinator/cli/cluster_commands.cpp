@@ -1,5 +1,5 @@
 // The cluster's commands: `kvtune coordinator` (the server) and the API
-// clients `submit`, `jobs`, `status`, `cancel`, `workers`.
+// clients `submit`, `jobs`, `status`, `cancel`, `report`, `workers`.
 #include <signal.h>
 #include <unistd.h>
 
@@ -23,6 +23,7 @@
 #include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
+#include "report.h"
 
 namespace kvtune::cli {
 namespace {
@@ -201,11 +202,7 @@ int submit_command(const std::vector<std::string>& args) {
   const json created = client.call("POST", "/v1/jobs", spec.dump());
   const std::string id = created.value("id", "");
   if (!wait) {
-    if (client.json_output) {
-      std::cout << created.dump() << "\n";
-    } else {
-      std::cout << id << "\n";
-    }
+    std::cout << (client.json_output ? created.dump() : id) << "\n";
     return 0;
   }
   // Polls the summary (no results), then reads the whole job once.
@@ -244,15 +241,19 @@ int jobs_command(const std::vector<std::string>& args) {
 
 namespace {
 
-// The job id argument and client options of `status` and `cancel`; false
-// when --help was printed.
+// The job id argument and client options of `status`, `cancel` and
+// `report`; false when --help was printed.
 bool parse_job_command(const std::vector<std::string>& args, const char* usage,
-                       ClientOptions& client, std::string& id, bool* watch = nullptr) {
+                       ClientOptions& client, std::string& id, bool* watch = nullptr,
+                       std::string* out = nullptr) {
   po::options_description opts(usage);
   opts.add_options()("help,h", "show this help")("id", po::value(&id)->required(), "job id");
   if (watch != nullptr) {
     opts.add_options()("watch", po::bool_switch(watch),
                        "show the job's progress until it finishes, then its results");
+  }
+  if (out != nullptr) {
+    opts.add_options()("out", po::value(out), "report folder (default ./kvtune-report/JOB_ID)");
   }
   client.add_to(opts);
   po::positional_options_description positional;
@@ -268,9 +269,7 @@ int status_command(const std::vector<std::string>& args) {
   std::string id;
   bool watch = false;
   if (!parse_job_command(args, "kvtune status JOB_ID [options]", client, id, &watch)) return 0;
-  if (watch) {
-    watch_job(client, id);
-  }
+  if (watch) watch_job(client, id);
   const json job = client.call("GET", "/v1/jobs/" + id);
   if (client.json_output) {
     std::cout << job.dump() << "\n";
@@ -286,6 +285,17 @@ int cancel_command(const std::vector<std::string>& args) {
   if (!parse_job_command(args, "kvtune cancel JOB_ID [options]", client, id)) return 0;
   const json r = client.call("POST", "/v1/jobs/" + id + "/cancel");
   std::cout << (client.json_output ? r.dump() : id + " cancelled") << "\n";
+  return 0;
+}
+
+int report_command(const std::vector<std::string>& args) {
+  ClientOptions client;
+  std::string id, out;
+  if (!parse_job_command(args, "kvtune report JOB_ID [options]", client, id, {}, &out)) return 0;
+  const std::filesystem::path dir =
+      out.empty() ? report::default_dir(id) : std::filesystem::path(out);
+  report::write_report(client.call("GET", "/v1/jobs/" + id), dir);  // refuses unfinished jobs
+  std::cout << "report: " << (dir / "index.html").string() << "\n";
   return 0;
 }
 
@@ -358,12 +368,9 @@ int registry_command(const std::vector<std::string>& args) {
         client.api, "GET", "/v1/registry/" + id + "/best?" + query + "&format=" + format, {},
         client.token);
     if (r.status != 200) {
-      std::string message = r.body;
-      try {
-        message = json::parse(r.body).value("error", r.body);
-      } catch (const json::parse_error&) {
-      }
-      throw Error("HTTP " + std::to_string(r.status) + ": " + message);
+      const json body = json::parse(r.body, nullptr, false);  // discarded when not JSON
+      throw Error("HTTP " + std::to_string(r.status) + ": " +
+                  (body.is_object() ? body.value("error", r.body) : r.body));
     }
     std::cout << r.body;
     if (!r.body.empty() && r.body.back() != '\n') std::cout << "\n";

@@ -34,6 +34,9 @@ int submit_command(const std::vector<std::string>& args);
 int jobs_command(const std::vector<std::string>& args);
 int status_command(const std::vector<std::string>& args);
 int cancel_command(const std::vector<std::string>& args);
+// `kvtune report JOB_ID [--out DIR]`: a finished search's report folder
+// (coordinator/report.h), from the coordinator's API.
+int report_command(const std::vector<std::string>& args);
 int workers_command(const std::vector<std::string>& args);
 // `kvtune registry list | show ID | best ID --max-bits B [--format F]`.
 int registry_command(const std::vector<std::string>& args);

@@ -27,6 +27,7 @@ cluster:
   jobs        list the coordinator's jobs
   status      show a job's state, progress and results
   cancel      cancel a job
+  report      write a finished search's report folder: plots, tables, exports, index.html
   workers     list the connected workers
   registry    the frontiers of finished searches: list, show, best under a budget, export
   keygen      write a CURVE key pair (coordinator or worker, for off-host workers)
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     if (command == "jobs") return kvtune::cli::jobs_command(args);
     if (command == "status") return kvtune::cli::status_command(args);
     if (command == "cancel") return kvtune::cli::cancel_command(args);
+    if (command == "report") return kvtune::cli::report_command(args);
     if (command == "workers") return kvtune::cli::workers_command(args);
     if (command == "registry") return kvtune::cli::registry_command(args);
     if (command == "keygen") return kvtune::cli::keygen_command(args);

@@ -24,6 +24,7 @@
 #include "http.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
+#include "report.h"
 
 namespace kvtune::cli {
 namespace {
@@ -119,6 +120,21 @@ json free_run_spec(const std::string& text) {
   return {{"prompts", f.prompts}, {"prompt_tokens", f.prompt_tokens}, {"new_tokens", f.new_tokens}};
 }
 
+// The report folder of a finished search (--report DIR, else
+// ./kvtune-report/ID) and one line saying where it is; with --json on
+// stderr, so that stdout holds only the job's JSON.
+void write_run_report(const json& job, const std::string& id, const std::string& dir,
+                      bool json_output) {
+  if (!job.contains("frontier")) {
+    if (!dir.empty()) std::cerr << "kvtune run: no report: only a search has a frontier\n";
+    return;
+  }
+  const std::filesystem::path out =
+      dir.empty() ? report::default_dir(id) : std::filesystem::path(dir);
+  report::write_report(job, out);
+  (json_output ? std::cerr : std::cout) << "report: " << (out / "index.html").string() << "\n";
+}
+
 }  // namespace
 
 int run_command(const std::vector<std::string>& args) {
@@ -130,7 +146,8 @@ int run_command(const std::vector<std::string>& args) {
       prompt_tokens = 0;
   double max_bits = 16;
   int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
-  bool json_output = false, verbose = false;
+  bool json_output = false, verbose = false, no_report = false;
+  std::string report_dir;
   po::options_description opts(
       "kvtune run [options]: one job on this machine, with an embedded coordinator and store and "
       "local worker processes");
@@ -176,6 +193,9 @@ int run_command(const std::vector<std::string>& args) {
       "0: none)")("workers", po::value(&workers)->default_value(workers), "local worker processes")(
       "db", po::value(&db),
       "keep the store in this directory (run again to resume); default: a temporary one")(
+      "report", po::value(&report_dir),
+      "search: write the report folder (plots, tables, exports, index.html) here; default "
+      "./kvtune-report/JOB_ID")("no-report", po::bool_switch(&no_report), "write no report")(
       "json", po::bool_switch(&json_output), "print the job's JSON")(
       "verbose", po::bool_switch(&verbose), "show the coordinator's log");
   po::variables_map vm;
@@ -354,7 +374,9 @@ int run_command(const std::vector<std::string>& args) {
   } else {
     print_job(job);
   }
-  return job.value("state", "") == "done" ? 0 : 1;
+  const bool done = job.value("state", "") == "done";
+  if (done && !no_report) write_run_report(job, id, report_dir, json_output);
+  return done ? 0 : 1;
 }
 
 }  // namespace kvtune::cli

@@ -1,7 +1,8 @@
 // Keeps the deployment files (deploy/) true: every `kvtune <command> --option`
 // they run must be an option of that command's --help, the Kubernetes
-// manifests must parse, the systemd units must start something, and whatever
-// stops a worker must wait longer than the worker's --grace-seconds.
+// manifests must parse, the systemd units must start something, whatever
+// stops a worker must wait longer than the worker's --grace-seconds, and the
+// workers' probes must check the status file the worker writes.
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
@@ -29,7 +30,7 @@ const fs::path kDeployDir = fs::path(KVTUNE_SOURCE_DIR) / "deploy";
 // One `kvtune <command> ...` found in a file.
 struct Invocation {
   std::string where;              // file:line
-  std::string command;            // coordinator, worker, ...
+  std::string command;            // coordinator, worker, "worker health", ...
   std::vector<std::string> args;  // the words after the command
   double stop_wait = 0;           // Kubernetes: the pod's terminationGracePeriodSeconds
 };
@@ -62,6 +63,15 @@ std::optional<std::string> option_value(const std::vector<std::string>& args,
     if (args[i].starts_with("--" + name + "=")) return args[i].substr(name.size() + 3);
   }
   return std::nullopt;
+}
+
+// `kvtune worker health ...` is the health check, with options of its own.
+Invocation subcommand(Invocation call) {
+  if (call.command == "worker" && !call.args.empty() && call.args[0] == "health") {
+    call.command = "worker health";
+    call.args.erase(call.args.begin());
+  }
+  return call;
 }
 
 // Shell-like text (scripts, units, Dockerfiles, Markdown): every `kvtune
@@ -103,7 +113,7 @@ std::vector<Invocation> scan_text(const std::string& text, const std::string& na
             word.end());
         if (!word.empty()) call.args.push_back(word);
       }
-      found.push_back(std::move(call));
+      found.push_back(subcommand(std::move(call)));
     }
   }
   return found;
@@ -121,8 +131,30 @@ YAML::Node pod_spec(const YAML::Node& doc) {
   return child(child(child(doc, "spec"), "template"), "spec");
 }
 
+// The Kubernetes probes a container has.
+constexpr const char* kProbes[] = {"startupProbe", "readinessProbe", "livenessProbe"};
+
+// `kvtune COMMAND ...` in `argv` (its first word named kvtune), if any.
+std::optional<Invocation> kvtune_call(const std::vector<std::string>& argv) {
+  const auto kvtune = std::find_if(argv.begin(), argv.end(), [](const std::string& word) {
+    return fs::path(word).filename() == "kvtune";
+  });
+  if (kvtune == argv.end() || kvtune + 1 == argv.end()) return std::nullopt;
+  Invocation call;
+  call.command = *(kvtune + 1);
+  call.args.assign(kvtune + 2, argv.end());
+  return subcommand(std::move(call));
+}
+
+std::vector<std::string> words_of(const YAML::Node& sequence) {
+  std::vector<std::string> words;
+  for (const YAML::Node& word : sequence) words.push_back(word.as<std::string>());
+  return words;
+}
+
 // Kubernetes workloads: each container's command + args (no command: the
-// image's entrypoint, `kvtune`).
+// image's entrypoint, `kvtune`), and the command of each of its exec probes
+// (where: "... container NAME, livenessProbe)").
 std::vector<Invocation> scan_yaml(const fs::path& file) {
   std::vector<Invocation> found;
   int index = 0;
@@ -141,20 +173,22 @@ std::vector<Invocation> scan_yaml(const fs::path& file) {
         } else {
           argv.push_back("kvtune");
         }
-        for (const YAML::Node& word : child(container, "args")) {
-          argv.push_back(word.as<std::string>());
+        for (const std::string& word : words_of(child(container, "args"))) argv.push_back(word);
+        const std::string where = shown(file) + " (document " + std::to_string(index) +
+                                  ", container " + child(container, "name").as<std::string>("?");
+        if (std::optional<Invocation> call = kvtune_call(argv)) {
+          call->where = where + ")";
+          call->stop_wait = stop_wait;
+          found.push_back(std::move(*call));
         }
-        const auto kvtune = std::find_if(argv.begin(), argv.end(), [](const std::string& word) {
-          return fs::path(word).filename() == "kvtune";
-        });
-        if (kvtune == argv.end() || kvtune + 1 == argv.end()) continue;
-        Invocation call;
-        call.where = shown(file) + " (document " + std::to_string(index) + ", container " +
-                     child(container, "name").as<std::string>("?") + ")";
-        call.command = *(kvtune + 1);
-        call.args.assign(kvtune + 2, argv.end());
-        call.stop_wait = stop_wait;
-        found.push_back(std::move(call));
+        for (const char* probe : kProbes) {
+          const YAML::Node exec = child(child(container, probe), "exec");
+          if (std::optional<Invocation> call = kvtune_call(words_of(child(exec, "command")))) {
+            call->where = where + ", " + probe + ")";
+            call->stop_wait = stop_wait;
+            found.push_back(std::move(*call));
+          }
+        }
       }
     }
   }
@@ -302,6 +336,21 @@ TEST(DeployScanner, FindsCommandsAcrossLineContinuationsAndStopsAtTheirEnd) {
   EXPECT_TRUE(calls[2].args.empty());
 }
 
+TEST(DeployScanner, TellsTheHealthCheckFromTheWorker) {
+  const auto calls = scan_text(
+      "kvtune worker health --health-file /tmp/h.json --max-task-s 60\n"
+      "kvtune worker --health-file /tmp/h.json\n",
+      "t");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].command, "worker health");
+  EXPECT_EQ(option_names(calls[0].args), (std::vector<std::string>{"health-file", "max-task-s"}));
+  EXPECT_EQ(calls[1].command, "worker");
+  EXPECT_TRUE(problems(calls).empty());
+  const auto misspelled = problems(scan_text("kvtune worker health --max-task 60\n", "t"));
+  ASSERT_EQ(misspelled.size(), 1u);
+  EXPECT_NE(misspelled[0].find("--max-task"), std::string::npos) << misspelled[0];
+}
+
 TEST(DeployScanner, ReportsAMisspelledOptionAndAnUnknownCommand) {
   const auto misspelled = problems(scan_text("kvtune coordinator --db x --bnid tcp://*:1\n", "t"));
   ASSERT_EQ(misspelled.size(), 1u);
@@ -334,6 +383,7 @@ TEST(DeployFiles, EveryKvtuneOptionTheyUseIsInThatCommandsHelp) {
   const std::vector<std::pair<std::string, std::string>> expected = {
       {"deploy/kubernetes/coordinator.yaml (", "coordinator"},
       {"deploy/kubernetes/workers.yaml (", "worker"},
+      {"deploy/kubernetes/workers.yaml (", "worker health"},
       {"deploy/slurm/kvtune-workers.sbatch:", "worker"},
       {"deploy/systemd/kvtune-coordinator.service:", "coordinator"},
       {"deploy/systemd/kvtune-worker@.service:", "worker"},
@@ -383,6 +433,59 @@ TEST(DeployFiles, KubernetesManifestsParse) {
     }
   }
   EXPECT_GE(workloads, 2);
+}
+
+// The coordinator's --lease-seconds in coordinator.yaml, else its --help default.
+double coordinator_lease() {
+  for (const Invocation& call : scan_yaml(kDeployDir / "kubernetes" / "coordinator.yaml")) {
+    if (call.command != "coordinator") continue;
+    if (const auto value = option_value(call.args, "lease-seconds")) return std::stod(*value);
+  }
+  static const std::regex kDefault(R"(--lease-seconds arg \(=([0-9.]+)\))");
+  std::smatch m;
+  const std::string& text = help("coordinator").output;
+  if (!std::regex_search(text, m, kDefault)) {
+    ADD_FAILURE() << "no --lease-seconds default in `kvtune coordinator --help`:\n" << text;
+    return 0;
+  }
+  return std::stod(m[1].str());
+}
+
+TEST(DeployFiles, WorkerProbesCheckTheStatusFileTheWorkerWrites) {
+  const fs::path file = kDeployDir / "kubernetes" / "workers.yaml";
+  const std::vector<Invocation> calls = scan_yaml(file);
+  const auto worker = std::find_if(calls.begin(), calls.end(),
+                                   [](const Invocation& call) { return call.command == "worker"; });
+  ASSERT_NE(worker, calls.end()) << shown(file);
+  const std::optional<std::string> status_file = option_value(worker->args, "health-file");
+  ASSERT_TRUE(status_file.has_value()) << worker->where << ": no --health-file";
+  std::set<std::string> probes;
+  for (const Invocation& call : calls) {
+    const size_t comma = call.where.rfind(", ");
+    if (call.command != "worker health" || comma == std::string::npos) continue;
+    const std::string probe = call.where.substr(comma + 2, call.where.size() - comma - 3);
+    probes.insert(probe);
+    EXPECT_EQ(option_value(call.args, "health-file"), status_file)
+        << call.where << ": the probe reads another file than the worker writes";
+    // Liveness restarts a worker stuck in one task past the coordinator's
+    // lease, not before (the default --max-task-s is the default lease).
+    if (probe == "livenessProbe") {
+      const double max_task = std::stod(option_value(call.args, "max-task-s").value_or("600"));
+      EXPECT_EQ(max_task, coordinator_lease()) << call.where;
+    }
+  }
+  EXPECT_TRUE(probes.contains("readinessProbe")) << shown(file) << ": no readinessProbe";
+  EXPECT_TRUE(probes.contains("livenessProbe")) << shown(file) << ": no livenessProbe";
+  // Each probe's timeout leaves the check time to start (it loads LibTorch).
+  for (const YAML::Node& doc : YAML::LoadAllFromFile(file.string())) {
+    for (const YAML::Node& container : child(pod_spec(doc), "containers")) {
+      for (const char* probe : kProbes) {
+        const YAML::Node node = child(container, probe);
+        if (!node.IsDefined()) continue;
+        EXPECT_GE(child(node, "timeoutSeconds").as<int>(1), 5) << shown(file) << " " << probe;
+      }
+    }
+  }
 }
 
 TEST(DeployFiles, SystemdUnitsHaveExecStart) {
