@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 #include "exports.h"
 #include "kvtune/common/engine_target.h"
@@ -115,12 +116,12 @@ http::Response Api::post_job(const std::string& body) {
 
 namespace {
 
-// Where a registry entry's or job's configs deploy: the model as the job
-// named it and the source of its k/v scales.
-exports::DeployOptions deploy_options(const json& entry, const json& metrics) {
+// Where a config deploys: the model as the job named it, the source of its
+// k/v scales, and the scales its evaluation applied (`metrics`).
+exports::DeployOptions deploy_options(std::string model, KvScales kv_scales, const json& metrics) {
   exports::DeployOptions o;
-  o.model = entry.value("model_spec", entry.value("model", o.model));
-  o.kv_scales = parse_kv_scales(entry.value("kv_scales", "one"));
+  o.model = std::move(model);
+  o.kv_scales = kv_scales;
   if (metrics.contains("k_scales") && metrics.contains("v_scales")) {
     o.k_scales = metrics["k_scales"].get<std::vector<float>>();
     o.v_scales = metrics["v_scales"].get<std::vector<float>>();
@@ -182,7 +183,9 @@ http::Response Api::registry_request(const std::string& path, const std::string&
   if (!chosen)
     return error_response(404, "no frontier config of entry " + rest + " meets the budget");
   const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
-  const exports::DeployOptions deploy = deploy_options(entry, chosen->metrics);
+  const exports::DeployOptions deploy =
+      deploy_options(entry.value("model_spec", entry.value("model", std::string("MODEL"))),
+                     parse_kv_scales(entry.value("kv_scales", "one")), chosen->metrics);
   if (params.contains("format")) {
     try {
       return {200, exports::export_config(params["format"], layers, deploy), "text/plain"};
@@ -310,8 +313,6 @@ json Api::job_json(const Job& job, bool full) const {
       predicted_kl.emplace(format_layer_config(a.layers), a.error);
     }
     const EngineTarget* target = job.spec.engine_target();
-    const json job_deploy = {{"model_spec", job.spec.model},
-                             {"kv_scales", kv_scales_name(job.spec.scheme.kv_scales)}};
     for (const auto& f : job.search->frontier()) {
       const std::string layers = format_layer_config(f.layers);
       auto it = by_layers.find(layers);
@@ -321,8 +322,9 @@ json Api::job_json(const Job& job, bool full) const {
         entry["predicted_kl"] = p->second;
       }
       if (target != nullptr) {
-        entry["deploy"] =
-            deploy_json(*target, f.layers, deploy_options(job_deploy, entry["metrics"]));
+        entry["deploy"] = deploy_json(
+            *target, f.layers,
+            deploy_options(job.spec.model, job.spec.scheme.kv_scales, entry["metrics"]));
       }
       frontier.push_back(std::move(entry));
     }

@@ -530,9 +530,7 @@ std::string kv_scales_json(const std::vector<PrecisionPair>& layers, const Deplo
   nlohmann::ordered_json out = nlohmann::ordered_json::object();  // in layer order
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const KvFormat& f = layers[l].key;
-    if (f.kind != KvFormat::Kind::Engine || f.engine_dtype().scale != EngineDtype::Scale::Layer) {
-      continue;
-    }
+    if (!f.takes_layer_scale()) continue;
     if (l >= deploy.k_scales.size() || l >= deploy.v_scales.size() ||
         !(deploy.k_scales[l] > 0.0f && deploy.v_scales[l] > 0.0f)) {
       throw Error(where(l, layers[l], kFormat) + ": its evaluation reported no k/v scales");

@@ -2,7 +2,6 @@
 #include "calibration.h"
 
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +11,7 @@
 #include <string_view>
 
 #include "kvtune/common/error.h"
+#include "kvtune/common/sample_spec.h"
 #include "llama.h"
 #include "mapped_file.h"
 
@@ -159,43 +159,10 @@ CalibrationData load_jsonl(const std::string& path, const Model& model) {
   return data;
 }
 
-struct SampleSpec {
-  int64_t count = 0, length = 0;
-  uint64_t seed = 0;
-};
-
-template <typename T>
-T parse_part(const std::string& spec, std::string_view part, const char* name) {
-  T value{};
-  const auto [end, ec] = std::from_chars(part.data(), part.data() + part.size(), value);
-  if (part.empty() || ec != std::errc() || end != part.data() + part.size()) {
-    throw Error("calibration spec '" + spec + "': " + name + " = '" + std::string(part) +
-                "' is not a non-negative integer (expected sample:N:L:SEED)");
-  }
-  return value;
-}
-
-SampleSpec parse_sample_spec(const std::string& spec, const Model& model) {
-  std::vector<std::string_view> parts;
-  std::string_view rest(spec);
-  for (size_t colon; (colon = rest.find(':')) != std::string_view::npos;) {
-    parts.push_back(rest.substr(0, colon));
-    rest.remove_prefix(colon + 1);
-  }
-  parts.push_back(rest);
-  if (parts.size() != 4) {
-    throw Error("calibration spec '" + spec + "': expected sample:N:L:SEED, got " +
-                std::to_string(parts.size()) + " ':'-separated parts");
-  }
-  SampleSpec s;
-  s.count = parse_part<int64_t>(spec, parts[1], "N (sequences)");
-  s.length = parse_part<int64_t>(spec, parts[2], "L (tokens per sequence)");
-  s.seed = parse_part<uint64_t>(spec, parts[3], "SEED");
-  if (s.count < 1) {
-    throw Error("calibration spec '" + spec + "': N = " + std::to_string(s.count) +
-                " sequences; need at least 1");
-  }
-  if (s.length < 2 || s.length > model.config.max_seq_len) {
+// The spec's syntax (common), then L against the model's context.
+SampleSpec sample_spec_for(const std::string& spec, const Model& model) {
+  const SampleSpec s = *parse_sample_spec(spec);
+  if (s.length > model.config.max_seq_len) {
     throw Error("calibration spec '" + spec + "': L = " + std::to_string(s.length) +
                 " tokens is outside [2, " + std::to_string(model.config.max_seq_len) +
                 "] (2 up to the model's context)");
@@ -226,7 +193,7 @@ int64_t sample_token(const torch::Tensor& logits, std::mt19937_64& rng) {
 }
 
 CalibrationData sample_from_model(const std::string& spec, const Model& model) {
-  const SampleSpec s = parse_sample_spec(spec, model);
+  const SampleSpec s = sample_spec_for(spec, model);
   if (model.config.vocab_size <= kBos) {
     throw Error("calibration spec '" + spec + "': the model's vocabulary of " +
                 std::to_string(model.config.vocab_size) + " has no BOS token (id 1)");

@@ -47,8 +47,7 @@ void TensorQuantizer::check_engine_overflow(int64_t overflow, const torch::Tenso
 }
 
 float TensorQuantizer::layer_scale() const {
-  if (format_.kind != KvFormat::Kind::Engine) return 0.0f;
-  return format_.engine_dtype().scale == EngineDtype::Scale::Layer ? engine_spec_.scale : 0.0f;
+  return format_.takes_layer_scale() ? engine_spec_.scale : 0.0f;
 }
 
 kk::IntSpec TensorQuantizer::int_spec() const {

@@ -88,13 +88,8 @@ void fill_eval_result(const Metrics& m, const std::string& worker_id, double sec
 }
 
 // The engine dtypes' per-layer k/v scales of a configuration (what a
-// checkpoint must carry for kv_scales "calibrated"); left empty when no layer
-// has one.
+// checkpoint must carry for kv_scales "calibrated"); 0 for a layer without one.
 void set_layer_scales(const LayerQuantizers& quantizers, schema::EvalResult::Builder out) {
-  const bool any = std::any_of(quantizers.begin(), quantizers.end(), [](const auto& q) {
-    return q.first.layer_scale() > 0.0f || q.second.layer_scale() > 0.0f;
-  });
-  if (!any) return;
   auto k = out.initKScales(static_cast<unsigned>(quantizers.size()));
   auto v = out.initVScales(static_cast<unsigned>(quantizers.size()));
   for (unsigned l = 0; l < quantizers.size(); ++l) {
@@ -209,7 +204,10 @@ void ModelCache::evaluate(const EvalInputs& in, const std::string& worker_id,
       refresh_loaded_models();  // the evaluator's trail changed what it holds
     }
     fill_eval_result(metrics, worker_id, seconds_since(start), out);
-    set_layer_scales(entry->evaluator->quantizers(in.layers, in.scheme), out);
+    const bool layer_scales = std::any_of(in.layers.begin(), in.layers.end(), [](const auto& p) {
+      return p.key.takes_layer_scale() || p.value.takes_layer_scale();
+    });
+    if (layer_scales) set_layer_scales(entry->evaluator->quantizers(in.layers, in.scheme), out);
     if (run) {
       out.setFreeRunPrompts(static_cast<uint32_t>(run->prompts));
       out.setFreeRunAgreement(run->agreement);

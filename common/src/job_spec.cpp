@@ -8,6 +8,7 @@
 
 #include "kvtune/common/engine_target.h"
 #include "kvtune/common/int_list.h"
+#include "kvtune/common/sample_spec.h"
 #include "kvtune/common/utf8.h"
 
 namespace kvtune {
@@ -296,30 +297,30 @@ void read_validation(const json& spec, Reader& r, JobSpec& out) {
     }
   }
   // A sampled validation set's size is known here: the free run must fit it.
+  if (out.free_run.prompts == 0) return;
+  std::optional<SampleSpec> sample;
+  try {
+    sample = parse_sample_spec(out.validation_data);
+  } catch (const Error&) {
+    return;  // a malformed sample: spec is the worker's to name when it describes
+  }
+  if (!sample) return;
+  const int n = static_cast<int>(std::min<int64_t>(sample->count, 1 << 20));
+  const int len = static_cast<int>(std::min<int64_t>(sample->length, 1 << 20));
+  if (!spec.contains("free_run")) {
+    // The defaults shrink to a small validation sample; given sizes are checked.
+    out.free_run.prompts = std::min(out.free_run.prompts, n);
+    out.free_run.prompt_tokens = std::min(out.free_run.prompt_tokens, len / 2);
+  }
   const std::string& v = out.validation_data;
-  if (out.free_run.prompts > 0 && v.starts_with("sample:")) {
-    const std::size_t a = v.find(':'), b = v.find(':', a + 1), c = v.find(':', b + 1);
-    try {
-      const long n = std::stol(v.substr(a + 1, b - a - 1));
-      const long len = std::stol(v.substr(b + 1, c - b - 1));
-      if (!spec.contains("free_run") && n > 0 && len > 1) {
-        // The defaults shrink to a small validation sample; given sizes are checked.
-        out.free_run.prompts = static_cast<int>(std::min<long>(out.free_run.prompts, n));
-        out.free_run.prompt_tokens =
-            static_cast<int>(std::min<long>(out.free_run.prompt_tokens, len / 2));
-      }
-      if (out.free_run.prompts > n) {
-        r.fail("free_run.prompts", std::to_string(out.free_run.prompts) + " prompts but " + v +
-                                       " has " + std::to_string(n) + " sequences");
-      }
-      if (out.free_run.prompt_tokens > len) {
-        r.fail("free_run.prompt_tokens", std::to_string(out.free_run.prompt_tokens) +
-                                             " tokens but the sequences of " + v + " have " +
-                                             std::to_string(len));
-      }
-    } catch (const std::logic_error&) {
-      // a malformed sample: spec is the worker's to name when it describes
-    }
+  if (out.free_run.prompts > n) {
+    r.fail("free_run.prompts", std::to_string(out.free_run.prompts) + " prompts but " + v +
+                                   " has " + std::to_string(n) + " sequences");
+  }
+  if (out.free_run.prompt_tokens > len) {
+    r.fail("free_run.prompt_tokens", std::to_string(out.free_run.prompt_tokens) +
+                                         " tokens but the sequences of " + v + " have " +
+                                         std::to_string(len));
   }
 }
 
@@ -341,13 +342,13 @@ std::string to_string(JobSpec::Kind kind) {
 }
 
 std::string default_validation_data(const std::string& data) {
-  // sample:N:L:SEED -> sample:N:L:SEED+1
-  const std::size_t last = data.rfind(':');
-  if (data.starts_with("sample:") && std::count(data.begin(), data.end(), ':') == 3 &&
-      last + 1 < data.size() && last + 1 + 19 > data.size() &&
-      std::all_of(data.begin() + static_cast<std::ptrdiff_t>(last) + 1, data.end(),
-                  [](char c) { return c >= '0' && c <= '9'; })) {
-    return data.substr(0, last + 1) + std::to_string(std::stoull(data.substr(last + 1)) + 1);
+  try {
+    if (std::optional<SampleSpec> s = parse_sample_spec(data)) {
+      ++s->seed;  // the next seed: other sequences of the same shape
+      return s->str();
+    }
+  } catch (const Error&) {
+    // a malformed sample: spec is the worker's to name when it describes
   }
   return "sample:8:128:1";
 }

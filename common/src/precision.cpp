@@ -31,6 +31,10 @@ KvFormat KvFormat::of(const EngineDtype& dtype) {
   throw Error("unknown engine dtype " + quoted(dtype.name));
 }
 
+bool KvFormat::takes_layer_scale() const {
+  return kind == Kind::Engine && engine_dtype().scale == EngineDtype::Scale::Layer;
+}
+
 const EngineDtype& KvFormat::engine_dtype() const {
   const auto all = engine_dtypes();
   if (kind != Kind::Engine || engine < 0 || static_cast<size_t>(engine) >= all.size()) {

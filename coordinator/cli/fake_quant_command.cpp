@@ -117,7 +117,7 @@ int fake_quant_command(const std::vector<std::string>& args) {
   if (const std::string why = scheme.refusal(format); !why.empty()) throw Error(why);
   if (scale < 0) throw Error("--scale " + std::to_string(scale) + " must be positive");
   if (format.kind == KvFormat::Kind::Engine && vm.count("scale") > 0 && !vm["scale"].defaulted() &&
-      format.engine_dtype().scale != EngineDtype::Scale::Layer) {
+      !format.takes_layer_scale()) {
     throw Error("--scale: " + format.name() +
                 (format.engine_dtype().scale == EngineDtype::Scale::AlwaysOne
                      ? " always applies a scale of 1.0 (the checkpoint's is ignored)"

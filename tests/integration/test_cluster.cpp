@@ -943,7 +943,7 @@ TEST_F(Cluster, RunTargetVllmFindsDtypeAndSkipLayersWithTheServeCommand) {
       << best.output;
   const json answer = coordinator.get("/v1/registry/" + id + "/best?max_bits=12");
   EXPECT_EQ(answer["deploy"]["format"], "vllm");
-  EXPECT_EQ(answer["deploy"]["text"].get<std::string>() + "", best.output);
+  EXPECT_EQ(answer["deploy"]["text"].get<std::string>(), best.output);
 }
 
 TEST_F(Cluster, CalibratedScalesOfAVllmConfigComeBackAsCheckpointTensors) {

@@ -27,6 +27,8 @@ struct KvFormat {
 
   // Engine formats only: their dtype.
   const EngineDtype& engine_dtype() const;
+  // An engine dtype with one k_scale / v_scale per layer (EngineDtype::Scale::Layer).
+  bool takes_layer_scale() const;
 
   // "8", "fp8", "nvfp4", "16", "vllm:fp8" — the spelling used inside pair names.
   std::string name() const;
