@@ -209,7 +209,7 @@ http::Response Api::cancel_job(Job& job) {
 }
 
 json Api::progress_json(const Job& job) const {
-  std::size_t total = job.tasks.size();
+  std::size_t total = std::max(job.tasks.size(), job.planned);
   if (!job.model && job.spec.kind == JobSpec::Kind::Evaluate) total = job.spec.configs.size();
   if (job.search && active(job.state)) {
     total = std::max(total, static_cast<std::size_t>(job.search->options().max_evaluations));

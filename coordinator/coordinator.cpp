@@ -1,7 +1,8 @@
 // The public Coordinator and its event loop: each turn drains the worker
 // socket (hello, credit, heartbeat, result, failure, goodbye, described),
-// flushes the store batch, polls the HTTP API, expires silent workers,
-// dispatches leased tasks and sends heartbeats. What the messages mean for
+// flushes the store batch, polls the HTTP API, expands described jobs a
+// slice at a time, expires silent workers, dispatches leased tasks and sends
+// heartbeats. What the messages mean for
 // jobs is in jobs.cpp and search_driver.cpp; the routes are in api.cpp;
 // the store writes go through ledger.cpp. When the store cannot write, the
 // loop stops at once (nothing more is written, sent or answered) and run()
@@ -76,8 +77,9 @@ class Coordinator::Impl {
     auto next_heartbeat = Clock::now();
     while (!stop.load()) {
       // Everything that has arrived, then one synced write for all of it.
-      std::chrono::milliseconds wait =
-          ledger_.pending() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(2);
+      std::chrono::milliseconds wait = ledger_.pending() || jobs_.expanding()
+                                           ? std::chrono::milliseconds(0)
+                                           : std::chrono::milliseconds(2);
       // Up to a time slice of messages, so that the API is polled at least
       // every few slices however fast results arrive (its latency under load).
       const auto slice_end = Clock::now() + kSlice;
@@ -94,6 +96,7 @@ class Coordinator::Impl {
       if (!ledger_.flush()) return;
       io_.poll();
       if (!ledger_.flush()) return;  // a submit or cancel could not be stored
+      jobs_.expand_some(Clock::now() + kSlice);
       const auto now = Clock::now();
       expire(now);
       dispatch(now);

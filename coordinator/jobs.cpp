@@ -33,6 +33,7 @@ void fail_job(Job& job, const std::string& error, Scheduler& scheduler, Ledger& 
   job.state = JobState::FAILED;
   job.error = error;
   ledger.put_job(job);
+  release_requests(job);
   log("job " + job.id + " failed: " + error);
 }
 
@@ -59,7 +60,7 @@ void Jobs::resume() {
       TaskEntry entry;
       entry.config = text(t.getConfig());
       entry.eval_key = bytes(t.getEvalKey());
-      entry.request = serialize_request(t.getRequest());
+      if (active(job.state)) entry.request = serialize_request(t.getRequest());
       entry.layers = layers_name(t.getRequest());
       entry.state = t.getState();
       for (auto e : t.getErrors()) entry.errors.push_back(text(e));
@@ -83,6 +84,7 @@ void Jobs::resume() {
           stored.tasks.clear();
           stored.done = stored.failed = 0;
           search_.resume(stored, state, false);
+          release_requests(stored);
         }
       }
       continue;
@@ -99,6 +101,8 @@ void Jobs::resume() {
       continue;
     }
     requeued += queue_tasks(stored);
+    stored.planned = planned_tasks(stored);
+    if (stored.tasks.size() < stored.planned) expanding_.push_back(stored.id);
     maybe_finish(stored);
   }
   if (!ledger_.flush()) throw Error(ledger_.failure());
@@ -127,6 +131,7 @@ bool Jobs::cancel(Job& job) {
   scheduler_.cancel_job(job.id);
   job.state = JobState::CANCELLED;
   ledger_.put_job(job);
+  release_requests(job);
   if (!ledger_.flush()) return true;  // not stored: the coordinator stops
   log("job " + job.id + " cancelled");
   return true;
@@ -156,60 +161,98 @@ void Jobs::queue_describe(Job& job) {
   scheduler_.add(Scheduler::Task{job.id + "/describe", job.id, kDescribePrefix + job.id, ""});
 }
 
-// The evaluations of a described job, as (config name, layers) in order.
-std::vector<TaskEntry> Jobs::expand(const Job& job) {
-  const int n = static_cast<int>(job.model->layers);
-  std::vector<TaskEntry> entries;
-  if (job.spec.kind == JobSpec::Kind::Evaluate) {
-    for (std::size_t i = 0; i < job.spec.configs.size(); ++i) {
-      TaskEntry e;
-      e.config = job.spec.configs[i];
-      try {
-        e.layers = format_layer_config(parse_layer_config(e.config, n));
-      } catch (const Error& err) {
-        throw Error("configs[" + std::to_string(i) + "] '" + e.config + "': " + err.what());
-      }
-      entries.push_back(std::move(e));
-    }
-  } else {
-    for (int l = 0; l < n; ++l) {
-      for (const PrecisionPair& p : job.spec.candidates) {
-        std::vector<PrecisionPair> layers(static_cast<std::size_t>(n),
-                                          PrecisionPair{KvFormat::full(), KvFormat::full()});
-        layers[static_cast<std::size_t>(l)] = p;
-        TaskEntry e;
-        e.layers = format_layer_config(layers);
-        e.config = e.layers;
-        e.profile_layer = l;
-        e.pair = p.name();
-        entries.push_back(std::move(e));
-      }
-    }
-  }
-  for (TaskEntry& e : entries) address(job, parse_layer_config(e.layers, n), e);
-  return entries;
+std::size_t Jobs::planned_tasks(const Job& job) {
+  if (job.spec.kind == JobSpec::Kind::Evaluate) return job.spec.configs.size();
+  return job.model->layers * job.spec.candidates.size();
 }
 
-// Adds the job's unfinished tasks to the scheduler; a stored result
-// completes a task at once. Returns how many were queued.
+// Evaluation `i` of a described evaluate or profile job: its config name and
+// layers (profile: one layer at a candidate pair, the others KV16), addressed.
+TaskEntry Jobs::entry_at(const Job& job, std::size_t i) {
+  const int n = static_cast<int>(job.model->layers);
+  TaskEntry e;
+  std::vector<PrecisionPair> layers;
+  if (job.spec.kind == JobSpec::Kind::Evaluate) {
+    e.config = job.spec.configs[i];
+    try {
+      layers = parse_layer_config(e.config, n);
+    } catch (const Error& err) {
+      throw Error("configs[" + std::to_string(i) + "] '" + e.config + "': " + err.what());
+    }
+    e.layers = format_layer_config(layers);
+  } else {
+    const std::size_t pairs = job.spec.candidates.size();
+    const PrecisionPair& p = job.spec.candidates[i % pairs];
+    layers.assign(static_cast<std::size_t>(n), PrecisionPair{KvFormat::full(), KvFormat::full()});
+    layers[i / pairs] = p;
+    e.layers = format_layer_config(layers);
+    e.config = e.layers;
+    e.profile_layer = static_cast<int>(i / pairs);
+    e.pair = p.name();
+  }
+  address(job, layers, e);
+  return e;
+}
+
+bool Jobs::expand_some(Clock::time_point until) {
+  while (!expanding_.empty()) {
+    Job* job = find(expanding_.front());
+    if (job == nullptr || job->state != JobState::RUNNING) {
+      expanding_.pop_front();  // cancelled or failed while it expanded
+      continue;
+    }
+    try {
+      // Chunks of tasks between clock reads; each new task is stored (the
+      // stored tasks stay a prefix: a restart expands from the first missing
+      // one) and queued unless its result is stored already.
+      while (job->tasks.size() < job->planned) {
+        for (int k = 0; k < 64 && job->tasks.size() < job->planned; ++k) {
+          const std::size_t i = job->tasks.size();
+          job->tasks.push_back(entry_at(*job, i));
+          ledger_.put_task(*job, i);
+          queue_task(*job, i);
+        }
+        if (Clock::now() >= until) return true;
+      }
+    } catch (const Error& e) {
+      fail_job(*job, e.what(), scheduler_, ledger_);
+      expanding_.pop_front();
+      continue;
+    }
+    expanding_.pop_front();
+    log("job " + job->id + ": model " + job->model->name + " (" +
+        std::to_string(job->model->layers) + " layers), " + std::to_string(job->tasks.size()) +
+        " evaluations, " + std::to_string(job->cached) + " already stored");
+    maybe_finish(*job);
+  }
+  return false;
+}
+
+// Settles task `i` at once when it failed before or its result is stored,
+// else adds it to the scheduler. Returns whether it was queued.
+bool Jobs::queue_task(Job& job, std::size_t i) {
+  TaskEntry& t = job.tasks[i];
+  if (t.state == TaskState::FAILED) {
+    ++job.failed;
+    return false;
+  }
+  if (t.state == TaskState::DONE || ledger_.result_stored(t.eval_key)) {
+    t.state = TaskState::DONE;
+    ++job.done;
+    ++job.cached;
+    ++counters_.cache_hits;
+    return false;
+  }
+  scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
+  return true;
+}
+
+// Adds the job's unfinished tasks to the scheduler (queue_task). Returns how
+// many were queued.
 std::size_t Jobs::queue_tasks(Job& job) {
   std::size_t queued = 0;
-  job.done = job.failed = 0;
-  for (std::size_t i = 0; i < job.tasks.size(); ++i) {
-    TaskEntry& t = job.tasks[i];
-    if (t.state == TaskState::FAILED) {
-      ++job.failed;
-      continue;
-    }
-    if (t.state == TaskState::DONE || ledger_.result_stored(t.eval_key)) {
-      t.state = TaskState::DONE;
-      ++job.done;
-      ++counters_.cache_hits;
-      continue;
-    }
-    scheduler_.add(Scheduler::Task{job.id + "/" + task_number(i), job.id, t.eval_key, t.request});
-    ++queued;
-  }
+  job.done = job.failed = job.cached = 0;
+  for (std::size_t i = 0; i < job.tasks.size(); ++i) queued += queue_task(job, i) ? 1 : 0;
   return queued;
 }
 
@@ -226,24 +269,19 @@ void Jobs::described(Job& job, const ModelInfo& model) {
     search_.start(job);
     return;
   }
-  try {
-    job.tasks = expand(job);
-  } catch (const Error& e) {
-    fail_job(job, e.what(), scheduler_, ledger_);
-    return;
-  }
+  // Expanded in slices of the event loop (expand_some), so that a job of
+  // many evaluations does not hold up the API and the workers.
   job.state = JobState::RUNNING;
+  job.planned = planned_tasks(job);
   ledger_.put_job(job);
-  for (std::size_t i = 0; i < job.tasks.size(); ++i) ledger_.put_task(job, i);
-  const std::size_t queued = queue_tasks(job);
-  log("job " + job.id + ": model " + model.name + " (" + std::to_string(model.layers) +
-      " layers), " + std::to_string(job.tasks.size()) + " evaluations, " +
-      std::to_string(job.done) + " already stored, " + std::to_string(queued) + " queued");
-  maybe_finish(job);
+  expanding_.push_back(job.id);
 }
 
 void Jobs::maybe_finish(Job& job) {
-  if (job.state != JobState::RUNNING || job.done + job.failed < job.tasks.size()) return;
+  if (job.state != JobState::RUNNING || job.tasks.size() < job.planned ||
+      job.done + job.failed < job.tasks.size()) {
+    return;
+  }
   if (job.failed > 0) {
     job.state = JobState::FAILED;
     job.error = std::to_string(job.failed) + " of " + std::to_string(job.tasks.size()) +
@@ -252,6 +290,7 @@ void Jobs::maybe_finish(Job& job) {
     job.state = JobState::DONE;
   }
   ledger_.put_job(job);
+  release_requests(job);
   log("job " + job.id + " " + state_name(job.state) + " (" + std::to_string(job.done) + "/" +
       std::to_string(job.tasks.size()) + " evaluations)");
 }

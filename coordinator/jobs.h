@@ -6,6 +6,7 @@
 // through the Ledger; tasks are leased through the Scheduler.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <string>
 #include <utility>
@@ -53,6 +54,11 @@ class Jobs {
   // A worker described the model and data of the job whose describe key is
   // `describe_key`; ignored unless that job still waits for it.
   void described(const std::string& describe_key, schema::ModelInfo::Reader model);
+  // Expands described evaluate and profile jobs into their evaluations,
+  // stored and queued, until `until`; true when some job is still expanding.
+  bool expand_some(Clock::time_point until);
+  bool expanding() const { return !expanding_.empty(); }
+
   // Scheduler tasks completed by a result with this KL.
   void completed(const std::vector<Scheduler::Task>& tasks, double kl);
   // Scheduler tasks that failed for good.
@@ -60,7 +66,9 @@ class Jobs {
 
  private:
   void queue_describe(Job& job);
-  std::vector<TaskEntry> expand(const Job& job);
+  static std::size_t planned_tasks(const Job& job);
+  static TaskEntry entry_at(const Job& job, std::size_t i);
+  bool queue_task(Job& job, std::size_t i);
   std::size_t queue_tasks(Job& job);
   void described(Job& job, const ModelInfo& model);
   void maybe_finish(Job& job);
@@ -70,6 +78,7 @@ class Jobs {
   Counters& counters_;
   SearchDriver& search_;
   std::map<std::string, Job> jobs_;
+  std::deque<std::string> expanding_;  // described jobs not yet fully expanded, in order
 };
 
 }  // namespace kvtune::coord

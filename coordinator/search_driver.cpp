@@ -345,6 +345,7 @@ void SearchDriver::finish(Job& job) {
   }
   job.state = JobState::DONE;
   ledger_.put_job(job);
+  release_requests(job);
   record_frontier(job);
   log("job " + job.id + " done: search of " + std::to_string(job.search->evaluations()) +
       " evaluations, " + std::to_string(job.search->frontier().size()) + " frontier configs");

@@ -166,6 +166,10 @@ json ModelInfo::to_json() const {
   return out;
 }
 
+void release_requests(Job& job) {
+  for (TaskEntry& t : job.tasks) std::string().swap(t.request);
+}
+
 void address(const Job& job, const std::vector<PrecisionPair>& layers, TaskEntry& e,
              bool validation) {
   EvalInputs in;

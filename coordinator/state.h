@@ -106,6 +106,10 @@ struct Job {
   std::optional<ModelInfo> model;
   std::vector<TaskEntry> tasks;
   std::size_t done = 0, failed = 0;
+  std::size_t cached = 0;  // of done: results the store held when the task was queued
+  // Evaluate and profile jobs: their evaluations once expanded (the tasks
+  // grow to it in slices of the event loop).
+  std::size_t planned = 0;
   // Search jobs: the driver, and where its pending generation starts in tasks.
   std::optional<search::Search> search;
   std::size_t generation_begin = 0;
@@ -128,6 +132,10 @@ struct Counters {
   std::deque<Clock::time_point> recent_results;  // when results arrived (last minute)
   uint64_t evaluations_total = 0, dispatched = 0, cache_hits = 0, duplicate_results = 0;
 };
+
+// Frees the requests of a job that is no longer active: what its views show
+// stays, what ran its evaluations goes (memory follows the unfinished tasks).
+void release_requests(Job& job);
 
 // Fills the request and evaluation key of `e` for `layers` of the job's
 // (described) model: on its calibration data, or (`validation`, a search's)

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package kvtune needs. Idempotent: when all of them
 # are present it returns at once without touching apt.
+#
+#   bash scripts/install-deps.sh                  # what kvtune builds and runs with
+#   bash scripts/install-deps.sh --optional slurm browser
+#
+# Optional groups are for tests that start third-party programs: `slurm`
+# (slurm-wlm and munge, for the real Slurm test) and `browser` (Debian's
+# chromium, for the web page test). A group that cannot be installed is a
+# warning, not an error: its tests skip and say so.
 set -euo pipefail
 
 PACKAGES=(
@@ -15,21 +23,73 @@ PACKAGES=(
   libopenblas0-pthread
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
+optional_packages() {
+  case "$1" in
+    slurm) echo "slurm-wlm munge" ;;
+    browser) echo "chromium" ;;
+    *)
+      echo "install-deps: unknown optional group '$1' (groups: slurm, browser)" >&2
+      exit 2
+      ;;
+  esac
+}
+
+groups=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --optional)
+      shift
+      while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do
+        optional_packages "$1" > /dev/null
+        groups+=("$1")
+        shift
+      done
+      ;;
+    *)
+      echo "install-deps: unknown argument '$1' (usage: install-deps.sh [--optional GROUP...])" >&2
+      exit 2
+      ;;
+  esac
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
-fi
+missing_of() {
+  local p
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed"; then
+      echo "$p"
+    fi
+  done
+}
 
-echo "install-deps: installing ${missing[*]}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+updated=0
+apt_install() {
+  if [ "$updated" -eq 0 ]; then
+    $SUDO apt-get update -qq
+    updated=1
+  fi
+  $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
+mapfile -t missing < <(missing_of "${PACKAGES[@]}")
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+
+for g in "${groups[@]}"; do
+  # shellcheck disable=SC2046  # the group's package names, split on purpose
+  mapfile -t missing < <(missing_of $(optional_packages "$g"))
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: optional group $g present"
+  elif apt_install "${missing[@]}"; then
+    echo "install-deps: optional group $g installed (${missing[*]})"
+  else
+    echo "install-deps: WARNING: optional group $g (${missing[*]}) could not be installed;" \
+      "its tests will skip" >&2
+  fi
+done

@@ -3,7 +3,7 @@
 # and runs every test. CTest's summary is the last thing printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --optional slurm browser
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVTUNE_WERROR=ON
 cmake --build build -j"$(nproc)"
 # Twice as many tests as cores: the integration tests mostly wait on their
