@@ -12,6 +12,7 @@
 #include "kvtune/schemas/transport.h"
 #include "registry.h"
 #include "search_driver.h"
+#include "web.h"
 
 namespace kvtune::coord {
 namespace {
@@ -45,6 +46,10 @@ std::map<std::string, std::string> query_params(const std::string& query) {
 http::Response Api::handle(const http::Request& r) {
   const std::string& p = r.path;
   if (p == "/healthz") return json_response(200, {{"status", "ok"}});
+  if (const auto asset = web::web_asset(p)) {  // the web page: no token needed (http.cpp)
+    if (r.method != "GET" && r.method != "HEAD") return error_response(405, "use GET " + p);
+    return {200, std::string(asset->body), std::string(asset->content_type)};
+  }
   if (p == "/metrics") {
     if (r.method != "GET") return error_response(405, "use GET " + p);
     return {200, metrics_text(), "text/plain; version=0.0.4"};
@@ -65,13 +70,22 @@ http::Response Api::handle(const http::Request& r) {
   const std::string prefix = "/v1/jobs/";
   if (p.starts_with(prefix)) {
     std::string id = p.substr(prefix.size());
-    const bool cancel = id.ends_with("/cancel");
-    if (cancel) id.resize(id.size() - std::string("/cancel").size());
+    // /v1/jobs/{id}/cancel, or a view of the job for the web page (web.h).
+    std::string action;
+    if (const auto slash = id.find('/'); slash != std::string::npos) {
+      action = id.substr(slash + 1);
+      id.resize(slash);
+    }
     Job* job = jobs_.find(id);
     if (job == nullptr) return error_response(404, "no job '" + id + "'");
-    if (cancel) {
+    if (action == "cancel") {
       if (r.method != "POST") return error_response(405, "use POST " + p);
       return cancel_job(*job);
+    }
+    if (!action.empty()) {
+      if (r.method != "GET") return error_response(405, "use GET " + p);
+      if (auto view = web::job_view(action, job_json(*job, true))) return std::move(*view);
+      return error_response(404, "no such endpoint: " + r.method + " " + p);
     }
     if (r.method != "GET") return error_response(405, "use GET " + p);
     // ?view=summary: state and progress without the results, for pollers.

@@ -2,7 +2,8 @@
 // in JSON. GET /healthz, /metrics (Prometheus text), /v1/workers, /v1/jobs,
 // /v1/jobs/{id}, /v1/registry, /v1/registry/{id},
 // /v1/registry/{id}/best?max_bits=B&max_kl=E&format=F; POST /v1/jobs (a job
-// spec) and /v1/jobs/{id}/cancel. Reads the store for results and registry
+// spec) and /v1/jobs/{id}/cancel. The web page (web.h): GET / and its files,
+// and the job views /v1/jobs/{id}/pareto.svg, /sensitivity.svg, /exports. Reads the store for results and registry
 // entries; changes state only through Jobs (submit, cancel).
 #pragma once
 

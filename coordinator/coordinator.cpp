@@ -26,6 +26,7 @@
 #include "search_driver.h"
 #include "state.h"
 #include "store.h"
+#include "web.h"
 
 namespace kvtune {
 
@@ -72,8 +73,8 @@ class Coordinator::Impl {
 
  private:
   void serve(const std::atomic<bool>& stop) {
-    log("serving the API on http://" + api_address_ + " and workers on " + socket_.endpoint() +
-        " (database " + store_.path().string() + ")");
+    log("serving the API and the web page on http://" + api_address_ + "/ and workers on " +
+        socket_.endpoint() + " (database " + store_.path().string() + ")");
     auto next_heartbeat = Clock::now();
     while (!stop.load()) {
       // Everything that has arrived, then one synced write for all of it.
@@ -117,6 +118,7 @@ class Coordinator::Impl {
   static http::ServerOptions http_options(const CoordinatorOptions& options) {
     http::ServerOptions o;
     o.bearer_token = options.api_token;
+    o.public_paths = coord::web::asset_paths();  // the page loads, then asks for the token
     o.max_body_bytes = options.max_request_bytes;
     return o;
   }

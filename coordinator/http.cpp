@@ -80,6 +80,14 @@ bool bearer_matches(std::string_view header, const std::string& token) {
   return constant_time_equal(given, token);
 }
 
+// What every response allows a browser: nothing from elsewhere (the page's
+// own files, the API by fetch, inline SVG), no framing, no sniffing, no
+// caching (the page's files are small and must match the binary serving
+// them; the API's answers are live and may be secret).
+constexpr char kContentSecurityPolicy[] =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 const boost::system::error_category& beast_http_category() {
   static const auto& category = bhttp::make_error_code(bhttp::error::bad_target).category();
   return category;
@@ -225,6 +233,9 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string& token = options().bearer_token;
     if (token.empty()) return true;
     if (request.method() == bhttp::verb::get && path == "/healthz") return true;
+    const bool read = request.method() == bhttp::verb::get || request.method() == bhttp::verb::head;
+    const auto& open = options().public_paths;
+    if (read && std::find(open.begin(), open.end(), path) != open.end()) return true;
     const auto header = request[bhttp::field::authorization];
     return bearer_matches({header.data(), header.size()}, token);
   }
@@ -285,6 +296,10 @@ class Session : public std::enable_shared_from_this<Session> {
     response_->set(bhttp::field::server, "kvtune");
     response_->set(bhttp::field::content_type, content_type);
     if (authenticate) response_->set(bhttp::field::www_authenticate, "Bearer");
+    response_->set(bhttp::field::cache_control, "no-store");
+    response_->set("Content-Security-Policy", kContentSecurityPolicy);
+    response_->set("X-Content-Type-Options", "nosniff");
+    response_->set("Referrer-Policy", "no-referrer");
     response_->body() = std::move(body);
     response_->keep_alive(keep_alive);
     response_->content_length(response_->body().size());

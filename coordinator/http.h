@@ -5,10 +5,13 @@
 // threads of its own: the handler runs on whichever thread runs or polls that
 // io_context (the coordinator's single-threaded main loop calls
 // io_context.poll() between ZeroMQ polls). Connections are kept alive
-// (HTTP/1.1); every response carries Content-Type, Content-Length and
-// "Server: kvtune". The server never trusts its peers:
-//   - with a bearer token, every request except GET /healthz needs
-//     "Authorization: Bearer <token>" (compared in constant time), else 401;
+// (HTTP/1.1); every response carries Content-Type, Content-Length,
+// "Server: kvtune", Cache-Control: no-store and a Content-Security-Policy
+// that lets a browser load nothing from elsewhere. The server never trusts
+// its peers:
+//   - with a bearer token, every request except GET /healthz and GET/HEAD of
+//     the public_paths (static files) needs "Authorization: Bearer <token>"
+//     (compared in constant time), else 401;
 //   - a body over max_body_bytes is answered 413 and the connection closed;
 //   - malformed HTTP (garbage, a bad request line, headers over
 //     max_header_bytes, ...) is answered 400 where still possible and the
@@ -41,6 +44,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "kvtune/common/utf8.h"
 
@@ -76,6 +80,7 @@ using Handler = std::function<Response(const Request&)>;
 
 struct ServerOptions {
   std::string bearer_token;                 // empty: no authentication
+  std::vector<std::string> public_paths;    // GET/HEAD without the token (static files)
   std::size_t max_body_bytes = 1 << 20;     // larger bodies: 413
   std::size_t max_header_bytes = 16 << 10;  // larger request line + headers: 400
   std::chrono::seconds idle_timeout{30};    // a connection idle/slow this long is closed

@@ -348,6 +348,18 @@ bool pruned(const Grouping& g, int layer, const std::string& pair) {
 std::string no_profile_svg(const json& job) {
   const std::string strategy =
       job.value("search", json::object()).value("strategy", std::string("this"));
+  const std::string state = job.value("state", std::string("done"));
+  // Running (the live page): a profile may still come (strategy "this": not known yet).
+  if ((state == "queued" || state == "running") &&
+      (strategy == "this" || strategy == "kvtune" || strategy == "skip-layers")) {
+    const std::string id = job.value("id", std::string("?"));
+    return svg_open(640, 100, "layer sensitivity: no profile yet") +
+           text(20, 40, "No per-layer profile results for job " + id + " yet.",
+                " font-size=\"15\"") +
+           text(20, 68, "The heat map fills in as the profile's evaluations arrive.",
+                " fill=\"#555\"") +
+           "</svg>\n";
+  }
   std::string out = svg_open(640, 120, "layer sensitivity: no profile");
   out += text(20, 40, "No per-layer profile for job " + job.value("id", std::string("?")) + ".",
               " font-size=\"15\"");

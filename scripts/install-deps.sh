@@ -6,7 +6,7 @@
 #   bash scripts/install-deps.sh --optional slurm browser
 #
 # Optional groups are for tests that start third-party programs: `slurm`
-# (slurm-wlm and munge, for the real Slurm test) and `browser` (Debian's
+# (slurm-wlm, munge and jq, for the real Slurm test) and `browser` (Debian's
 # chromium, for the web page test). A group that cannot be installed is a
 # warning, not an error: its tests skip and say so.
 set -euo pipefail
@@ -25,7 +25,7 @@ PACKAGES=(
 
 optional_packages() {
   case "$1" in
-    slurm) echo "slurm-wlm munge" ;;
+    slurm) echo "slurm-wlm munge jq" ;;
     browser) echo "chromium" ;;
     *)
       echo "install-deps: unknown optional group '$1' (groups: slurm, browser)" >&2
