@@ -1,7 +1,8 @@
 // CPU throughput of the KV quantization kernels, on one core, as a ratio to a
 // memcpy of the same bytes measured in the same run (the machines are noisy,
 // so only ratios are comparable). Goal: per-token-asym 4-bit fake-quant of a
-// [4096, 8, 128] fp32 tensor at >= 0.25x memcpy.
+// [4096, 8, 128] fp32 tensor at >= 0.25x memcpy; likewise llama.cpp's q8_0,
+// q4_0 and iq4_nl without rotation.
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -139,6 +140,38 @@ void BM_EngineVllmNvfp4(benchmark::State& state) {
 void BM_EngineSglangFp4(benchmark::State& state) {
   engine_bench(state, kk::EngineArith::Fp4Pow2);
 }
+
+// llama.cpp's cache types; with llama.cpp's key rotation (Hadamard chunks of
+// 128 for head_dim 128) as a second figure for the quantized ones.
+void ggml_bench(benchmark::State& state, kk::EngineArith arith, int rotate_chunk) {
+  kk::cpu::set_num_threads(1);
+  kk::EngineSpec spec{arith, 1.0f};
+  spec.rotate_chunk = rotate_chunk;
+  std::vector<float> y(input().size());
+  for (auto _ : state) {
+    kk::cpu::fake_quant_engine(spec, kShape, kk::DType::F32, input().data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * input_bytes());
+}
+#define KVT_GGML_BENCH(name, arith)                             \
+  void BM_Llamacpp_##name(benchmark::State& state) {            \
+    ggml_bench(state, kk::EngineArith::arith, 0);               \
+  }                                                             \
+  void BM_Llamacpp_##name##_rot128(benchmark::State& state) {   \
+    ggml_bench(state, kk::EngineArith::arith, 128);             \
+  }                                                             \
+  BENCHMARK(BM_Llamacpp_##name)->Unit(benchmark::kMillisecond); \
+  BENCHMARK(BM_Llamacpp_##name##_rot128)->Unit(benchmark::kMillisecond);
+KVT_GGML_BENCH(q8_0, GgmlQ8_0)
+KVT_GGML_BENCH(q4_0, GgmlQ4_0)
+KVT_GGML_BENCH(q4_1, GgmlQ4_1)
+KVT_GGML_BENCH(q5_0, GgmlQ5_0)
+KVT_GGML_BENCH(q5_1, GgmlQ5_1)
+KVT_GGML_BENCH(iq4_nl, GgmlIq4Nl)
+KVT_GGML_BENCH(f16, GgmlF16)
+KVT_GGML_BENCH(bf16, GgmlBf16)
+#undef KVT_GGML_BENCH
 
 BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_EngineVllmFp8)->Unit(benchmark::kMillisecond);

@@ -131,11 +131,14 @@ http::Response Api::post_job(const std::string& body) {
 namespace {
 
 // Where a config deploys: the model as the job named it, the source of its
-// k/v scales, and the scales its evaluation applied (`metrics`).
-exports::DeployOptions deploy_options(std::string model, KvScales kv_scales, const json& metrics) {
+// k/v scales, the rotation of llama.cpp's types, and the scales its
+// evaluation applied (`metrics`).
+exports::DeployOptions deploy_options(std::string model, KvScales kv_scales, Rotation rotation,
+                                      const json& metrics) {
   exports::DeployOptions o;
   o.model = std::move(model);
   o.kv_scales = kv_scales;
+  o.rotation = rotation;
   if (metrics.contains("k_scales") && metrics.contains("v_scales")) {
     o.k_scales = metrics["k_scales"].get<std::vector<float>>();
     o.v_scales = metrics["v_scales"].get<std::vector<float>>();
@@ -199,7 +202,8 @@ http::Response Api::registry_request(const std::string& path, const std::string&
   const auto layers = parse_layer_config(chosen->layers, entry["layers"].get<int>());
   const exports::DeployOptions deploy =
       deploy_options(entry.value("model_spec", entry.value("model", std::string("MODEL"))),
-                     parse_kv_scales(entry.value("kv_scales", "one")), chosen->metrics);
+                     parse_kv_scales(entry.value("kv_scales", "one")),
+                     parse_rotation(entry.value("rotate", "auto")), chosen->metrics);
   if (params.contains("format")) {
     try {
       return {200, exports::export_config(params["format"], layers, deploy), "text/plain"};
@@ -336,15 +340,20 @@ json Api::job_json(const Job& job, bool full) const {
         entry["predicted_kl"] = p->second;
       }
       if (target != nullptr) {
-        entry["deploy"] = deploy_json(
-            *target, f.layers,
-            deploy_options(job.spec.model, job.spec.scheme.kv_scales, entry["metrics"]));
+        entry["deploy"] = deploy_json(*target, f.layers,
+                                      deploy_options(job.spec.model, job.spec.scheme.kv_scales,
+                                                     job.spec.scheme.rotation, entry["metrics"]));
       }
       frontier.push_back(std::move(entry));
     }
+    // Uniform configs; of a separate key/value type target (llama.cpp, a
+    // scan of every pair) only those whose keys and values share the type.
+    const bool diagonal =
+        target != nullptr && target->structure == EngineTarget::Structure::UniformKV;
     for (const auto& [layers, r] : by_layers) {
       const auto pairs = parse_layer_config(layers, static_cast<int>(job.model->layers));
-      if (std::all_of(pairs.begin(), pairs.end(), [&](const auto& p) { return p == pairs[0]; })) {
+      if (std::all_of(pairs.begin(), pairs.end(), [&](const auto& p) { return p == pairs[0]; }) &&
+          (!diagonal || pairs[0].key == pairs[0].value)) {
         baselines.push_back(r);
       }
     }

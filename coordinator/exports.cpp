@@ -9,6 +9,8 @@
 namespace kvtune::exports {
 namespace {
 
+constexpr const char* kLlamaCppArgs =
+    "https://github.com/ggml-org/llama.cpp/blob/master/common/arg.cpp";
 constexpr const char* kKvtunerSource = "https://github.com/cmd2001/KVTuner";
 constexpr const char* kTrtllmPr = "https://github.com/NVIDIA/TensorRT-LLM/pull/13695";
 constexpr const char* kTrtllmOldPr = "https://github.com/NVIDIA/TensorRT-LLM/pull/13345";
@@ -100,7 +102,8 @@ std::string fp8_nvfp4_name(size_t layer, const PrecisionPair& pair, const KvForm
 std::string_view engine_label(std::string_view engine) {
   if (engine == "vllm") return "vLLM";
   if (engine == "sglang") return "SGLang";
-  return "TensorRT-LLM";
+  if (engine == "trtllm") return "TensorRT-LLM";
+  return engine;
 }
 
 // "vllm:fp8, vllm:fp8_e5m2, ...": the engine's dtypes, for refusals.
@@ -172,22 +175,6 @@ EngineConfig engine_config(const std::vector<PrecisionPair>& layers, const char*
 
 // The model as one shell word: quoted when it holds anything but
 // [A-Za-z0-9_./:@+=,%-]; control characters are refused.
-std::string shell_word(const std::string& model) {
-  if (model.empty()) throw Error("deploy options: the model is empty");
-  bool plain = true;
-  for (const char c : model) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f)
-      throw Error("deploy options: the model name has a control character");
-    const bool safe = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      std::string_view("_./:@+=,%-").find(c) != std::string_view::npos;
-    plain = plain && safe;
-  }
-  if (plain) return model;
-  std::string out = "'";
-  for (const char c : model) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
 
 std::string availability_note(const EngineDtype& d) {
   if (d.availability.empty()) return "";
@@ -233,6 +220,23 @@ ModeloptKv modelopt_kv(const std::vector<PrecisionPair>& layers, const char* for
 
 }  // namespace
 
+std::string shell_word(const std::string& model) {
+  if (model.empty()) throw Error("deploy options: the model is empty");
+  bool plain = true;
+  for (const char c : model) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f)
+      throw Error("deploy options: the model name has a control character");
+    const bool safe = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      std::string_view("_./:@+=,%-").find(c) != std::string_view::npos;
+    plain = plain && safe;
+  }
+  if (plain) return model;
+  std::string out = "'";
+  for (const char c : model) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 std::vector<FormatInfo> describe_formats() {
   return {
       {"vllm",
@@ -255,6 +259,13 @@ std::vector<FormatInfo> describe_formats() {
        "Released: one KV dtype per model (auto, fp8 or nvfp4); nvfp4 needs a ModelOpt "
        "checkpoint.",
        {kTrtllmServe, kTrtllmDocs}},
+      {"llama.cpp",
+       "llama.cpp (llama-server / llama-cli -ctk, -ctv, -fa)",
+       "llama-server -m MODEL.gguf -ctk q8_0 -ctv q4_0 -fa on",
+       "one llama.cpp:* key type and one value type for every layer",
+       "Released: one K and one V cache type per model; the Hadamard rotation (PR #21038) is "
+       "on by default for quantized types when head_dim % 64 == 0.",
+       {kLlamaCppArgs}},
       {"kvtuner",
        "KVTuner (per-layer presets; kvtune imports it too)",
        "0:\n  nbits_key: 8\n  nbits_value: 4\n",
@@ -554,6 +565,7 @@ std::string export_config(std::string_view format_id, const std::vector<Precisio
   if (format_id == "vllm") return vllm_command(layers, deploy);
   if (format_id == "sglang-launch") return sglang_command(layers, deploy);
   if (format_id == "trtllm-serve") return trtllm_serve(layers, deploy);
+  if (format_id == "llama.cpp") return llama_cpp_command(layers, deploy);
   if (format_id == "kvtuner") return kvtuner_yaml(layers);
   if (format_id == "trtllm") return trtllm_ranges(layers);
   if (format_id == "sglang") return sglang_yaml(layers);

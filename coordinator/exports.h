@@ -8,6 +8,7 @@
 //                  (skip layers: vllm-project/vllm PR #33695, merged).
 // - sglang-launch: `python -m sglang.launch_server --model-path M --kv-cache-dtype D`.
 // - trtllm-serve:  `kv_cache_config: {dtype: D}` in trtllm-serve's options YAML.
+// - llama.cpp:     `llama-server -m M.gguf -ctk K -ctv V [-fa on]` (exports_llama.cpp).
 // Per-layer formats (open or closed pull requests, not released):
 // - trtllm:          KvCacheConfig.dtype ranges "0-3:fp8,4-35:nvfp4" (TensorRT-LLM PR
 //                    #13695, open when written; #13345 closed).
@@ -32,6 +33,7 @@
 
 #include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/precision.h"
+#include "kvtune/common/scheme.h"
 
 namespace kvtune::exports {
 
@@ -46,7 +48,7 @@ struct FormatInfo {
 };
 
 // The formats below: the released engines' (vllm, sglang-launch,
-// trtllm-serve) first, then kvtuner, trtllm, sglang, hf_quant_config,
+// trtllm-serve, llama.cpp) first, then kvtuner, trtllm, sglang, hf_quant_config,
 // hf_config_json.
 std::vector<FormatInfo> describe_formats();
 // describe_formats() as a human-readable table (one block per format).
@@ -56,6 +58,7 @@ std::string describe_formats_text();
 struct DeployOptions {
   std::string model = "MODEL";         // the model path or name, written into the command
   KvScales kv_scales = KvScales::One;  // where the job's per-layer k/v scales came from
+  Rotation rotation = Rotation::Auto;  // llama.cpp's Hadamard rotation as evaluated
   // The per-layer k_scale / v_scale the evaluation applied (a result's
   // "k_scales" / "v_scales"; 0 for a layer without one): for kv_scales_json.
   std::vector<float> k_scales, v_scales;
@@ -100,6 +103,22 @@ std::string sglang_command(const std::vector<PrecisionPair>& layers,
 // https://github.com/NVIDIA/TensorRT-LLM/blob/main/tensorrt_llm/commands/serve.py
 std::string trtllm_serve(const std::vector<PrecisionPair>& layers,
                          const DeployOptions& deploy = {});
+
+// llama.cpp's flags, one -ctk and one -ctv type for every layer (every layer
+// one pair of `llama.cpp:*` types; refuses anything else, naming the layer):
+//   # MODEL.gguf: ... converted to GGUF (llama.cpp's convert_hf_to_gguf.py).
+//   llama-server -m MODEL.gguf -ctk q8_0 -ctv q4_0 -fa on
+//   llama-cli -m MODEL.gguf -ctk q8_0 -ctv q4_0 -fa on
+// `-fa on` when V is quantized (llama.cpp refuses a quantized V cache without
+// flash attention). Rotation Off prefixes LLAMA_ATTN_ROT_DISABLE=1; On adds a
+// note that llama.cpp rotates only when head_dim % 64 == 0 (PR #21038).
+// Sources: llama.cpp common/arg.cpp (-ctk, -ctv, -fa), ../shared/ENGINES.md.
+std::string llama_cpp_command(const std::vector<PrecisionPair>& layers,
+                              const DeployOptions& deploy = {});
+
+// `model` as one shell word (single-quoted when it needs it); throws
+// kvtune::Error on an empty name or a control character.
+std::string shell_word(const std::string& model);
 
 // KVTuner's YAML: `0:\n  nbits_key: 8\n  nbits_value: 4\n...` (wraps
 // kvtune::to_kvtuner_yaml). KVTuner has no unquantized layer (`nbits_key: 16`

@@ -156,8 +156,7 @@ std::string axes_svg(const Frame& f) {
   return out;
 }
 
-// The uniform baselines: squares with their pair's name beside them, moved
-// down where two labels would overlap (K8V4 and K4V8 share their bits).
+// The uniform baselines: squares named beside them, moved down off each other.
 std::string baselines_svg(const Frame& f, const std::vector<Point>& baselines) {
   struct Label {
     double x, y, width;
@@ -177,11 +176,12 @@ std::string baselines_svg(const Frame& f, const std::vector<Point>& baselines) {
     const double width = 6.6 * static_cast<double>(p.name.size());
     Label l{x + 8, y + 4, width, x + 8 + width > f.right()};
     if (l.left) l.x = x - 8;
+    // Down past the labels it overlaps (11.99: o.y + 12 - o.y may round below 12).
     for (bool moved = true; moved;) {
       moved = false;
       for (const Label& o : placed) {
         const double lo = l.left ? l.x - l.width : l.x, olo = o.left ? o.x - o.width : o.x;
-        if (lo < olo + o.width && olo < lo + l.width && std::abs(l.y - o.y) < 12) {
+        if (lo < olo + o.width && olo < lo + l.width && std::abs(l.y - o.y) < 11.99) {
           l.y = o.y + 12;
           moved = true;
         }

@@ -29,8 +29,9 @@ search::Search::Options search_options(const JobSpec& spec) {
   using Structure = EngineTarget::Structure;
   const std::optional<search::Strategy> fixed =
       target->structure == Structure::SkipLayers ? std::optional(search::Strategy::kSkipLayers)
-      : target->structure == Structure::Uniform  ? std::optional(search::Strategy::kScan)
-                                                 : std::nullopt;
+      : target->structure == Structure::Uniform || target->structure == Structure::UniformKV
+          ? std::optional(search::Strategy::kScan)
+          : std::nullopt;
   if (fixed) {
     if (spec.search.contains("strategy") && o.strategy != *fixed) {
       throw Error("search: strategy " + std::string(search::strategy_name(o.strategy)) +
@@ -46,8 +47,9 @@ search::Search::Options search_options(const JobSpec& spec) {
 std::vector<PrecisionPair> baseline_pairs(const Job& job) {
   std::vector<PrecisionPair> out;
   if (const EngineTarget* target = job.spec.engine_target()) {
+    // One dtype for keys and values: a separate-types target's diagonal.
     for (const PrecisionPair& p : target->candidates()) {
-      if (p.key.kind != KvFormat::Kind::Full &&
+      if (p.key.kind != KvFormat::Kind::Full && p.key == p.value &&
           shape_refusal(p, job.model->kv_heads, job.model->head_dim).empty()) {
         out.push_back(p);
       }
@@ -400,6 +402,7 @@ void SearchDriver::record_frontier(const Job& job) {
     entry["released"] = target->needs.empty();
     if (!target->needs.empty()) entry["needs"] = target->needs;
     entry["kv_scales"] = kv_scales_name(job.spec.scheme.kv_scales);
+    entry["rotate"] = rotation_name(job.spec.scheme.rotation);
   }
   std::vector<registry::Config> before;
   if (auto old = ledger_.store().get_raw(Store::Area::Registry, key)) {

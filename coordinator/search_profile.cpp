@@ -18,8 +18,10 @@ namespace {
 
 using detail::kInf;
 
+// A pair's key + value bits in half bits: an integer for every format
+// (llama.cpp's block types count 4.5, 5.5 and 8.5 bits).
 int pair_cost(const PrecisionPair& pair) {
-  return pair.key.bits + pair.value.bits;
+  return static_cast<int>(std::lround(2.0 * (pair.key.budget_bits() + pair.value.budget_bits())));
 }
 
 void check_profile(const std::vector<PrecisionPair>& candidates, const Profile& profile) {
@@ -215,7 +217,7 @@ std::vector<Assignment> additive_frontier(const std::vector<PrecisionPair>& cand
       a.choice[g] = c;
       rest -= static_cast<std::size_t>(cost[g][static_cast<std::size_t>(c)]);
     }
-    a.predicted = {static_cast<double>(t) / (2.0 * static_cast<double>(num_layers)), best[t]};
+    a.predicted = {static_cast<double>(t) / (4.0 * static_cast<double>(num_layers)), best[t]};
     frontier.push_back(std::move(a));
   }
   return frontier;

@@ -52,6 +52,14 @@ struct Scheme {
   kvtuner @4 :Bool;
   # Where engine dtypes' per-layer scales come from (engine_dtype.h KvScales).
   kvScales @5 :KvScales;
+  # llama.cpp's Hadamard rotation around its cache types (scheme.h Rotation).
+  rotation @6 :Rotation;
+}
+
+enum Rotation {
+  auto @0;
+  on @1;
+  off @2;
 }
 
 enum KvScales {

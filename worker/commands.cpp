@@ -23,7 +23,8 @@ namespace po = boost::program_options;
 
 namespace {
 
-constexpr const char* kModelHelp = "llama2.c .bin, Hugging Face directory, or builtin:demo";
+constexpr const char* kModelHelp =
+    "llama2.c .bin, Hugging Face directory, or builtin:demo (builtin:demo-hd64: head_dim 64)";
 constexpr const char* kSyntheticNote =
     "note: builtin:demo is a synthetic, generated model (not a trained LM)";
 
@@ -36,6 +37,7 @@ struct QuantOptions {
   static constexpr int kUnset = -1000;
   std::string zero_point = "int";
   std::string kv_scales = "one";
+  std::string rotate = "auto";
   std::vector<std::string> configs;
   std::string config_file;
 
@@ -44,7 +46,7 @@ struct QuantOptions {
         "target", po::value(&target)->default_value(target),
         "kvtune (its idealized caches), kvtuner (KVTuner's own cache, re-quantized at each "
         "flush, bf16 arithmetic), or an engine: vllm, sglang, trtllm, vllm-per-layer-pr, "
-        "trtllm-per-layer-pr (its dtypes, structure and read rule)")(
+        "trtllm-per-layer-pr, llama.cpp (its dtypes, structure and read rule)")(
         "scheme", po::value(&scheme)->default_value(scheme),
         "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
         "group-size", po::value(&group_size),
@@ -57,6 +59,9 @@ struct QuantOptions {
         "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
         "engine dtypes' per-layer k/v scales: one, calculated (vLLM --calculate-kv-scales) or "
         "calibrated (a calibrated checkpoint: amax / 448, nvfp4 amax / 2688)")(
+        "rotate", po::value(&rotate)->default_value(rotate),
+        "llama.cpp types: the Hadamard rotation, auto (llama.cpp's rule: quantized types, "
+        "head_dim % 64 == 0), on or off (LLAMA_ATTN_ROT_DISABLE=1)")(
         "config", po::value(&configs)->composing(),
         "one pair for all layers, or one per layer: K8V4,KV4,... (repeatable: each is evaluated)")(
         "config-file", po::value(&config_file), "KVTuner YAML or JSON layer config");
@@ -72,6 +77,7 @@ struct QuantOptions {
     Scheme s = Scheme::from_options(engine != nullptr ? "kvtune" : target, scheme,
                                     given(group_size), given(residual), zero_point);
     s.kv_scales = parse_kv_scales(kv_scales);
+    s.rotation = parse_rotation(rotate);
     return s;
   }
   // The read rule: --read, else an engine target's own.

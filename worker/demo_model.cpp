@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "llama.h"
 
@@ -17,14 +19,26 @@ namespace kvtune::worker {
 namespace {
 
 constexpr int64_t kLayers = 6;
-constexpr int64_t kDim = 128;
-constexpr int64_t kHeads = 8;
-constexpr int64_t kKvHeads = 4;
-constexpr int64_t kHeadDim = kDim / kHeads;
-constexpr int64_t kHidden = 344;
 constexpr int64_t kVocab = 512;
 constexpr int64_t kMaxSeqLen = 512;
 constexpr uint64_t kSeed = 0x6b7674756e65ULL;  // "kvtune"
+
+// The demo models' shapes: builtin:demo (head_dim 16) and builtin:demo-hd64,
+// the same recipe at head_dim 64, where llama.cpp's Hadamard rotation applies.
+struct DemoShape {
+  std::string_view name;
+  int64_t dim, heads, kv_heads, hidden;
+  int64_t head_dim() const { return dim / heads; }
+};
+constexpr std::array<DemoShape, 2> kShapes = {DemoShape{"builtin:demo", 128, 8, 4, 344},
+                                              DemoShape{"builtin:demo-hd64", 256, 4, 2, 688}};
+
+const DemoShape& shape_of(std::string_view name) {
+  for (const DemoShape& d : kShapes) {
+    if (d.name == name) return d;
+  }
+  throw std::invalid_argument(std::string(name) + " is not a built-in model");
+}
 
 // Per-layer character, earliest layer first. Tables rather than formulas so
 // that no transcendental function (whose last bit may differ between libm
@@ -106,50 +120,51 @@ torch::Tensor projection(int64_t layer, int kind, int64_t out, int64_t in, doubl
 // Scales the outlier channels of every key head by `outlier` and the matching
 // query channels by 1/outlier: the scores keep their spread, but the cached
 // keys carry outliers that quantization has to cope with.
-void add_key_outliers(LayerWeights& w, double outlier) {
-  const int64_t group = kHeads / kKvHeads;
-  for (int64_t kv = 0; kv < kKvHeads; ++kv) {
-    for (int64_t c = kHeadDim - kOutlierChannels; c < kHeadDim; ++c) {
-      w.wk[kv * kHeadDim + c].mul_(outlier);
+void add_key_outliers(const DemoShape& d, LayerWeights& w, double outlier) {
+  const int64_t group = d.heads / d.kv_heads, hd = d.head_dim();
+  for (int64_t kv = 0; kv < d.kv_heads; ++kv) {
+    for (int64_t c = hd - kOutlierChannels; c < hd; ++c) {
+      w.wk[kv * hd + c].mul_(outlier);
       for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-        w.wq[h * kHeadDim + c].div_(outlier);
+        w.wq[h * hd + c].div_(outlier);
       }
     }
   }
 }
 
-LayerWeights make_layer(int64_t l) {
+LayerWeights make_layer(const DemoShape& d, int64_t l) {
   const auto i = static_cast<size_t>(l);
   // Score std = gain_q * gain_k for independent q and k entries (q.k summed
   // over head_dim channels, divided by sqrt(head_dim)).
   const double qk_gain = std::sqrt(kScoreStd[i]);
   LayerWeights w;
-  w.attn_norm = constant(kDim, 1.0);
-  w.ffn_norm = constant(kDim, 1.0);
-  w.wq = projection(l, 0, kHeads * kHeadDim, kDim, qk_gain);
-  w.wk = projection(l, 1, kKvHeads * kHeadDim, kDim, qk_gain);
-  w.wv = projection(l, 2, kKvHeads * kHeadDim, kDim, 1.0);
-  w.wo = projection(l, 3, kDim, kHeads * kHeadDim, 1.0);
-  w.w1 = projection(l, 4, kHidden, kDim, 1.0);
-  w.w3 = projection(l, 5, kHidden, kDim, 1.0);
-  w.w2 = projection(l, 6, kDim, kHidden, kFeedForwardGain);
-  add_key_outliers(w, kKeyOutlier[i]);
+  const int64_t hd = d.head_dim();
+  w.attn_norm = constant(d.dim, 1.0);
+  w.ffn_norm = constant(d.dim, 1.0);
+  w.wq = projection(l, 0, d.heads * hd, d.dim, qk_gain);
+  w.wk = projection(l, 1, d.kv_heads * hd, d.dim, qk_gain);
+  w.wv = projection(l, 2, d.kv_heads * hd, d.dim, 1.0);
+  w.wo = projection(l, 3, d.dim, d.heads * hd, 1.0);
+  w.w1 = projection(l, 4, d.hidden, d.dim, 1.0);
+  w.w3 = projection(l, 5, d.hidden, d.dim, 1.0);
+  w.w2 = projection(l, 6, d.dim, d.hidden, kFeedForwardGain);
+  add_key_outliers(d, w, kKeyOutlier[i]);
   return w;
 }
 
-ModelConfig demo_config() {
+ModelConfig demo_config(const DemoShape& d) {
   ModelConfig c;
   c.architecture = "LlamaForCausalLM";
-  c.name = "builtin:demo";
+  c.name = std::string(d.name);
   c.synthetic = true;
-  c.dim = kDim;
-  c.hidden_dim = kHidden;
+  c.dim = d.dim;
+  c.hidden_dim = d.hidden;
   c.n_layers = kLayers;
-  c.n_heads = kHeads;
-  c.n_kv_heads = kKvHeads;
+  c.n_heads = d.heads;
+  c.n_kv_heads = d.kv_heads;
   c.vocab_size = kVocab;
   c.max_seq_len = kMaxSeqLen;
-  c.head_dim = kHeadDim;
+  c.head_dim = d.head_dim();
   c.rope_style = RopeStyle::Interleaved;
   c.tied_embeddings = true;
   return c;
@@ -160,11 +175,19 @@ ModelConfig demo_config() {
 // Everything the weights depend on; model_fingerprint("builtin:demo") hashes
 // it, so a change to the generator must change this text (bump the version
 // when changing code rather than a constant).
-std::string demo_model_recipe() {
+bool is_demo_model(std::string_view spec) {
+  for (const DemoShape& d : kShapes) {
+    if (d.name == spec) return true;
+  }
+  return false;
+}
+
+std::string demo_model_recipe(std::string_view spec) {
+  const DemoShape& d = shape_of(spec);
   std::ostringstream s;
   s.precision(17);
-  s << "kvtune-demo-v1 seed=" << kSeed << " layers=" << kLayers << " dim=" << kDim
-    << " heads=" << kHeads << " kv_heads=" << kKvHeads << " hidden=" << kHidden
+  s << "kvtune-demo-v1 seed=" << kSeed << " layers=" << kLayers << " dim=" << d.dim
+    << " heads=" << d.heads << " kv_heads=" << d.kv_heads << " hidden=" << d.hidden
     << " vocab=" << kVocab << " max_seq_len=" << kMaxSeqLen << " rope=interleaved"
     << " embedding_std=" << kEmbeddingStd << " final_norm=" << kFinalNormGain
     << " ffn_gain=" << kFeedForwardGain << " outlier_channels=" << kOutlierChannels;
@@ -174,12 +197,13 @@ std::string demo_model_recipe() {
   return s.str();
 }
 
-Model make_demo_model() {
+Model make_demo_model(std::string_view spec) {
+  const DemoShape& d = shape_of(spec);
   Model m;
-  m.config = demo_config();
-  m.embedding = normal_tensor(0, kVocab, kDim, kEmbeddingStd);
-  for (int64_t l = 0; l < kLayers; ++l) m.layers.push_back(make_layer(l));
-  m.final_norm = constant(kDim, kFinalNormGain);
+  m.config = demo_config(d);
+  m.embedding = normal_tensor(0, kVocab, d.dim, kEmbeddingStd);
+  for (int64_t l = 0; l < kLayers; ++l) m.layers.push_back(make_layer(d, l));
+  m.final_norm = constant(d.dim, kFinalNormGain);
   m.classifier = m.embedding;
   return m;
 }

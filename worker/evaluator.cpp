@@ -25,7 +25,7 @@ TensorQuantizer::TensorQuantizer(KvFormat format, kk::Role role, const Scheme& s
     layer_amax = std::max(layer_amax, a);
   }
   if (format.kind == KvFormat::Kind::Engine) {
-    engine_spec_ = scheme.engine_spec(format, role, layer_amax);
+    engine_spec_ = scheme.engine_spec(format, role, layer_amax, 0);  // rotation: engine_spec()
   }
 }
 
@@ -44,6 +44,12 @@ void TensorQuantizer::check_engine_overflow(int64_t overflow, const torch::Tenso
       (e4m3 ? "NaN" : "inf") + " in " + std::string(d.engine) +
       "'s cache, whose fp8 cast does not saturate; a scale of at least " +
       std::to_string(amax / (e4m3 ? 448.0f : 57344.0f)) + " fits them (kv_scales calibrated)");
+}
+
+kk::EngineSpec TensorQuantizer::engine_spec(const kk::CacheShape& shape) const {
+  kk::EngineSpec spec = engine_spec_;
+  spec.rotate_chunk = scheme_.rotate_chunk(format_, role_, shape.head_dim);
+  return spec;
 }
 
 float TensorQuantizer::layer_scale() const {
@@ -146,9 +152,9 @@ torch::Tensor TensorQuantizer::fake_quant(const torch::Tensor& x) const {
       kk::cpu::fake_quant_nvfp4(shape, dtype, in.data_ptr(), head_scales_.data(), out.data_ptr());
       break;
     case KvFormat::Kind::Engine:
-      check_engine_overflow(
-          kk::cpu::fake_quant_engine(engine_spec_, shape, dtype, in.data_ptr(), out.data_ptr()),
-          in);
+      check_engine_overflow(kk::cpu::fake_quant_engine(engine_spec(shape), shape, dtype,
+                                                       in.data_ptr(), out.data_ptr()),
+                            in);
       break;
     case KvFormat::Kind::Full:
       break;
@@ -174,7 +180,8 @@ void TensorQuantizer::fake_quant_cuda(const torch::Tensor& in, torch::Tensor& ou
   if (format_.kind == KvFormat::Kind::Engine) {
     // [0] non-finite inputs, [1] values the engine stores as NaN or inf.
     torch::Tensor counts = torch::zeros({2}, in.options().dtype(torch::kInt64));
-    kk::cuda::fake_quant_engine(engine_spec_, shape, dtype, in.data_ptr(), out.data_ptr(), stream,
+    kk::cuda::fake_quant_engine(engine_spec(shape), shape, dtype, in.data_ptr(), out.data_ptr(),
+                                stream,
                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()));
     const torch::Tensor host = counts.cpu();
     if (host[0].item<int64_t>() > 0) {
@@ -247,7 +254,7 @@ double TensorQuantizer::storage_bits(int64_t tokens, int64_t kv_heads, int64_t h
     case KvFormat::Kind::Nvfp4:
       return kk::nvfp4_storage_bits(shape);
     case KvFormat::Kind::Engine:
-      return kk::engine_storage_bits(engine_spec_, shape);
+      return kk::engine_storage_bits(engine_spec(shape), shape);
     case KvFormat::Kind::Full:
       break;
   }

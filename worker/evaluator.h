@@ -76,7 +76,9 @@ class TensorQuantizer {
   kernels::Role role_;
   Scheme scheme_;
   std::vector<float> head_scales_;
-  kernels::EngineSpec engine_spec_;  // engine dtypes
+  // The engine spec of a tensor of this shape (its rotation follows head_dim).
+  kernels::EngineSpec engine_spec(const kernels::CacheShape& shape) const;
+  kernels::EngineSpec engine_spec_;  // engine dtypes, without the rotation
   int layer_ = -1;
 };
 

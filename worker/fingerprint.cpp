@@ -192,9 +192,9 @@ std::string hf_directory_digest(const fs::path& dir) {
 }  // namespace
 
 std::string model_fingerprint(const std::string& spec) {
-  if (spec == "builtin:demo") {
+  if (is_demo_model(spec)) {
     Hasher h;
-    h.update_string(demo_model_recipe());
+    h.update_string(demo_model_recipe(spec));
     return h.hex_digest();
   }
   std::error_code ec;
@@ -202,7 +202,7 @@ std::string model_fingerprint(const std::string& spec) {
   if (fs::is_directory(status)) return hf_directory_digest(spec);
   if (fs::is_regular_file(status)) return file_digest(spec);
   throw Error(spec + ": no such model file or directory (expected a llama2.c .bin file, a " +
-              "Hugging Face directory with config.json, or builtin:demo)");
+              "Hugging Face directory with config.json, or builtin:demo / builtin:demo-hd64)");
 }
 
 std::string data_fingerprint(const std::vector<std::vector<int64_t>>& sequences,

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "demo_model.h"
 #include "kvtune/common/error.h"
 #include "llama.h"
 #include "mapped_file.h"
@@ -486,8 +487,8 @@ Model load_hf(const std::string& directory) {
 
 Model load_model(const std::string& spec) {
   Model m;
-  if (spec == "builtin:demo") {
-    m = make_demo_model();
+  if (is_demo_model(spec)) {
+    m = make_demo_model(spec);
     if (m.config.name.empty()) m.config.name = spec;
   } else if (fs::is_directory(spec)) {
     if (!fs::exists(fs::path(spec) / "config.json")) {

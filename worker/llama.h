@@ -79,12 +79,13 @@ Model load_hf(const std::string& directory);
 // The built-in demo model: a deterministic, generated (synthetic)
 // Llama-architecture model whose layers differ in KV sensitivity, made in
 // well under 5 s with no download.
-Model make_demo_model();
+// `spec` is builtin:demo or builtin:demo-hd64 (demo_model.h).
+Model make_demo_model(std::string_view spec = "builtin:demo");
 
 // The model's tensors on `device` in `dtype` (float32, bfloat16, float16).
 Model to_device(const Model& model, const torch::Device& device, torch::ScalarType dtype);
 
-// Dispatches on `spec`: "builtin:demo", a Hugging Face directory, or a
+// Dispatches on `spec`: a built-in demo model, a Hugging Face directory, or a
 // llama2.c .bin file.
 Model load_model(const std::string& spec);
 

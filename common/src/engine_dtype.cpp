@@ -26,6 +26,16 @@ constexpr std::array kDtypes = {
     EngineDtype{"sglang:fp4_e2m1", "sglang", "fp4_e2m1", Arith::Fp4Pow2, 4, Scale::None, ""},
     EngineDtype{"trtllm:fp8", "trtllm", "fp8", Arith::E4m3Scaled, 8, Scale::AlwaysOne, ""},
     EngineDtype{"trtllm:nvfp4", "trtllm", "nvfp4", Arith::Nvfp4Layer, 4, Scale::Layer, ""},
+    // llama.cpp: the -ctk / -ctv value; blocks of 32 with fp16 scales (kernels/ggml_math.h).
+    EngineDtype{"llama.cpp:q8_0", "llama.cpp", "q8_0", Arith::GgmlQ8_0, 8, Scale::None, ""},
+    EngineDtype{"llama.cpp:q4_0", "llama.cpp", "q4_0", Arith::GgmlQ4_0, 4, Scale::None, ""},
+    EngineDtype{"llama.cpp:q4_1", "llama.cpp", "q4_1", Arith::GgmlQ4_1, 4, Scale::None, ""},
+    EngineDtype{"llama.cpp:q5_0", "llama.cpp", "q5_0", Arith::GgmlQ5_0, 5, Scale::None, ""},
+    EngineDtype{"llama.cpp:q5_1", "llama.cpp", "q5_1", Arith::GgmlQ5_1, 5, Scale::None, ""},
+    EngineDtype{"llama.cpp:iq4_nl", "llama.cpp", "iq4_nl", Arith::GgmlIq4Nl, 4, Scale::None, ""},
+    EngineDtype{"llama.cpp:f16", "llama.cpp", "f16", Arith::GgmlF16, 16, Scale::None, ""},
+    EngineDtype{"llama.cpp:bf16", "llama.cpp", "bf16", Arith::GgmlBf16, 16, Scale::None, ""},
+    EngineDtype{"llama.cpp:f32", "llama.cpp", "f32", Arith::GgmlF32, 32, Scale::None, ""},
 };
 
 }  // namespace

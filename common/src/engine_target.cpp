@@ -18,12 +18,18 @@ constexpr std::array<std::string_view, 3> kSglang = {"sglang:fp8_e4m3", "sglang:
                                                      "sglang:fp4_e2m1"};
 constexpr std::array<std::string_view, 2> kTrtllm = {"trtllm:fp8", "trtllm:nvfp4"};
 constexpr std::array<std::string_view, 2> kVllmPr = {"vllm:fp8", "vllm:nvfp4"};
+// llama.cpp's -ctk / -ctv types (common/arg.cpp), widest first.
+constexpr std::array<std::string_view, 9> kLlamaCpp = {
+    "llama.cpp:f32",  "llama.cpp:f16",  "llama.cpp:bf16",   "llama.cpp:q8_0", "llama.cpp:q5_1",
+    "llama.cpp:q5_0", "llama.cpp:q4_1", "llama.cpp:iq4_nl", "llama.cpp:q4_0"};
 
 // Read rules (ENGINES.md "Read rules"): vLLM V1 writes the step's K/V into the
 // cache before its attention kernel reads the cache; SGLang's default
 // FlashInfer path reads the prompt's own K/V fresh (ragged extend) and the
 // decoded token's from the cache; TensorRT-LLM's paged context FMHA (block
-// reuse is on by default) and XQA decode read the cache.
+// reuse is on by default) and XQA decode read the cache. llama.cpp's
+// build_attn copies the batch's K/V into the cache (cpy_k / cpy_v) and its
+// attention reads views of the cache, with or without flash attention.
 constexpr std::array kTargets = {
     EngineTarget{"vllm", "vllm", Structure::SkipLayers, kVllm, "cache",
                  "vLLM V1 FlashAttention/Triton/FlashInfer", "", "vllm"},
@@ -38,6 +44,9 @@ constexpr std::array kTargets = {
     EngineTarget{"trtllm-per-layer-pr", "trtllm", Structure::PerLayer, kTrtllm, "cache",
                  "TensorRT-LLM paged context FMHA and XQA decode",
                  "NVIDIA/TensorRT-LLM PR #13695 (KvCacheConfig.dtype ranges)", "trtllm"},
+    EngineTarget{"llama.cpp", "llama.cpp", Structure::UniformKV, kLlamaCpp, "cache",
+                 "llama.cpp build_attn (the batch's K/V copied into the cache, then read)", "",
+                 "llama.cpp"},
 };
 
 bool unquantized(const PrecisionPair& p) {
@@ -50,7 +59,11 @@ std::vector<PrecisionPair> EngineTarget::candidates() const {
   std::vector<PrecisionPair> out;
   for (std::string_view d : dtypes) {
     const KvFormat f = KvFormat::of(*find_engine_dtype(d));
-    out.push_back({f, f});
+    if (structure != Structure::UniformKV) {
+      out.push_back({f, f});
+      continue;
+    }
+    for (std::string_view v : dtypes) out.push_back({f, KvFormat::of(*find_engine_dtype(v))});
   }
   if (structure == Structure::PerLayer) out.push_back({KvFormat::full(), KvFormat::full()});
   return out;
@@ -63,14 +76,18 @@ std::string EngineTarget::pair_refusal(const PrecisionPair& pair) const {
                : "KV16 is not a candidate of target " + std::string(name) +
                      " (an unquantized model needs no search)";
   }
-  const bool known = std::any_of(dtypes.begin(), dtypes.end(), [&](std::string_view d) {
-    return pair.key.kind == KvFormat::Kind::Engine && pair.key.name() == find_engine_dtype(d)->name;
-  });
-  if (!(pair.key == pair.value) || !known) {
+  const auto known = [&](const KvFormat& f) {
+    return std::any_of(dtypes.begin(), dtypes.end(), [&](std::string_view d) {
+      return f.kind == KvFormat::Kind::Engine && f.name() == find_engine_dtype(d)->name;
+    });
+  };
+  const bool separate = structure == Structure::UniformKV;
+  if ((!separate && !(pair.key == pair.value)) || !known(pair.key) || !known(pair.value)) {
     std::string list;
     for (std::string_view d : dtypes) list += (list.empty() ? "" : ", ") + std::string(d);
     return pair.name() + " is not a " + std::string(engine) + " cache dtype of target " +
-           std::string(name) + " (keys and values share one of " + list + ")";
+           std::string(name) + " (keys and values " + (separate ? "each take" : "share") +
+           " one of " + list + ")";
   }
   return "";
 }
@@ -81,7 +98,7 @@ std::string EngineTarget::refusal(const std::vector<PrecisionPair>& layers) cons
     const PrecisionPair& p = layers[l];
     const std::string where = "layer " + std::to_string(l) + " (" + p.name() + "): ";
     if (unquantized(p)) {
-      if (structure == Structure::Uniform) {
+      if (structure == Structure::Uniform || structure == Structure::UniformKV) {
         return where + std::string(engine) +
                " keeps every layer in one cache dtype; it cannot leave a layer unquantized";
       }
@@ -90,8 +107,11 @@ std::string EngineTarget::refusal(const std::vector<PrecisionPair>& layers) cons
     if (std::string why = pair_refusal(p); !why.empty()) return where + why;
     if (structure == Structure::PerLayer) continue;
     if (dtype != nullptr && !(*dtype == p)) {
-      return where + std::string(engine) + " takes one --kv-cache-dtype for the model, and layer " +
-             std::to_string(&*dtype - layers.data()) + " has " + dtype->name();
+      return where + std::string(engine) + " takes one " +
+             (structure == Structure::UniformKV ? "key type and one value type"
+                                                : "--kv-cache-dtype") +
+             " for the model, and layer " + std::to_string(&*dtype - layers.data()) + " has " +
+             dtype->name();
     }
     if (dtype == nullptr) dtype = &p;
   }
@@ -119,6 +139,8 @@ std::string_view structure_name(Structure s) {
       return "skip-layers";
     case Structure::Uniform:
       return "uniform";
+    case Structure::UniformKV:
+      return "uniform-kv";
     case Structure::PerLayer:
       break;
   }

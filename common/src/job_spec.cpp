@@ -400,11 +400,11 @@ JobSpec JobSpec::parse(const json& spec) {
       spec, "", [](const std::string& t) { return !valid_utf8(t); },
       [](const std::string& t) { return escape_utf8(t); }, errors);
   if (!errors.empty()) throw JobSpecError(std::move(errors));
-  r.only(
-      spec,
-      {"kind", "name", "model", "data", "seq_len", "target", "scheme", "kv_scales", "prompt_tokens",
-       "read", "metric", "configs", "candidates", "search", "validation_data", "free_run"},
-      "");
+  r.only(spec,
+         {"kind", "name", "model", "data", "seq_len", "target", "scheme", "kv_scales", "rotate",
+          "prompt_tokens", "read", "metric", "configs", "candidates", "search", "validation_data",
+          "free_run"},
+         "");
 
   if (auto kind = r.string(spec, "kind", "kind", true)) {
     if (*kind == "evaluate") {
@@ -456,6 +456,13 @@ JobSpec JobSpec::parse(const json& spec) {
       out.scheme.kv_scales = parse_kv_scales(*scales);
     } catch (const Error& e) {
       r.fail("kv_scales", e.what());
+    }
+  }
+  if (auto rotate = r.string(spec, "rotate", "rotate", false)) {
+    try {
+      out.scheme.rotation = parse_rotation(*rotate);
+    } catch (const Error& e) {
+      r.fail("rotate", e.what());
     }
   }
   if (auto t0 = r.integer(spec, "prompt_tokens", "prompt_tokens", 0, 1 << 20)) {
@@ -572,6 +579,7 @@ json JobSpec::to_json() const {
               {"candidates", candidate_names}};
   if (!name.empty()) out["name"] = name;
   if (scheme.kv_scales != KvScales::One) out["kv_scales"] = kv_scales_name(scheme.kv_scales);
+  if (scheme.rotation != Rotation::Auto) out["rotate"] = rotation_name(scheme.rotation);
   if (kind == Kind::Evaluate) out["configs"] = configs;
   if (kind == Kind::Search) {
     out["search"] = search;

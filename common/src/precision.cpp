@@ -4,6 +4,7 @@
 
 #include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/error.h"
+#include "kvtune/kernels/engine.h"
 
 namespace kvtune {
 namespace {
@@ -13,6 +14,12 @@ std::string quoted(std::string_view s) {
 }
 
 }  // namespace
+
+double KvFormat::budget_bits() const {
+  if (kind != Kind::Engine || engine_dtype().engine != "llama.cpp") return bits;
+  // Shape-free for ggml's blocks of 32: their fp16 scale (and min) included.
+  return kernels::engine_storage_bits({engine_dtype().arith, 1.0f}, {1, 1, 32});
+}
 
 KvFormat KvFormat::integer(int bits) {
   if (bits == 16) return full();

@@ -2,6 +2,7 @@
 
 #include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
+#include "kvtune/kernels/ggml_math.h"
 
 namespace kvtune {
 namespace kk = kvtune::kernels;
@@ -21,9 +22,31 @@ std::string Scheme::label() const {
   return target == Target::Kvtuner ? "kvtuner:" + name() : name();
 }
 
+std::string_view rotation_name(Rotation r) {
+  switch (r) {
+    case Rotation::On:
+      return "on";
+    case Rotation::Off:
+      return "off";
+    case Rotation::Auto:
+      break;
+  }
+  return "auto";
+}
+
+Rotation parse_rotation(std::string_view text) {
+  for (Rotation r : {Rotation::Auto, Rotation::On, Rotation::Off}) {
+    if (text == rotation_name(r)) return r;
+  }
+  throw Error("rotate '" + std::string(text) +
+              "' is not one of auto (llama.cpp's rule: on for its quantized cache types when "
+              "head_dim % 64 == 0), on or off (LLAMA_ATTN_ROT_DISABLE=1)");
+}
+
 std::string Scheme::key() const {
-  const std::string scales =
+  std::string scales =
       kv_scales == KvScales::One ? "" : "/kv_scales=" + std::string(kv_scales_name(kv_scales));
+  if (rotation != Rotation::Auto) scales += "/rotate=" + std::string(rotation_name(rotation));
   if (target == Target::Kvtuner) {
     return label() + "/G=" + std::to_string(group_size) + "/R=" + std::to_string(residual) + scales;
   }
@@ -146,9 +169,28 @@ std::string Scheme::refusal(const KvFormat& format) const {
          " is not KVTuner's: the kvtuner target takes 2, 4 or 8 bits, or 16 (unquantized)";
 }
 
-kk::EngineSpec Scheme::engine_spec(const KvFormat& format, kk::Role role, float amax) const {
+kk::EngineSpec Scheme::engine_spec(const KvFormat& format, kk::Role role, float amax,
+                                   int64_t head_dim) const {
   const EngineDtype& d = format.engine_dtype();
-  return {d.arith, engine_layer_scale(d, kv_scales, role == kk::Role::Key, amax)};
+  kk::EngineSpec spec{d.arith, engine_layer_scale(d, kv_scales, role == kk::Role::Key, amax)};
+  spec.rotate_chunk = rotate_chunk(format, role, head_dim);
+  return spec;
+}
+
+int Scheme::rotate_chunk(const KvFormat& format, kk::Role role, int64_t head_dim) const {
+  if (format.kind != KvFormat::Kind::Engine || rotation == Rotation::Off || head_dim <= 0) {
+    return 0;
+  }
+  const EngineDtype& d = format.engine_dtype();
+  if (d.engine != "llama.cpp") return 0;
+  const int chunk = kk::ggml_rotation_chunk(role, head_dim);
+  if (rotation == Rotation::Auto) return d.bits < 16 ? chunk : 0;  // f16, bf16, f32: never
+  if (chunk > 0) return chunk;
+  // Forced where llama.cpp would not rotate: the largest power of two
+  // dividing head_dim, at most llama.cpp's value chunk.
+  int n = 1;
+  while (n < 64 && head_dim % (2 * n) == 0) n *= 2;
+  return n >= 2 ? n : 0;
 }
 
 kk::KvtunerSpec Scheme::kvtuner_spec(kk::Role role, int bits) const {

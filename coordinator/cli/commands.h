@@ -48,6 +48,8 @@ const std::atomic<bool>& stop_on_signals();
 // `kvtune run`: a job on an embedded coordinator, store and local workers.
 int run_command(const std::vector<std::string>& args);
 
+// `v` with `digits` decimals ("%.*f").
+std::string fixed(double v, int digits);
 // A job (GET /v1/jobs/{id}) as a summary and a results table.
 void print_job(const nlohmann::json& job);
 // True for the states a job does not leave: done, failed, cancelled.

@@ -75,7 +75,8 @@ std::vector<float> head_scales(const kk::CacheShape& shape, const std::vector<fl
 
 int fake_quant_command(const std::vector<std::string>& args) {
   std::string format_name, role_name = "key", shape_text, in_path, out_path, target = "kvtune",
-                           scheme_name = "per-token-asym", zero_point = "int", kv_scales = "one";
+                           scheme_name = "per-token-asym", zero_point = "int", kv_scales = "one",
+                           rotate = "auto";
   int group_size = 0, residual = 0;
   double scale = 0;
   po::options_description opts(
@@ -84,9 +85,9 @@ int fake_quant_command(const std::vector<std::string>& args) {
   opts.add_options()("help,h", "show this help")(
       "format", po::value(&format_name)->required(),
       "KV format: 1, 2, 3, 4, 8, fp8, nvfp4, 16, or an engine dtype (vllm:fp8, sglang:fp4_e2m1, "
-      "... see kvtune formats)")("role", po::value(&role_name)->default_value(role_name),
-                                 "key or value")("shape", po::value(&shape_text)->required(),
-                                                 "T,H,D: tokens, KV heads, head_dim")(
+      "llama.cpp:q4_0, ... see kvtune formats)")(
+      "role", po::value(&role_name)->default_value(role_name), "key or value")(
+      "shape", po::value(&shape_text)->required(), "T,H,D: tokens, KV heads, head_dim")(
       "in", po::value(&in_path)->required(), "raw little-endian float32, row-major [T, H, D]")(
       "out", po::value(&out_path)->required(), "where to write the result, same layout")(
       "scale", po::value(&scale)->default_value(0),
@@ -94,7 +95,9 @@ int fake_quant_command(const std::vector<std::string>& args) {
       "Engine dtypes with a per-layer scale: its k_scale/v_scale (default --kv-scales)")(
       "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
       "engine dtypes without --scale: one (1.0), or calculated / calibrated from this tensor's "
-      "amax")("target", po::value(&target)->default_value(target), "kvtune or kvtuner")(
+      "amax")("rotate", po::value(&rotate)->default_value(rotate),
+              "llama.cpp types: the Hadamard rotation, auto (llama.cpp's rule), on or off")(
+      "target", po::value(&target)->default_value(target), "kvtune or kvtuner")(
       "scheme", po::value(&scheme_name)->default_value(scheme_name),
       "integer scheme: per-token-asym or kivi; kvtuner: per-token-asym or per-channel-asym")(
       "group-size", po::value(&group_size), "kivi G (default 32); kvtuner: its setting's")(
@@ -114,6 +117,7 @@ int fake_quant_command(const std::vector<std::string>& args) {
   Scheme scheme = Scheme::from_options(target, scheme_name, given("group-size", group_size),
                                        given("residual", residual), zero_point);
   scheme.kv_scales = parse_kv_scales(kv_scales);
+  scheme.rotation = parse_rotation(rotate);
   if (const std::string why = scheme.refusal(format); !why.empty()) throw Error(why);
   if (scale < 0) throw Error("--scale " + std::to_string(scale) + " must be positive");
   if (format.kind == KvFormat::Kind::Engine && vm.count("scale") > 0 && !vm["scale"].defaulted() &&
@@ -148,8 +152,8 @@ int fake_quant_command(const std::vector<std::string>& args) {
     case KvFormat::Kind::Engine: {
       // The layer's amax is its heads' largest, as in an evaluation.
       const std::vector<float> amax = head_amax(shape, x);
-      kk::EngineSpec spec =
-          scheme.engine_spec(format, role, *std::max_element(amax.begin(), amax.end()));
+      kk::EngineSpec spec = scheme.engine_spec(
+          format, role, *std::max_element(amax.begin(), amax.end()), shape.head_dim);
       if (scale > 0) spec.scale = static_cast<float>(scale);
       const int64_t overflow =
           kk::cpu::fake_quant_engine(spec, shape, kk::DType::F32, x.data(), y.data());

@@ -74,8 +74,8 @@ Measured measure(const KvFormat& format, const Scheme& scheme, kk::Role role,
   std::vector<float> amax(static_cast<size_t>(shape.heads), 0.0f);
   kk::cpu::accumulate_head_amax(shape, kk::DType::F32, x.data(), amax.data());
   if (format.kind == KvFormat::Kind::Engine) {  // its per-layer scale from the layer's amax
-    const kk::EngineSpec spec =
-        scheme.engine_spec(format, role, *std::max_element(amax.begin(), amax.end()));
+    const kk::EngineSpec spec = scheme.engine_spec(
+        format, role, *std::max_element(amax.begin(), amax.end()), shape.head_dim);
     kk::cpu::fake_quant_engine(spec, shape, kk::DType::F32, x.data(), y.data());
     return {kk::engine_storage_bits(spec, shape), relative_error(x, y)};
   }

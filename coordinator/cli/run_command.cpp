@@ -140,7 +140,8 @@ void write_run_report(const json& job, const std::string& id, const std::string&
 int run_command(const std::vector<std::string>& args) {
   std::string spec_file, model = "builtin:demo", data = "sample:8:128:0", kind,
                          scheme = "per-token-asym", zero_point = "int", read = "fresh", db,
-                         cache_target = "kvtune", kv_scales = "one", validation_data, free_run;
+                         cache_target = "kvtune", kv_scales = "one", rotate = "auto",
+                         validation_data, free_run;
   std::vector<std::string> configs, candidates, config_files;
   int seq_len = 256, group_size = 32, residual = 0, max_evaluations = 200, seed = 0,
       prompt_tokens = 0;
@@ -161,7 +162,7 @@ int run_command(const std::vector<std::string>& args) {
       "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
       "target", po::value(&cache_target)->default_value(cache_target),
       "kvtune (its idealized caches), kvtuner (KVTuner's own cache), or an engine: vllm, "
-      "sglang, trtllm (released), vllm-per-layer-pr, trtllm-per-layer-pr")(
+      "sglang, trtllm, llama.cpp (released), vllm-per-layer-pr, trtllm-per-layer-pr")(
       "scheme", po::value(&scheme)->default_value(scheme),
       "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
       "group-size", po::value(&group_size)->default_value(group_size),
@@ -172,6 +173,8 @@ int run_command(const std::vector<std::string>& args) {
       "kv-scales", po::value(&kv_scales)->default_value(kv_scales),
       "engine dtypes' per-layer k/v scales: one, calculated (vLLM --calculate-kv-scales) or "
       "calibrated (a calibrated checkpoint)")(
+      "rotate", po::value(&rotate)->default_value(rotate),
+      "llama.cpp types: the Hadamard rotation, auto (llama.cpp's rule), on or off")(
       "prompt-tokens", po::value(&prompt_tokens)->default_value(prompt_tokens),
       "T0: each sequence's first T0 tokens are a prompt; metrics over the continuation")(
       "read", po::value(&read)->default_value(read),
@@ -225,6 +228,7 @@ int run_command(const std::vector<std::string>& args) {
     // An engine target reads as its engine does unless --read says otherwise.
     if (!vm["read"].defaulted()) spec["read"] = read;
     if (kv_scales != "one") spec["kv_scales"] = kv_scales;
+    if (rotate != "auto") spec["rotate"] = rotate;
     if (cache_target == "kvtuner") {  // KVTuner's setting unless given
       if (!vm["group-size"].defaulted()) spec["scheme"]["group_size"] = group_size;
       if (!vm["residual"].defaulted()) spec["scheme"]["residual"] = residual;

@@ -75,6 +75,42 @@ bool takes_layer_scales(capnp::List<schema::PrecisionPair>::Reader layers) {
   return false;
 }
 
+// Whether a layer has one of llama.cpp's types (which the rotation acts on).
+bool takes_rotation(capnp::List<schema::PrecisionPair>::Reader layers) {
+  for (const auto pair : layers) {
+    for (const auto f : {pair.getKey(), pair.getValue()}) {
+      if (f.getKind() != schema::KvFormat::Kind::ENGINE) continue;
+      const EngineDtype* d = find_engine_dtype(f.getEngineDtype().cStr());
+      if (d != nullptr && d->engine == "llama.cpp") return true;
+    }
+  }
+  return false;
+}
+
+schema::Rotation to_schema(Rotation r) {
+  switch (r) {
+    case Rotation::On:
+      return schema::Rotation::ON;
+    case Rotation::Off:
+      return schema::Rotation::OFF;
+    case Rotation::Auto:
+      break;
+  }
+  return schema::Rotation::AUTO;
+}
+
+Rotation from_schema(schema::Rotation r) {
+  switch (r) {
+    case schema::Rotation::ON:
+      return Rotation::On;
+    case schema::Rotation::OFF:
+      return Rotation::Off;
+    case schema::Rotation::AUTO:
+      return Rotation::Auto;
+  }
+  throw Error("scheme.rotation: unknown value " + std::to_string(static_cast<int>(r)));
+}
+
 schema::KvScales to_schema(KvScales s) {
   switch (s) {
     case KvScales::Calculated:
@@ -123,6 +159,7 @@ EvalInputs read_eval_request(const schema::EvalRequest::Reader& request) {
     throw Error(std::string("scheme: ") + e.what());
   }
   in.scheme.kv_scales = from_schema(scheme.getKvScales());
+  in.scheme.rotation = from_schema(scheme.getRotation());
   const auto layers = request.getLayers();
   if (layers.size() == 0) throw Error("layers: the request has no layers");
   for (unsigned i = 0; i < layers.size(); ++i) {
@@ -164,6 +201,7 @@ void build_eval_request(const EvalInputs& inputs, schema::EvalRequest::Builder o
                           : schema::Scheme::ZeroPoint::FLOAT);
   scheme.setKvtuner(inputs.scheme.target == Scheme::Target::Kvtuner);
   scheme.setKvScales(to_schema(inputs.scheme.kv_scales));
+  scheme.setRotation(to_schema(inputs.scheme.rotation));
   auto layers = out.initLayers(static_cast<unsigned>(inputs.layers.size()));
   for (unsigned i = 0; i < inputs.layers.size(); ++i) {
     set_format(inputs.layers[i].key, layers[i].initKey());
@@ -223,6 +261,9 @@ std::string evaluation_key(const schema::EvalRequest::Reader& request) {
   }
   // The scale source counts only where a layer has a per-layer-scaled dtype.
   if (takes_layer_scales(in_layers)) scheme.setKvScales(in_scheme.getKvScales());
+  // The rotation counts only where a layer has a llama.cpp type (auto, the
+  // default, encodes as absent: old keys stay).
+  if (takes_rotation(in_layers)) scheme.setRotation(in_scheme.getRotation());
   norm.setMetric(request.getMetric());
   norm.setPromptTokens(request.getPromptTokens());
   norm.setReadCurrent(request.getReadCurrent());

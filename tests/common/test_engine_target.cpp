@@ -20,7 +20,8 @@ TEST(EngineTarget, EveryTargetNamesItsDtypesStructureAndReadRule) {
   EXPECT_EQ(find_engine_target("kvtune"), nullptr);
   EXPECT_EQ(find_engine_target("kvtuner"), nullptr);
   EXPECT_EQ(target_names(),
-            "kvtune, kvtuner, vllm, sglang, trtllm, vllm-per-layer-pr, trtllm-per-layer-pr");
+            "kvtune, kvtuner, vllm, sglang, trtllm, vllm-per-layer-pr, trtllm-per-layer-pr, "
+            "llama.cpp");
   const EngineTarget& vllm = *find_engine_target("vllm");
   EXPECT_EQ(vllm.structure, EngineTarget::Structure::SkipLayers);
   EXPECT_TRUE(vllm.needs.empty());
@@ -73,6 +74,30 @@ TEST(EngineTarget, PerLayerPullRequestsTakeAnyOfTheirDtypesPerLayer) {
             std::string::npos);
   EXPECT_NE(refusal("trtllm-per-layer-pr", "Ktrtllm:fp8Vtrtllm:nvfp4", 1).find("keys and values"),
             std::string::npos);
+}
+
+TEST(EngineTarget, LlamaCppRunsOneKeyTypeAndOneValueTypeForEveryLayer) {
+  const EngineTarget& llama = *find_engine_target("llama.cpp");
+  EXPECT_EQ(llama.structure, EngineTarget::Structure::UniformKV);
+  EXPECT_EQ(llama.read_rule(), ReadRule::parse("cache"));
+  EXPECT_TRUE(llama.needs.empty());
+  // Every (key type, value type) pair of -ctk / -ctv's nine types, keys major.
+  const auto candidates = llama.candidates();
+  ASSERT_EQ(candidates.size(), 81u);
+  EXPECT_EQ(candidates[0].name(), "KVllama.cpp:f32");
+  EXPECT_EQ(candidates[1].name(), "Kllama.cpp:f32Vllama.cpp:f16");
+  EXPECT_EQ(candidates[80].name(), "KVllama.cpp:q4_0");
+  EXPECT_EQ(refusal("llama.cpp", "Kllama.cpp:q8_0Vllama.cpp:q4_0", 3), "");
+  const std::string two =
+      refusal("llama.cpp",
+              "Kllama.cpp:q8_0Vllama.cpp:q4_0,Kllama.cpp:q8_0Vllama.cpp:q4_0,KVllama.cpp:q8_0", 3);
+  EXPECT_NE(two.find("layer 2 (KVllama.cpp:q8_0)"), std::string::npos) << two;
+  EXPECT_NE(two.find("one key type and one value type"), std::string::npos) << two;
+  const std::string unquantized = refusal("llama.cpp", "KVllama.cpp:q8_0,KV16", 2);
+  EXPECT_NE(unquantized.find("cannot leave a layer unquantized"), std::string::npos) << unquantized;
+  const std::string other = refusal("llama.cpp", "Kllama.cpp:q8_0Vvllm:fp8", 1);
+  EXPECT_NE(other.find("keys and values each take one of llama.cpp:f32"), std::string::npos)
+      << other;
 }
 
 TEST(EngineTarget, ShapesAnEngineDtypeCannotHoldAreNamed) {

@@ -57,21 +57,48 @@ TEST(PrecisionPair, ParsesEngineDtypes) {
   }
 }
 
+TEST(Scheme, LlamaCppRotationFollowsItsRuleUnlessForced) {
+  Scheme s;
+  const KvFormat q4 = KvFormat::parse("llama.cpp:q4_0"), f16 = KvFormat::parse("llama.cpp:f16"),
+                 fp8 = KvFormat::parse("vllm:fp8");
+  using kernels::Role;
+  // auto (llama.cpp PR #21038): quantized types when head_dim % 64 == 0; keys
+  // in the largest power-of-two chunk >= 64 dividing head_dim, values in 64s.
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 128), 128);
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 192), 64);
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Value, 128), 64);
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 8), 0);
+  EXPECT_EQ(s.rotate_chunk(f16, Role::Key, 128), 0);
+  EXPECT_EQ(s.rotate_chunk(fp8, Role::Key, 128), 0);
+  EXPECT_EQ(s.engine_spec(q4, Role::Key, 1.0f, 128).rotate_chunk, 128);
+  EXPECT_EQ(s.key(), Scheme().key());  // auto keeps the keys of before
+  s.rotation = Rotation::On;
+  EXPECT_EQ(s.rotate_chunk(f16, Role::Key, 128), 128);
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 8), 8);  // forced: the largest chunk dividing 8
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 96), 32);
+  EXPECT_EQ(s.rotate_chunk(fp8, Role::Key, 128), 0);
+  EXPECT_NE(s.key(), Scheme().key());
+  s.rotation = Rotation::Off;
+  EXPECT_EQ(s.rotate_chunk(q4, Role::Key, 128), 0);
+  EXPECT_EQ(parse_rotation("off"), Rotation::Off);
+  EXPECT_THROW(parse_rotation("yes"), Error);
+}
+
 TEST(Scheme, EngineDtypesTakeTheirScaleSources) {
   Scheme s;
   const KvFormat fp8 = KvFormat::parse("vllm:fp8"), nvfp4 = KvFormat::parse("trtllm:nvfp4"),
                  trt = KvFormat::parse("trtllm:fp8"), sglang = KvFormat::parse("sglang:fp8_e4m3");
-  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f).scale, 1.0f);
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f, 128).scale, 1.0f);
   s.kv_scales = KvScales::Calculated;  // vLLM: max|k| / 200, max|v| / 100
-  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 400.0f).scale, 2.0f);
-  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Value, 400.0f).scale, 4.0f);
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 400.0f, 128).scale, 2.0f);
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Value, 400.0f, 128).scale, 4.0f);
   EXPECT_NE(s.refusal(sglang).find("sglang does not have"), std::string::npos) << s.refusal(sglang);
   EXPECT_EQ(s.refusal(fp8), "");
   s.kv_scales = KvScales::Calibrated;  // ModelOpt: amax / 448, nvfp4 amax / (6 * 448)
-  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f).scale, 2.0f);
-  EXPECT_EQ(s.engine_spec(nvfp4, kernels::Role::Value, 2688.0f).scale, 1.0f);
-  EXPECT_EQ(s.engine_spec(trt, kernels::Role::Key, 896.0f).scale, 1.0f);  // always 1.0
-  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 0.0f).scale, 1.0f);    // an all-zero layer
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 896.0f, 128).scale, 2.0f);
+  EXPECT_EQ(s.engine_spec(nvfp4, kernels::Role::Value, 2688.0f, 128).scale, 1.0f);
+  EXPECT_EQ(s.engine_spec(trt, kernels::Role::Key, 896.0f, 128).scale, 1.0f);  // always 1.0
+  EXPECT_EQ(s.engine_spec(fp8, kernels::Role::Key, 0.0f, 128).scale, 1.0f);    // an all-zero layer
   EXPECT_NE(s.key(), Scheme().key());
   EXPECT_NE(Scheme::kvtuner("per-token-asym").refusal(fp8), "");
   EXPECT_THROW(parse_kv_scales("checkpoint"), Error);

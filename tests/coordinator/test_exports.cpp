@@ -521,6 +521,40 @@ TEST(Exports, KvScalesAreTheCheckpointTensorsVllmLoads) {
             std::string::npos);
 }
 
+// ---- Released engines: llama.cpp ----
+
+TEST(Exports, LlamaCppFlagsAreOneKeyTypeAndOneValueType) {
+  const PrecisionPair k8v4 = kv("llama.cpp:q8_0", "llama.cpp:q4_0");
+  EXPECT_EQ(llama_cpp_command({k8v4, k8v4}),
+            "# MODEL.gguf: MODEL converted to GGUF (llama.cpp's convert_hf_to_gguf.py).\n"
+            "# A quantized V cache needs flash attention (-fa on).\n"
+            "llama-server -m MODEL.gguf -ctk q8_0 -ctv q4_0 -fa on\n"
+            "llama-cli -m MODEL.gguf -ctk q8_0 -ctv q4_0 -fa on\n");
+  DeployOptions deploy;
+  deploy.model = "models/my model.gguf";
+  deploy.rotation = Rotation::Off;
+  // A V cache in f16 needs no flash attention; rotation off is llama.cpp's variable.
+  EXPECT_EQ(llama_cpp_command({kv("llama.cpp:iq4_nl", "llama.cpp:f16")}, deploy),
+            "# Evaluated without llama.cpp's Hadamard rotation (PR #21038), which this turns "
+            "off.\n"
+            "LLAMA_ATTN_ROT_DISABLE=1 llama-server -m 'models/my model.gguf' -ctk iq4_nl -ctv f16\n"
+            "LLAMA_ATTN_ROT_DISABLE=1 llama-cli -m 'models/my model.gguf' -ctk iq4_nl -ctv f16\n");
+  deploy.rotation = Rotation::On;
+  EXPECT_NE(llama_cpp_command({k8v4}, deploy).find("rotates only when head_dim % 64 == 0"),
+            std::string::npos);
+}
+
+TEST(Exports, LlamaCppRefusalsNameTheLayerAndTheRule) {
+  const PrecisionPair k8v4 = kv("llama.cpp:q8_0", "llama.cpp:q4_0");
+  const std::string mixed = error_of([&] { llama_cpp_command({k8v4, kv("llama.cpp:q8_0")}); });
+  EXPECT_NE(mixed.find("layer 1 (KVllama.cpp:q8_0)"), std::string::npos) << mixed;
+  const std::string kv16 = error_of([&] { llama_cpp_command({k8v4, kv("16")}); });
+  EXPECT_NE(kv16.find("cannot leave a layer unquantized"), std::string::npos) << kv16;
+  const std::string other = error_of([&] { llama_cpp_command({kv("vllm:fp8")}); });
+  EXPECT_NE(other.find("not a llama.cpp cache dtype"), std::string::npos) << other;
+  EXPECT_THROW(llama_cpp_command({}), Error);
+}
+
 TEST(Exports, DispatchAndDescription) {
   const auto layers = cfg("KVfp8,KVfp8");
   EXPECT_EQ(export_config("trtllm", layers), "0-1:fp8");
@@ -550,15 +584,17 @@ TEST(Exports, DispatchAndDescription) {
   EXPECT_EQ(export_config("trtllm", layers, deploy), "0-1:fp8");
 
   const std::string msg = error_of([&] { export_config("onnx", layers); });
-  EXPECT_NE(msg.find("unknown export format 'onnx' (one of vllm, sglang-launch, trtllm-serve, "
-                     "kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales)"),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find("unknown export format 'onnx' (one of vllm, sglang-launch, trtllm-serve, "
+               "llama.cpp, kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales)"),
+      std::string::npos)
       << msg;
 
   const std::map<std::string, std::vector<PrecisionPair>> sample = {
       {"vllm", {kv("vllm:fp8"), kv("16")}},
       {"sglang-launch", {kv("sglang:fp8_e4m3")}},
       {"trtllm-serve", {kv("trtllm:nvfp4")}},
+      {"llama.cpp", {kv("llama.cpp:q8_0", "llama.cpp:q4_0")}},
       {"kvtuner", cfg("KV8")},
       {"trtllm", layers},
       {"sglang", layers},

@@ -169,6 +169,47 @@ TEST(Report, ParetoHasOneMarkerPerFrontierAndPredictedConfigAndTheBudget) {
   EXPECT_EQ(Xml(pareto_svg(job)).count("g", "budget"), 0);
 }
 
+TEST(Report, ParetoPlacesTheLabelsOfALlamaCppScan) {
+  // The 65 uniform configs of a llama.cpp scan of stories260K (key/value
+  // type:bits:KL): labels stacked where a label's move rounded below 12 px
+  // once kept the placement from ending.
+  std::istringstream scan(
+      "/bf16:16:0.000611 /f16:16:1.085e-05 /f32:32:-8.174e-10 /iq4_nl:4.5:0.7337 "
+      "/q4_0:4.5:0.9251 /q4_1:5:0.6787 /q5_0:5.5:0.259 /q5_1:6:0.2255 /q8_0:8.5:0.004736 "
+      "bf16/f16:16:0.0004787 bf16/iq4_nl:10.25:0.2527 bf16/q4_0:10.25:0.3023 "
+      "bf16/q4_1:10.5:0.2146 bf16/q5_0:10.75:0.07145 bf16/q5_1:11:0.0567 "
+      "bf16/q8_0:12.25:0.001677 f16/bf16:16:0.0001126 f16/iq4_nl:10.25:0.2536 "
+      "f16/q4_0:10.25:0.3003 f16/q4_1:10.5:0.2155 f16/q5_0:10.75:0.071 f16/q5_1:11:0.05799 "
+      "f16/q8_0:12.25:0.001241 iq4_nl/bf16:10.25:0.5755 iq4_nl/f16:10.25:0.5807 "
+      "iq4_nl/q4_0:4.5:0.8056 iq4_nl/q4_1:4.75:0.7447 iq4_nl/q5_0:5:0.6223 "
+      "iq4_nl/q5_1:5.25:0.6386 iq4_nl/q8_0:6.5:0.5687 q4_0/bf16:10.25:0.7052 "
+      "q4_0/f16:10.25:0.7063 q4_0/iq4_nl:4.5:0.8367 q4_0/q4_1:4.75:0.8295 "
+      "q4_0/q5_0:5:0.7112 q4_0/q5_1:5.25:0.7395 q4_0/q8_0:6.5:0.7106 q4_1/bf16:10.5:0.534 "
+      "q4_1/f16:10.5:0.5366 q4_1/iq4_nl:4.75:0.7121 q4_1/q4_0:4.75:0.7627 "
+      "q4_1/q5_0:5.25:0.5901 q4_1/q5_1:5.5:0.5837 q4_1/q8_0:6.75:0.5408 "
+      "q5_0/bf16:10.75:0.1924 q5_0/f16:10.75:0.1929 q5_0/iq4_nl:5:0.3844 "
+      "q5_0/q4_0:5:0.4422 q5_0/q4_1:5.25:0.3731 q5_0/q5_1:5.75:0.2347 q5_0/q8_0:7:0.1941 "
+      "q5_1/bf16:11:0.1848 q5_1/f16:11:0.1835 q5_1/iq4_nl:5.25:0.3984 "
+      "q5_1/q4_0:5.25:0.4394 q5_1/q4_1:5.5:0.3733 q5_1/q5_0:5.75:0.2476 "
+      "q5_1/q8_0:7.25:0.1865 q8_0/bf16:12.25:0.003549 q8_0/f16:12.25:0.003499 "
+      "q8_0/iq4_nl:6.5:0.2609 q8_0/q4_0:6.5:0.2988 q8_0/q4_1:6.75:0.2093 "
+      "q8_0/q5_0:7:0.07296 q8_0/q5_1:7.25:0.06159 ");
+  json job = sample_job();
+  job["baselines"] = json::array();
+  for (std::string item; scan >> item;) {
+    const auto slash = item.find('/'), colon = item.find(':'), last = item.rfind(':');
+    const std::string k = item.substr(0, slash), v = item.substr(slash + 1, colon - slash - 1);
+    const std::string pair = k.empty() ? "KVllama.cpp:" + v : "Kllama.cpp:" + k + "Vllama.cpp:" + v;
+    job["baselines"].push_back(entry(pair + "," + pair,
+                                     std::stod(item.substr(colon + 1, last - colon - 1)),
+                                     std::stod(item.substr(last + 1))));
+  }
+  ASSERT_EQ(job["baselines"].size(), 65u);
+  const Xml xml(pareto_svg(job));
+  ASSERT_NE(xml.doc, nullptr) << xml.error;
+  EXPECT_EQ(xml.count("rect", "baseline"), 65);
+}
+
 TEST(Report, ParetoDrawsAOnePointFrontier) {
   json job = sample_job();
   job["frontier"] = json::array({entry("KV8,KV8", 8, 0.0)});

@@ -505,6 +505,79 @@ TYPED_TEST(CudaKernels, EngineFormatsMatchCpu) {
   }
 }
 
+// llama.cpp's types (ggml blocks, fp16, bf16, f32), with and without the
+// Hadamard rotation of every chunk size the kernel sizes its scratch for:
+// bit-identical to the CPU reference, the same count of values stored as
+// NaN or inf; a unit holding non-finite input comes back NaN and is counted.
+TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
+  using T = TypeParam;
+  constexpr DType dtype = dtype_of<T>();
+  const EngineArith ariths[] = {
+      EngineArith::GgmlQ8_0, EngineArith::GgmlQ4_0, EngineArith::GgmlQ4_1,
+      EngineArith::GgmlQ5_0, EngineArith::GgmlQ5_1, EngineArith::GgmlIq4Nl,
+      EngineArith::GgmlF16,  EngineArith::GgmlBf16, EngineArith::GgmlF32};
+  std::vector<Case> cases = test_cases();
+  cases.push_back({{9, 2, 256}, 32, 32, true});
+  cases.push_back({{5, 1, 512}, 32, 32, false});
+  cases.push_back({{3, 2, 1024}, 32, 32, true});
+  cases.push_back({{4, 3, 576}, 32, 32, false});  // keys rotate in chunks of 64
+  uint32_t seed = 1900;
+  DeviceBuffer<unsigned long long> counts(2);
+  for (const Case& c : cases) {
+    const int64_t hd = c.shape.head_dim;
+    for (const EngineArith arith : ariths) {
+      for (const int chunk :
+           {0, 4, 16, 64, 128, 256, 512, 1024, ggml_rotation_chunk(Role::Key, hd)}) {
+        EngineSpec spec{arith, 1.0f};
+        spec.rotate_chunk = chunk;
+        try {
+          validate_engine(spec, c.shape);
+        } catch (const std::invalid_argument&) {
+          continue;
+        }
+        SCOPED_TRACE(c.str() + " arith " + std::to_string(static_cast<int>(arith)) + " chunk " +
+                     std::to_string(chunk));
+        auto x = random_cache<T>(c.shape, seed++);
+        if constexpr (!std::is_same_v<T, Half>) {
+          if (seed % 3 == 0) x[1] = from_float<T>(1e7f);  // an fp16 overflow (scale or value)
+        }
+        std::vector<T> y(x.size());
+        const int64_t overflow = cpu::fake_quant_engine(spec, c.shape, dtype, x.data(), y.data());
+        counts.upload({0, 0}, this->stream());
+        const auto dx = this->place(x, c.misaligned);
+        auto dy = this->place(std::vector<T>(x.size()), c.misaligned);
+        cuda::fake_quant_engine(spec, c.shape, dtype, dx.get(), dy.get(), this->stream(),
+                                counts.get());
+        const auto n = counts.download(this->stream());
+        EXPECT_EQ(n[0], 0u) << "non-finite inputs";
+        ASSERT_EQ(n[1], static_cast<unsigned long long>(overflow)) << "values stored as NaN/inf";
+        ASSERT_TRUE(same_values(widened(dy.download(this->stream())), widened(y)));
+        auto inplace = this->place(x, c.misaligned);
+        cuda::fake_quant_engine(spec, c.shape, dtype, inplace.get(), inplace.get(), this->stream());
+        ASSERT_TRUE(same_values(widened(inplace.download(this->stream())), widened(y)))
+            << "in place";
+      }
+    }
+  }
+  // Non-finite input: its unit (here one 64-chunk of two blocks) comes back NaN, counted once.
+  const CacheShape shape{4, 2, 64};
+  auto x = random_cache<T>(shape, 5);
+  x[70] = from_float<T>(std::numeric_limits<float>::infinity());
+  EngineSpec spec{EngineArith::GgmlQ4_0, 1.0f};
+  spec.rotate_chunk = 64;
+  counts.upload({0, 0}, this->stream());
+  const auto dx = to_device(x, this->stream());
+  DeviceBuffer<T> dy(x.size());
+  cuda::fake_quant_engine(spec, shape, dtype, dx.get(), dy.get(), this->stream(), counts.get());
+  EXPECT_EQ(counts.download(this->stream())[0], 1u);
+  const auto y = widened(dy.download(this->stream()));
+  for (size_t i = 64; i < 128; ++i) EXPECT_TRUE(std::isnan(y[i])) << i;
+  EXPECT_FALSE(std::isnan(y[0]));
+  EXPECT_THROW(cuda::fake_quant_engine({EngineArith::GgmlQ8_0, 1.0f}, {2, 1, 16}, dtype, dx.get(),
+                                       dy.get(), this->stream()),
+               std::invalid_argument);  // 16 values a token: blocks of 32 would straddle tokens
+}
+
 TYPED_TEST(CudaKernels, Nvfp4MatchesCpu) {
   using T = TypeParam;
   constexpr DType dtype = dtype_of<T>();

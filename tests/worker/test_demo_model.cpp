@@ -9,6 +9,7 @@
 #include <set>
 
 #include "calibration.h"
+#include "demo_model.h"
 #include "llama.h"
 
 namespace kvtune::worker {
@@ -93,6 +94,25 @@ TEST(DemoModel, DescribesItselfAsSyntheticLlama) {
   EXPECT_EQ(m.embedding.sizes(), (std::vector<int64_t>{c.vocab_size, c.dim}));
   EXPECT_EQ(m.layers[0].wk.sizes(), (std::vector<int64_t>{c.n_kv_heads * c.head_dim, c.dim}));
   EXPECT_TRUE(c.tied_embeddings);
+}
+
+TEST(DemoModel, Hd64IsTheSameRecipeAtHeadDim64) {
+  const Model m = make_demo_model("builtin:demo-hd64");
+  EXPECT_EQ(m.config.name, "builtin:demo-hd64");
+  EXPECT_EQ(m.config.head_dim, 64);  // llama.cpp rotates its cache at head_dim % 64 == 0
+  EXPECT_EQ(m.config.n_kv_heads * m.config.head_dim, 128);
+  EXPECT_EQ(m.layers.size(), make_demo_model().layers.size());
+  EXPECT_TRUE(is_demo_model("builtin:demo-hd64"));
+  EXPECT_FALSE(is_demo_model("builtin:other"));
+  EXPECT_NE(demo_model_recipe("builtin:demo-hd64"), demo_model_recipe("builtin:demo"));
+  // builtin:demo's recipe (its fingerprint, and every stored result of it) is as before.
+  EXPECT_EQ(demo_model_recipe("builtin:demo").rfind("kvtune-demo-v1 seed=", 0), 0u);
+  EXPECT_NE(demo_model_recipe("builtin:demo").find(" dim=128 heads=8 kv_heads=4 hidden=344 "),
+            std::string::npos);
+  EXPECT_THROW(make_demo_model("builtin:other"), std::invalid_argument);
+  const Transformer t(m);
+  const torch::Tensor logits = t.forward(torch::arange(16, torch::kLong).unsqueeze(0));
+  EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
 }
 
 TEST(DemoModel, LogitsAreFiniteAndPeaked) {

@@ -1,7 +1,8 @@
 // The KV-cache dtypes of released inference engines, as kvtune names them:
-// "vllm:fp8", "sglang:fp4_e2m1", ... Each names the engine, the value of its
-// --kv-cache-dtype (or KvCacheConfig dtype) flag, the arithmetic the kernels
-// emulate (../shared/ENGINES.md) and where its per-layer scale comes from.
+// "vllm:fp8", "sglang:fp4_e2m1", "llama.cpp:q4_0", ... Each names the engine,
+// the value of its --kv-cache-dtype (KvCacheConfig dtype; llama.cpp's -ctk /
+// -ctv) flag, the arithmetic the kernels emulate (../shared/ENGINES.md) and
+// where its per-layer scale comes from.
 #pragma once
 
 #include <span>
@@ -15,15 +16,18 @@ namespace kvtune {
 struct EngineDtype {
   // Where the format's per-layer k_scale / v_scale comes from.
   enum class Scale {
-    None,      // the format has none (per-token-head and power-of-two block scales)
+    None,      // the format has none (per-token-head and block scales; llama.cpp's types)
     Layer,     // one per layer and role: 1.0, computed, or calibrated (KvScales)
     AlwaysOne  // the engine applies 1.0 whatever the checkpoint says (TensorRT-LLM fp8)
   };
   std::string_view name;    // "vllm:fp8"
-  std::string_view engine;  // "vllm", "sglang" or "trtllm"
+  std::string_view engine;  // "vllm", "sglang", "trtllm" or "llama.cpp"
   std::string_view flag;    // the engine's own dtype name: "fp8"
   kernels::EngineArith arith;
-  int bits;  // the code width: 8 or 4
+  // The code width: 8, 5 or 4 bits (llama.cpp's q5_0 / q5_1: 5); 16 or 32 for
+  // llama.cpp's unquantized f16, bf16 and f32. Block scales are not counted
+  // (engine_storage_bits has them: q4_0 4.5, q8_0 8.5, ...).
+  int bits;
   Scale scale;
   // Empty when a released engine runs it; else what it needs.
   std::string_view availability;

@@ -12,6 +12,8 @@
 //                        kv_cache_quantized_layers (vllm-project/vllm PR #56116)
 //   trtllm-per-layer-pr  fp8 / nvfp4 / unquantized per layer through
 //                        KvCacheConfig.dtype ranges (NVIDIA/TensorRT-LLM PR #13695)
+//   llama.cpp            released: one key type (-ctk) and one value type (-ctv)
+//                        for every layer, any of the nine ggml cache types each
 //
 // The targets kvtune and kvtuner (scheme.h) are not engine targets: any
 // per-layer pair of their formats.
@@ -34,6 +36,7 @@ struct EngineTarget {
     SkipLayers,  // one dtype for every layer but a set of unquantized layers
     Uniform,     // one dtype for every layer
     PerLayer,    // any of the dtypes, or unquantized, per layer
+    UniformKV,   // one key dtype and one value dtype, each any of the dtypes, for every layer
   };
   std::string_view name;    // "vllm"
   std::string_view engine;  // "vllm", "sglang" or "trtllm"
@@ -45,7 +48,8 @@ struct EngineTarget {
   std::string_view deploy;  // the export format (coordinator/exports.h) that deploys a config
 
   // The candidate pairs: keys and values in one dtype, for each dtype (and,
-  // for PerLayer, KV16 last: a layer left unquantized).
+  // for PerLayer, KV16 last: a layer left unquantized); for UniformKV every
+  // (key dtype, value dtype) pair, keys major.
   std::vector<PrecisionPair> candidates() const;
   ReadRule read_rule() const { return ReadRule::parse(std::string(read)); }
   // Why `layers` (one pair per layer) is not a configuration this engine runs
@@ -60,8 +64,8 @@ struct EngineTarget {
 // token); empty when it can, and for every other format.
 std::string shape_refusal(const PrecisionPair& pair, int64_t kv_heads, int64_t head_dim);
 
-std::string_view structure_name(
-    EngineTarget::Structure s);  // "skip-layers", "uniform", "per-layer"
+// "skip-layers", "uniform", "per-layer", "uniform-kv"
+std::string_view structure_name(EngineTarget::Structure s);
 
 // Every engine target, in a fixed order.
 std::span<const EngineTarget> engine_targets();

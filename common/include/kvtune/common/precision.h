@@ -25,6 +25,11 @@ struct KvFormat {
   static KvFormat full() { return {Kind::Full, 16}; }
   static KvFormat of(const EngineDtype& dtype);
 
+  // The bits per element a budget counts: `bits`, but for llama.cpp's block
+  // types their storage with the block scale (q8_0 8.5, q4_0 4.5, q4_1 5,
+  // q5_0 5.5, q5_1 6, iq4_nl 4.5), as ggml stores them.
+  double budget_bits() const;
+
   // Engine formats only: their dtype.
   const EngineDtype& engine_dtype() const;
   // An engine dtype with one k_scale / v_scale per layer (EngineDtype::Scale::Layer).
@@ -48,8 +53,8 @@ struct PrecisionPair {
   // Parses KVTuner-style names ("K8V4", "KV4", "KV16", "Kfp8Vnvfp4", "KVfp8");
   // throws kvtune::Error naming `text` and what is wrong with it.
   static PrecisionPair parse(std::string_view text);
-  // KVTuner's equivalent bits: (key bits + value bits) / 2.
-  double equivalent_bits() const { return (key.bits + value.bits) / 2.0; }
+  // KVTuner's equivalent bits: (key bits + value bits) / 2 (budget_bits).
+  double equivalent_bits() const { return (key.budget_bits() + value.budget_bits()) / 2.0; }
 
   friend bool operator==(const PrecisionPair&, const PrecisionPair&) = default;
 };

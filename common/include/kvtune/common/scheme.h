@@ -12,6 +12,16 @@
 
 namespace kvtune {
 
+// llama.cpp's Hadamard rotation around its ggml cache types (PR #21038):
+// Auto is llama.cpp's rule (on for the quantized types when head_dim % 64 ==
+// 0), On forces it (the largest power-of-two chunk dividing head_dim, up to
+// llama.cpp's, when llama.cpp would not rotate), Off is
+// LLAMA_ATTN_ROT_DISABLE=1. Other formats ignore it.
+enum class Rotation { Auto, On, Off };
+std::string_view rotation_name(Rotation r);  // "auto", "on", "off"
+// Throws kvtune::Error naming `text` and the choices.
+Rotation parse_rotation(std::string_view text);
+
 struct Scheme {
   enum class Target {
     // kvtune's idealized caches: per-token-asym and kivi, exact float32
@@ -34,6 +44,8 @@ struct Scheme {
   kernels::ZeroPoint zero_point = kernels::ZeroPoint::Int;
   // Where engine dtypes' per-layer k_scale / v_scale come from.
   KvScales kv_scales = KvScales::One;
+  // The rotation of llama.cpp's types.
+  Rotation rotation = Rotation::Auto;
 
   // "per-token-asym" or "kivi"; under the kvtuner target "per-token-asym" or
   // "per-channel-asym" (KVTuner's own names).
@@ -61,8 +73,12 @@ struct Scheme {
   // The same under the kvtuner target.
   kernels::KvtunerSpec kvtuner_spec(kernels::Role role, int bits) const;
   // The kernel spec of an engine-dtype tensor whose calibration amax over
-  // the layer's heads is `amax`.
-  kernels::EngineSpec engine_spec(const KvFormat& format, kernels::Role role, float amax) const;
+  // the layer's heads is `amax`, with heads head_dim long.
+  kernels::EngineSpec engine_spec(const KvFormat& format, kernels::Role role, float amax,
+                                  int64_t head_dim) const;
+  // The Hadamard chunk of `format` for keys or values of heads head_dim long
+  // under `rotation` (kernels::EngineSpec::rotate_chunk; 0: none).
+  int rotate_chunk(const KvFormat& format, kernels::Role role, int64_t head_dim) const;
   // Why this scheme cannot store `format` (empty when it can): the kvtuner
   // target runs KVTuner's quantizer, 2, 4 or 8 bits, or leaves a tensor
   // unquantized; only vLLM computes scales (--calculate-kv-scales).

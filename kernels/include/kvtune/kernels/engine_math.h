@@ -1,11 +1,14 @@
 // Per-group arithmetic of the KV-cache formats of released engines (vLLM,
-// SGLang, TensorRT-LLM; ../shared/ENGINES.md), shared by the CPU reference
-// and the CUDA kernels as format_math.h is. A group is a run of contiguous
-// elements handled together: a 16-element block for the fp4 formats, else one
-// (token, head) vector (which the per-token-head formats scale as one).
+// SGLang, TensorRT-LLM, llama.cpp; ../shared/ENGINES.md), shared by the CPU
+// reference and the CUDA kernels as format_math.h is. A group is a run of
+// contiguous elements handled together: a 16-element block for the fp4
+// formats, a unit of whole 32-element blocks and Hadamard chunks for
+// llama.cpp's (ggml_math.h), else one (token, head) vector (which the
+// per-token-head formats scale as one).
 #pragma once
 
 #include "kvtune/kernels/format_math.h"
+#include "kvtune/kernels/ggml_math.h"
 
 namespace kvtune::kernels {
 
@@ -33,14 +36,53 @@ enum class EngineArith : uint8_t {
   // SGLang fp4_e2m1: per 16 consecutive elements of the flattened tensor, a
   // power-of-two scale 2^ceil(log2(max(amax / 6, 1e-10))); the code counts
   // the E2M1 midpoints <= |x| / 2^e (ties go up).
-  Fp4Pow2
+  Fp4Pow2,
+  // llama.cpp's cache types (-ctk / -ctv), ggml_math.h: blocks of 32
+  // consecutive elements of a token's heads x head_dim row, quantized by
+  // ggml's reference quantizer, with an fp16 block scale (and minimum).
+  GgmlQ8_0,
+  GgmlQ4_0,
+  GgmlQ4_1,
+  GgmlQ5_0,
+  GgmlQ5_1,
+  GgmlIq4Nl,
+  // The unquantized ones: fp16 and bf16 (round to nearest even), f32 (identity).
+  GgmlF16,
+  GgmlBf16,
+  GgmlF32
 };
 
+// llama.cpp's types, and among them those quantized in 32-element blocks.
+KVT_HD bool engine_is_ggml(EngineArith arith) {
+  return arith >= EngineArith::GgmlQ8_0;
+}
+KVT_HD bool engine_is_ggml_block(EngineArith arith) {
+  return arith >= EngineArith::GgmlQ8_0 && arith <= EngineArith::GgmlIq4Nl;
+}
+
+// The Hadamard chunk llama.cpp applies to a cache of this type and role
+// (ggml_rotation_chunk for the quantized types; 0 for f16, bf16, f32 and the
+// other engines' formats).
+KVT_HD int ggml_rotation_chunk(EngineArith arith, Role role, int64_t head_dim) {
+  return engine_is_ggml_block(arith) ? ggml_rotation_chunk(role, head_dim) : 0;
+}
+
 // Elements per group of `arith` in a tensor whose heads are head_dim long:
-// 16 for the fp4 blocks, else one (token, head) vector (the per-layer-scale
-// formats act element by element; a vector is just the unit of work).
+// 16 for the fp4 blocks and 32 for llama.cpp's, else one (token, head) vector
+// (the per-layer-scale formats act element by element; a vector is just the
+// unit of work).
 KVT_HD int64_t engine_group_size(EngineArith arith, int64_t head_dim) {
+  if (engine_is_ggml_block(arith)) return kGgmlBlock;
   return arith == EngineArith::Nvfp4Layer || arith == EngineArith::Fp4Pow2 ? 16 : head_dim;
+}
+
+// The unit of work of `arith` with Hadamard chunks of rotate_chunk channels
+// (0: none): whole blocks and whole chunks, max(32, chunk) for the block
+// types; the chunk, else head_dim, for f16, bf16, f32; else the group.
+KVT_HD int64_t engine_unit_size(EngineArith arith, int rotate_chunk, int64_t head_dim) {
+  if (engine_is_ggml_block(arith)) return rotate_chunk > kGgmlBlock ? rotate_chunk : kGgmlBlock;
+  if (engine_is_ggml(arith)) return rotate_chunk > 0 ? rotate_chunk : head_dim;
+  return engine_group_size(arith, head_dim);
 }
 
 // ---------------------------------------------------------------------------
@@ -159,7 +201,83 @@ KVT_HD int64_t engine_fake_quant_group(EngineArith arith, float scale, const T* 
         out[i] = from_float<T>(e2m1_round_up_ties(to_float(in[i]) / block) * block);
       break;
     }
+    default:  // llama.cpp's: ggml_fake_quant_unit
+      break;
   }
+  return overflow;
+}
+
+// What one 32-element block of a llama.cpp block type holds, in place.
+KVT_HD void ggml_fake_quant_block(EngineArith arith, float* v) {
+  switch (arith) {
+    case EngineArith::GgmlQ8_0:
+      return ggml_q8_0(v);
+    case EngineArith::GgmlQ4_0:
+      return ggml_q_0(v, 8);
+    case EngineArith::GgmlQ5_0:
+      return ggml_q_0(v, 16);
+    case EngineArith::GgmlQ4_1:
+      return ggml_q_1(v, 15);
+    case EngineArith::GgmlQ5_1:
+      return ggml_q_1(v, 31);
+    default:
+      return ggml_iq4_nl(v);
+  }
+}
+
+// The unquantized llama.cpp types, element by element.
+KVT_HD float ggml_store_value(EngineArith arith, float x) {
+  return arith == EngineArith::GgmlF16    ? fp16_round(x)
+         : arith == EngineArith::GgmlBf16 ? bf16_round(x)
+                                          : x;
+}
+
+// What one unit (engine_unit_size) of a llama.cpp type holds after a round
+// trip through the cache: each rotate_chunk-channel chunk multiplied by the
+// orthonormal Hadamard matrix (none when 0), the blocks quantized and read
+// back, the chunks rotated back. in[i] -> out[i] (out may alias in); `buf`
+// is scratch for n floats (unused for f16, bf16, f32 without rotation).
+// Returns how many stored values are NaN or inf (fp16 overflow of a value or
+// a block scale); a non-finite input sets *first_bad to its index in the unit
+// and writes nothing.
+template <class T>
+KVT_HD int64_t ggml_fake_quant_unit(EngineArith arith, int rotate_chunk, const T* in, T* out,
+                                    int64_t n, float* buf, int64_t* first_bad) {
+  int64_t overflow = 0;
+  if (rotate_chunk == 0 && !engine_is_ggml_block(arith)) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (is_nonfinite(to_float(in[i]))) {
+        *first_bad = i;
+        return 0;
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = ggml_store_value(arith, to_float(in[i]));
+      overflow += is_nonfinite(v) ? 1 : 0;
+      out[i] = from_float<T>(v);
+    }
+    return overflow;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    buf[i] = to_float(in[i]);
+    if (is_nonfinite(buf[i])) {
+      *first_bad = i;
+      return 0;
+    }
+  }
+  for (int64_t c = 0; rotate_chunk > 0 && c < n; c += rotate_chunk) {
+    ggml_hadamard(buf + c, rotate_chunk);
+  }
+  if (engine_is_ggml_block(arith)) {
+    for (int64_t b = 0; b < n; b += kGgmlBlock) ggml_fake_quant_block(arith, buf + b);
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = ggml_store_value(arith, buf[i]);
+  }
+  for (int64_t i = 0; i < n; ++i) overflow += is_nonfinite(buf[i]) ? 1 : 0;
+  for (int64_t c = 0; rotate_chunk > 0 && c < n; c += rotate_chunk) {
+    ggml_hadamard(buf + c, rotate_chunk);
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(buf[i]);
   return overflow;
 }
 

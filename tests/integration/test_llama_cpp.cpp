@@ -1,0 +1,126 @@
+// The llama.cpp target as users run it: `kvtune run --target llama.cpp` scans
+// every (-ctk, -ctv) pair of ggml cache types within the budget and prints the
+// frontier with its flags, on a model whose head_dim is 64 (where llama.cpp's
+// Hadamard rotation applies) and on stories260K (head_dim 8: no rotation);
+// `kvtune eval --rotate` shows the rotation acting only where llama.cpp's rule
+// says it does.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+#include "../support/cluster.h"
+#include "../support/temp_dir.h"
+#include "kvtune/common/engine_dtype.h"
+#include "kvtune/common/precision.h"
+
+namespace kvtune::testing {
+namespace {
+
+using json = nlohmann::json;
+const std::string kStories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
+
+json run_json(const std::string& arguments) {
+  const TempDir dir("kvtune-llama-cpp");
+  const CommandResult r = run_command(build_path("kvtune") + " run " + arguments +
+                                      " --no-report --json 2>" + dir.file("run.err"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return json::parse(r.output);
+}
+
+// The KL of each config of `kvtune eval ... --json` (one object a line), in order.
+std::vector<double> eval_kl(const std::string& arguments) {
+  const CommandResult r =
+      run_command(build_path("kvtune") + " eval " + arguments + " --json 2>/dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::vector<double> out;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) out.push_back(json::parse(line)["kl"]);
+  return out;
+}
+
+TEST(LlamaCpp, RunScansTheTypePairsAndDeploysEachWithItsFlags) {
+  const json job = run_json(
+      "--target llama.cpp --model builtin:demo-hd64 --data sample:4:64:0 --max-bits 9 "
+      "--workers 2");
+  ASSERT_EQ(job["state"], "done") << job.dump();
+  EXPECT_EQ(job["search"]["strategy"], "scan");
+  // Every pair of the six block types (f16, bf16 and f32 pairs average over 9 bits).
+  EXPECT_EQ(job["search"]["evaluations"], 36);
+  ASSERT_FALSE(job["frontier"].empty());
+  double last_bits = 0, last_kl = 1e9;
+  for (const json& f : job["frontier"]) {
+    const auto layers = parse_layer_config(f["layers"].get<std::string>(), 6);
+    for (const PrecisionPair& p : layers) EXPECT_EQ(p, layers[0]) << f["layers"];
+    const EngineDtype& k = layers[0].key.engine_dtype();
+    const EngineDtype& v = layers[0].value.engine_dtype();
+    EXPECT_EQ(k.engine, "llama.cpp");
+    EXPECT_EQ(v.engine, "llama.cpp");
+    const double bits = f["metrics"]["avg_bits"], kl = f["metrics"]["kl"];
+    EXPECT_EQ(bits, layers[0].equivalent_bits());  // ggml's storage: q4_0 4.5, q8_0 8.5, ...
+    EXPECT_GT(bits, last_bits);
+    EXPECT_LT(kl, last_kl);
+    last_bits = bits;
+    last_kl = kl;
+    // The deploy command is the pair's flags, -fa on for a quantized V.
+    ASSERT_TRUE(f.contains("deploy")) << f;
+    EXPECT_TRUE(f["deploy"]["released"].get<bool>());
+    const std::string text = f["deploy"]["text"];
+    const std::string flags =
+        "-ctk " + std::string(k.flag) + " -ctv " + std::string(v.flag) + " -fa on\n";
+    EXPECT_NE(text.find("llama-server -m MODEL.gguf " + flags), std::string::npos) << text;
+    EXPECT_NE(text.find("llama-cli -m MODEL.gguf " + flags), std::string::npos) << text;
+  }
+  // The baselines are the types used for keys and values alike.
+  std::set<std::string> baselines;
+  for (const json& b : job["baselines"]) {
+    const auto pair = parse_layer_config(b["layers"].get<std::string>(), 6)[0];
+    EXPECT_EQ(pair.key, pair.value) << b["layers"];
+    baselines.insert(pair.name());
+  }
+  for (const char* t : {"q8_0", "q5_1", "q5_0", "q4_1", "iq4_nl", "q4_0"}) {
+    EXPECT_TRUE(baselines.contains("KVllama.cpp:" + std::string(t))) << t;
+  }
+}
+
+TEST(LlamaCpp, RunOnStories260KPrintsTheFrontierWithFlags) {
+  if (!std::filesystem::exists(kStories)) {
+    GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
+  }
+  const CommandResult r =
+      run_command(build_path("kvtune") + " run --target llama.cpp --model " + kStories +
+                  " --data sample:4:64:0 --max-bits 9 --workers 2 --no-report 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* line : {"frontier config", "KVllama.cpp:q8_0 (all layers)",
+                           "deploy the lowest KL within the budget",
+                           "llama-server -m MODEL.gguf -ctk q8_0 -ctv q8_0 -fa on"}) {
+    EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
+  }
+}
+
+TEST(LlamaCpp, TheRotationActsWhereLlamaCppsRuleSays) {
+  const std::string configs =
+      "--target llama.cpp --data sample:4:64:0 --config KVllama.cpp:q4_0 --config "
+      "KVllama.cpp:f16";
+  // head_dim 64: auto rotates the quantized type (as llama.cpp does), not f16.
+  const std::string hd64 = " --model builtin:demo-hd64 " + configs;
+  const auto automatic = eval_kl(hd64), on = eval_kl(hd64 + " --rotate on"),
+             off = eval_kl(hd64 + " --rotate off");
+  ASSERT_EQ(automatic.size(), 2u);
+  ASSERT_EQ(on.size(), 2u);
+  ASSERT_EQ(off.size(), 2u);
+  EXPECT_EQ(automatic[0], on[0]);
+  EXPECT_NE(automatic[0], off[0]);
+  // The demo's outlier key channels: spread by the rotation, they cost q4_0 less.
+  EXPECT_LT(automatic[0], off[0]);
+  EXPECT_EQ(automatic[1], off[1]);
+  // head_dim 8 (stories260K): llama.cpp does not rotate.
+  if (std::filesystem::exists(kStories)) {
+    const std::string stories = " --model " + kStories + " " + configs;
+    EXPECT_EQ(eval_kl(stories), eval_kl(stories + " --rotate off"));
+  }
+}
+
+}  // namespace
+}  // namespace kvtune::testing
