@@ -9,6 +9,7 @@
 #include <exception>
 #include <utility>
 
+#include "fingerprint.h"
 #include "kvtune/common/error.h"
 #include "kvtune/schemas/transport.h"
 
@@ -152,6 +153,9 @@ Reply EvalRunner::run_describe(const Job& job) {
   described.setDescribeKey(bytes(job.key));
   auto model = described.initModel();
   if (!job.validation_data_spec.empty()) {
+    // A model that cannot be read is the model's error, not the validation
+    // data's (its fingerprint is cached per host: the describe below reuses it).
+    model_fingerprint(job.inputs.model_spec);
     // First, so that the calibration entry is the most recently used.
     EvalInputs validation = job.inputs;
     validation.data_spec = job.validation_data_spec;

@@ -1097,6 +1097,8 @@ TEST_F(Cluster, RunRefusesBadInputAtTheDoorAndSaysEachErrorOnce) {
   const auto first = r.output.find(said);
   ASSERT_NE(first, std::string::npos) << r.output;
   EXPECT_EQ(r.output.find(said, first + 1), std::string::npos) << "said twice:\n" << r.output;
+  // The model's error, not blamed on the validation data read first.
+  EXPECT_EQ(r.output.find("validation data"), std::string::npos) << r.output;
   r = run_command(build_path("kvtune") +
                       " run --target kvtuner --model builtin:demo --data sample:2:32:0 "
                       "--candidate KV4 --candidate KVfp8",
