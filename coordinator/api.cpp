@@ -349,7 +349,8 @@ json Api::job_json(const Job& job, bool full) const {
     // Uniform configs; of a separate key/value type target (llama.cpp, a
     // scan of every pair) only those whose keys and values share the type.
     const bool diagonal =
-        target != nullptr && target->structure == EngineTarget::Structure::UniformKV;
+        target != nullptr && (target->structure == EngineTarget::Structure::UniformKV ||
+                              target->structure == EngineTarget::Structure::FirstLast);
     for (const auto& [layers, r] : by_layers) {
       const auto pairs = parse_layer_config(layers, static_cast<int>(job.model->layers));
       if (std::all_of(pairs.begin(), pairs.end(), [&](const auto& p) { return p == pairs[0]; }) &&

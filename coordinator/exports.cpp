@@ -266,6 +266,15 @@ std::vector<FormatInfo> describe_formats() {
        "Released: one K and one V cache type per model; the Hadamard rotation (PR #21038) is "
        "on by default for quantized types when head_dim % 64 == 0.",
        {kLlamaCppArgs}},
+      {"ik_llama.cpp",
+       "ik_llama.cpp (llama-server / llama-cli -ctk, -ctv, -ctk-first, -ctk-last, -ctv-first, "
+       "-ctv-last)",
+       "llama-server -m MODEL.gguf -ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-last q8_0,1 -fa on",
+       "llama.cpp:* types other than f32 and bf16, keys and values each a base type with one "
+       "type on the first N layers and one on the last N",
+       "Merged in pull request #1599 (2026-04), no release tag; the Hadamard rotation is opt-in "
+       "(-khad, -vhad).",
+       {"https://github.com/ikawrakow/ik_llama.cpp/pull/1599"}},
       {"kvtuner",
        "KVTuner (per-layer presets; kvtune imports it too)",
        "0:\n  nbits_key: 8\n  nbits_value: 4\n",
@@ -566,6 +575,7 @@ std::string export_config(std::string_view format_id, const std::vector<Precisio
   if (format_id == "sglang-launch") return sglang_command(layers, deploy);
   if (format_id == "trtllm-serve") return trtllm_serve(layers, deploy);
   if (format_id == "llama.cpp") return llama_cpp_command(layers, deploy);
+  if (format_id == "ik_llama.cpp") return ik_llama_cpp_command(layers, deploy);
   if (format_id == "kvtuner") return kvtuner_yaml(layers);
   if (format_id == "trtllm") return trtllm_ranges(layers);
   if (format_id == "sglang") return sglang_yaml(layers);

@@ -9,6 +9,8 @@
 // - sglang-launch: `python -m sglang.launch_server --model-path M --kv-cache-dtype D`.
 // - trtllm-serve:  `kv_cache_config: {dtype: D}` in trtllm-serve's options YAML.
 // - llama.cpp:     `llama-server -m M.gguf -ctk K -ctv V [-fa on]` (exports_llama.cpp).
+// - ik_llama.cpp:  the same with `-ctk-first T,N -ctv-last T,N ...` overrides (PR #1599,
+//                  merged, no release tag; exports_llama.cpp).
 // Per-layer formats (open or closed pull requests, not released):
 // - trtllm:          KvCacheConfig.dtype ranges "0-3:fp8,4-35:nvfp4" (TensorRT-LLM PR
 //                    #13695, open when written; #13345 closed).
@@ -48,7 +50,7 @@ struct FormatInfo {
 };
 
 // The formats below: the released engines' (vllm, sglang-launch,
-// trtllm-serve, llama.cpp) first, then kvtuner, trtllm, sglang, hf_quant_config,
+// trtllm-serve, llama.cpp), ik_llama.cpp, then kvtuner, trtllm, sglang, hf_quant_config,
 // hf_config_json.
 std::vector<FormatInfo> describe_formats();
 // describe_formats() as a human-readable table (one block per format).
@@ -115,6 +117,25 @@ std::string trtllm_serve(const std::vector<PrecisionPair>& layers,
 // Sources: llama.cpp common/arg.cpp (-ctk, -ctv, -fa), ../shared/ENGINES.md.
 std::string llama_cpp_command(const std::vector<PrecisionPair>& layers,
                               const DeployOptions& deploy = {});
+
+// ik_llama.cpp's flags (PR #1599, merged, no release tag): per role a base
+// type (-ctk / -ctv) and optional first-N and last-N overrides, e.g.
+//   # ik_llama.cpp (PR #1599, ...): a build of its main branch.
+//   # MODEL.gguf: ... converted to GGUF (llama.cpp's convert_hf_to_gguf.py).
+//   # A quantized V cache needs flash attention (-fa on).
+//   llama-server -m MODEL.gguf -ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-last q8_0,1 -fa on
+//   llama-cli -m MODEL.gguf -ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-last q8_0,1 -fa on
+// Each role's type sequence over layers must have at most three runs (first
+// override, base, last override; two runs: the longer is the base, the second
+// on a tie). Every layer's types are ik_llama.cpp target dtypes (no KV16).
+// `-fa on` when any value type is quantized. Rotation On adds -khad -vhad
+// (ik's Hadamard is opt-in; its match with llama.cpp's is unverified); Auto
+// and Off add nothing (ik's default is off). Refusals name the layer.
+// Sources: ikawrakow/ik_llama.cpp PR #1599, ../shared/ENGINES.md; flags and the
+// override rule checked in its common/common.cpp and src/llama.cpp at 8337e4cd
+// (2026-08-15): -fa takes auto|on|off|0|1 (default on), -khad / -vhad default off.
+std::string ik_llama_cpp_command(const std::vector<PrecisionPair>& layers,
+                                 const DeployOptions& deploy = {});
 
 // `model` as one shell word (single-quoted when it needs it); throws
 // kvtune::Error on an empty name or a control character.
@@ -219,8 +240,8 @@ std::string kv_scales_json(const std::vector<PrecisionPair>& layers, const Deplo
                            const HfQuantOptions& options = {});
 
 // Dispatches on a FormatInfo::id (vllm, sglang-launch, trtllm-serve,
-// kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales) with default
-// options; throws kvtune::Error listing the ids for an unknown one.
+// llama.cpp, ik_llama.cpp, kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales)
+// with default options; throws kvtune::Error listing the ids for an unknown one.
 std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers);
 // The same, with the model and scale source the command lines need.
 std::string export_config(std::string_view format_id, const std::vector<PrecisionPair>& layers,

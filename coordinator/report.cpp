@@ -396,6 +396,7 @@ std::string export_file_name(std::string_view format) {
       {"sglang-launch", "deploy-sglang-launch.sh"},
       {"trtllm-serve", "deploy-trtllm-serve.yaml"},
       {"llama.cpp", "deploy-llama.cpp.sh"},
+      {"ik_llama.cpp", "deploy-ik_llama.cpp.sh"},
       {"kvtuner", "kvtuner.yaml"},
       {"trtllm", "trtllm-kv-cache-dtype.txt"},
       {"sglang", "sglang-kv-cache-per-layer-dtype.yaml"},

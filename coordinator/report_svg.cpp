@@ -349,9 +349,9 @@ std::string no_profile_svg(const json& job) {
   const std::string strategy =
       job.value("search", json::object()).value("strategy", std::string("this"));
   const std::string state = job.value("state", std::string("done"));
-  // Running (the live page): a profile may still come (strategy "this": not known yet).
-  if ((state == "queued" || state == "running") &&
-      (strategy == "this" || strategy == "kvtune" || strategy == "skip-layers")) {
+  // Running (the live page): a profile may still come (kvtune, skip-layers, first-last, or "this").
+  if ((state == "queued" || state == "running") && strategy != "nsga2" && strategy != "random" &&
+      strategy != "scan") {
     const std::string id = job.value("id", std::string("?"));
     return svg_open(640, 100, "layer sensitivity: no profile yet") +
            text(20, 40, "No per-layer profile results for job " + id + " yet.",

@@ -26,7 +26,14 @@ namespace {
 
 // Strategies that start with the per-layer profile.
 bool has_profile(Strategy strategy) {
-  return strategy == Strategy::kKvtune || strategy == Strategy::kSkipLayers;
+  return strategy == Strategy::kKvtune || strategy == Strategy::kSkipLayers ||
+         strategy == Strategy::kFirstLast;
+}
+
+// Strategies whose additive configs are per-layer candidate indices, not
+// choices over groups.
+bool additive_layers(Strategy strategy) {
+  return strategy == Strategy::kSkipLayers || strategy == Strategy::kFirstLast;
 }
 
 // Strategies whose later generations are NSGA-II offspring (and may stall).
@@ -37,7 +44,8 @@ bool evolves(Strategy strategy) {
 // Strategies that ask exactly one generation: an engine's fixed structure,
 // not a search over per-layer genes.
 bool single_generation(Strategy strategy) {
-  return strategy == Strategy::kSkipLayers || strategy == Strategy::kScan;
+  return strategy == Strategy::kSkipLayers || strategy == Strategy::kScan ||
+         strategy == Strategy::kFirstLast;
 }
 
 // `cap` of `items`: the first, the last and evenly spaced ones between (all
@@ -91,12 +99,12 @@ void Search::validate() const {
   if (!(o.cluster_tolerance >= 0)) throw Error("search: \"cluster_tolerance\" must be >= 0");
   if (o.patience < 1) throw Error("search: \"patience\" must be >= 1");
   if (has_profile(o.strategy)) {
-    const long long profile =
-        static_cast<long long>(num_layers_) * static_cast<long long>(o.candidates.size());
+    const std::size_t pairs = profiled().size();  // first-last: checks its candidates
+    const long long profile = static_cast<long long>(num_layers_) * static_cast<long long>(pairs);
     if (o.max_evaluations <= profile) {
       throw Error("search: \"max_evaluations\" (" + std::to_string(o.max_evaluations) +
                   ") must exceed the profile's " + std::to_string(num_layers_) + " layers x " +
-                  std::to_string(o.candidates.size()) + " candidates = " + std::to_string(profile) +
+                  std::to_string(pairs) + " candidates = " + std::to_string(profile) +
                   " evaluations");
     }
   }
@@ -135,8 +143,7 @@ std::vector<int> Search::layers_of(const Genome& genome) const {
 }
 
 std::vector<int> Search::layers_of(const Assignment& assignment) const {
-  return options_.strategy == Strategy::kSkipLayers ? assignment.choice
-                                                    : layers_of(assignment.choice);
+  return additive_layers(options_.strategy) ? assignment.choice : layers_of(assignment.choice);
 }
 
 std::vector<PrecisionPair> Search::pairs_of(const std::vector<int>& layers) const {
@@ -194,10 +201,11 @@ std::vector<std::vector<PrecisionPair>> Search::ask() {
   if (pending_.empty() && !pending_profile_) prepare();
   std::vector<std::vector<PrecisionPair>> configs;
   if (pending_profile_) {
+    const std::vector<int> pairs = profiled();
     for (int l = 0; l < num_layers_; ++l) {
-      for (std::size_t p = 0; p < options_.candidates.size(); ++p) {
+      for (int p : pairs) {
         std::vector<int> layers(static_cast<std::size_t>(num_layers_), -1);
-        layers[static_cast<std::size_t>(l)] = static_cast<int>(p);
+        layers[static_cast<std::size_t>(l)] = p;
         configs.push_back(pairs_of(layers));
       }
     }
@@ -229,7 +237,7 @@ void Search::initial_generation() {
     add_uniform_configs(remaining);
   }
   if (strategy == Strategy::kScan) return;
-  if (strategy == Strategy::kSkipLayers) {
+  if (additive_layers(strategy)) {
     // Every evaluation left goes to the predicted frontier: no random fill,
     // so drop the baselines it repeats before spacing it out.
     std::vector<std::vector<int>> fresh;
@@ -255,8 +263,12 @@ void Search::initial_generation() {
 }
 
 void Search::add_uniform_configs(std::size_t remaining) {
+  // First-last has every (key, value) pair: its baselines are those with
+  // keys and values in one type (the others may come from its frontier).
+  const bool diagonal = options_.strategy == Strategy::kFirstLast;
   for (std::size_t p = 0; p < options_.candidates.size() && pending_.size() < remaining; ++p) {
     if (options_.candidates[p].equivalent_bits() > options_.max_bits) continue;
+    if (diagonal && !(options_.candidates[p].key == options_.candidates[p].value)) continue;
     add_if_new(std::vector<int>(static_cast<std::size_t>(num_layers_), static_cast<int>(p)));
   }
 }
@@ -274,9 +286,9 @@ void Search::tell(const std::vector<double>& errors) {
   if (stage_ == Stage::kDone || (pending_.empty() && !pending_profile_)) {
     throw Error("search: tell() without a pending ask()");
   }
-  const std::size_t expected =
-      pending_profile_ ? static_cast<std::size_t>(num_layers_) * options_.candidates.size()
-                       : pending_.size();
+  const std::size_t expected = pending_profile_
+                                   ? static_cast<std::size_t>(num_layers_) * profiled().size()
+                                   : pending_.size();
   if (errors.size() != expected) {
     throw Error("search: tell() got " + std::to_string(errors.size()) + " errors for " +
                 std::to_string(expected) + " asked configs");
@@ -294,7 +306,7 @@ void Search::tell(const std::vector<double>& errors) {
 }
 
 void Search::tell_profile(const std::vector<double>& errors) {
-  const std::size_t pairs = options_.candidates.size();
+  const std::size_t pairs = profiled().size();
   profile_.assign(static_cast<std::size_t>(num_layers_), std::vector<double>(pairs));
   for (std::size_t l = 0; l < profile_.size(); ++l) {
     for (std::size_t p = 0; p < pairs; ++p) profile_[l][p] = errors[l * pairs + p];
@@ -305,6 +317,13 @@ void Search::tell_profile(const std::vector<double>& errors) {
   if (options_.strategy == Strategy::kSkipLayers) {
     additive_.clear();
     for (SkipConfig& c : skip_layer_frontier(options_.candidates, profile_)) {
+      additive_.push_back({std::move(c.layers), c.predicted});
+    }
+    return;
+  }
+  if (options_.strategy == Strategy::kFirstLast) {
+    additive_.clear();
+    for (FirstLastConfig& c : first_last_frontier(options_.candidates, profile_)) {
       additive_.push_back({std::move(c.layers), c.predicted});
     }
     return;
@@ -496,6 +515,14 @@ Search Search::from_json(const nlohmann::json& state) {
     throw Error(std::string("search: malformed search state: ") + e.what());
   }
   // Genomes must index the groups they are decoded with.
+  if (!s.profile_.empty()) {
+    const std::size_t pairs = s.profiled().size();
+    if (s.profile_.size() != static_cast<std::size_t>(s.num_layers_) ||
+        std::any_of(s.profile_.begin(), s.profile_.end(),
+                    [&](const auto& row) { return row.size() != pairs; })) {
+      throw Error("search: state profile of the wrong shape");
+    }
+  }
   auto check_genome = [&](const Genome& genome) {
     if (genome.size() != s.groups_.size()) throw Error("search: state genome of the wrong length");
     for (std::size_t g = 0; g < genome.size(); ++g) {
@@ -535,6 +562,11 @@ Search Search::from_json(const nlohmann::json& state) {
   for (const Assignment& a : s.additive_) {
     if (skip_layers) {
       check_layers(a.choice);
+    } else if (s.options_.strategy == Strategy::kFirstLast) {
+      check_layers(a.choice);
+      if (!first_last_expressible(s.options_.candidates, a.choice)) {
+        throw Error("search: state first-last config has more than three runs of a role's types");
+      }
     } else {
       check_genome(a.choice);
     }

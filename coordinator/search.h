@@ -144,6 +144,48 @@ struct SkipConfig {
 std::vector<SkipConfig> skip_layer_frontier(const std::vector<PrecisionPair>& candidates,
                                             const Profile& profile);
 
+// The additive model restricted to ik_llama.cpp's structure (first-last):
+// keys and values each a base type with an optional type on the first N
+// layers and one on the last N ("last" wins on overlap), i.e. per role a type
+// sequence over layers of at most three runs. The candidates must be every
+// (key type, value type) pair of their key types and value types (in any
+// order). Its profile is per role: each key type t with the reference value
+// type, and the reference key type with each value type (the reference: the
+// type of the role with the most budget bits, the first listed on ties).
+struct FirstLastProfile {
+  std::vector<int> pairs;   // candidate indices profiled, in profile order
+  std::vector<int> keys;    // per key type (first-appearance order): its candidate of the profile
+  std::vector<int> values;  // per value type: its candidate of the profile
+};
+// Throws kvtune::Error when the candidates are not a full product.
+FirstLastProfile first_last_profile(const std::vector<PrecisionPair>& candidates);
+
+// Whether `layers` (candidate indices) has at most three runs of key types
+// and at most three of value types.
+bool first_last_expressible(const std::vector<PrecisionPair>& candidates,
+                            const std::vector<int>& layers);
+
+// The Pareto frontier of the additive model over every expressible config,
+// ordered by increasing bits (strictly decreasing predicted error).
+// `profile[l][j]` is the error with only layer l quantized by candidate
+// first_last_profile(candidates).pairs[j]. The model: a layer's key error
+// errK[l][t] = profile(t, ref value); its value error errV[l][t] =
+// profile(ref key, t) - profile(ref key, ref value) (so the model is exact on
+// every profiled config); a config's error is the sum over layers of both.
+// Each role's canonical sequences (one run; two runs t1 != t2; three runs
+// t1 != t2 != t3, t1 may equal t3) are enumerated with prefix sums and only
+// each role's (bits, error) front is kept (a combined config on the front has
+// both roles on their fronts); the key front x the value front is reduced to
+// its front. Ties: of equal integer bit totals the least error, the first met
+// (roles: one, two, then three runs, types in candidate order, shorter first
+// runs first; then keys major). Throws kvtune::Error on a bad profile shape.
+struct FirstLastConfig {
+  std::vector<int> layers;  // candidate index per layer
+  Point predicted;          // bits = average equivalent bits, error = the additive model's
+};
+std::vector<FirstLastConfig> first_last_frontier(const std::vector<PrecisionPair>& candidates,
+                                                 const Profile& profile);
+
 // ---------------------------------------------------------------------------
 // NSGA-II with constraints.
 
@@ -181,7 +223,7 @@ std::vector<double> crowding_distances(const std::vector<Objectives>& solutions,
 // ---------------------------------------------------------------------------
 // The driver.
 
-// kSkipLayers and kScan search only the configs a serving engine's released
+// kSkipLayers, kScan and kFirstLast search only the configs a serving engine's released
 // format can express, so their result deploys as is.
 enum class Strategy {
   kKvtune,      // profile, prune, cluster, additive-frontier seeding, NSGA-II
@@ -190,8 +232,11 @@ enum class Strategy {
   kSkipLayers,  // vLLM: one candidate everywhere but some KV16 layers; profile,
                 // then the skip-layer additive frontier evaluated once
   kScan,        // SGLang / TensorRT-LLM: one candidate on every layer, each tried
+  kFirstLast,   // ik_llama.cpp: keys and values each a base type with first-N and
+                // last-N overrides; per-role profile, then first_last_frontier()
+                // evaluated once
 };
-// "kvtune", "nsga2", "random", "skip-layers", "scan"
+// "kvtune", "nsga2", "random", "skip-layers", "scan", "first-last"
 std::string_view strategy_name(Strategy strategy);
 Strategy parse_strategy(std::string_view text);  // throws kvtune::Error
 
@@ -205,11 +250,13 @@ struct Evaluated {
 // Generation-synchronous ask/tell search (see the file comment).
 //
 // Stages:
-// 1. Profile (strategies kvtune and skip-layers): the first ask() returns,
-//    layer-major, every candidate on every layer alone with the other layers
-//    KV16 (num_layers x candidates configs). Its tell() prunes, clusters
-//    (unless `cluster` is false) and computes the additive frontier (kvtune),
-//    or computes skip_layer_frontier() (skip-layers).
+// 1. Profile (strategies kvtune, skip-layers and first-last): the first
+//    ask() returns, layer-major, every candidate (first-last: every pair of
+//    first_last_profile()) on every layer alone with the other layers KV16
+//    (num_layers x candidates configs). Its tell() prunes, clusters (unless
+//    `cluster` is false) and computes the additive frontier (kvtune), or
+//    computes skip_layer_frontier() (skip-layers) or first_last_frontier()
+//    (first-last).
 // 2. Generations. Genome = one choice per group (kvtune) or per layer (nsga2,
 //    random, whose genes range over every candidate). The first kvtune
 //    generation is the additive frontier's assignments whose prediction
@@ -231,7 +278,9 @@ struct Evaluated {
 //    dominate a reported frontier point. A uniform config outside the
 //    searched space (its pair pruned on some layer, or not shared by a
 //    group) is evaluated and reported but takes no part in NSGA-II.
-//    Skip-layers and scan ask ONE generation and no random genome: scan the
+//    Skip-layers, first-last and scan ask ONE generation and no random
+//    genome (first-last as skip-layers, its baselines only the uniform
+//    configs whose keys and values share a type): scan the
 //    uniform configs within max_bits (whatever `baselines` says: they are
 //    its whole space); skip-layers the baselines, then the skip-layer
 //    frontier's configs whose prediction meets the budgets, in bits order
@@ -302,8 +351,13 @@ class Search {
   // skip-layers, after the profile; empty otherwise), ordered by increasing
   // bits.
   std::vector<Evaluated> additive_frontier() const;
-  // The profile (kvtune and skip-layers, after its tell; empty otherwise).
+  // The profile (kvtune, skip-layers and first-last, after its tell; empty
+  // otherwise): profile()[l][j] is the error of profile_candidates()[j] on
+  // layer l alone.
   const Profile& profile() const { return profile_; }
+  // The pairs profiled, in profile order: every candidate, or for first-last
+  // first_last_profile()'s.
+  std::vector<PrecisionPair> profile_candidates() const;
 
   // The whole state; from_json(to_json()) continues identically. Throws
   // kvtune::Error on a malformed document.
@@ -323,7 +377,8 @@ class Search {
 
   Search() = default;
   void validate() const;
-  void prepare();  // fills pending_ for the current stage
+  std::vector<int> profiled() const;  // candidate indices of the profile, in its order
+  void prepare();                     // fills pending_ for the current stage
   void tell_profile(const std::vector<double>& errors);
   void tell_generation(const std::vector<double>& errors);
   void initial_generation();

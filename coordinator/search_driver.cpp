@@ -31,7 +31,8 @@ search::Search::Options search_options(const JobSpec& spec) {
       target->structure == Structure::SkipLayers ? std::optional(search::Strategy::kSkipLayers)
       : target->structure == Structure::Uniform || target->structure == Structure::UniformKV
           ? std::optional(search::Strategy::kScan)
-          : std::nullopt;
+      : target->structure == Structure::FirstLast ? std::optional(search::Strategy::kFirstLast)
+                                                  : std::nullopt;
   if (fixed) {
     if (spec.search.contains("strategy") && o.strategy != *fixed) {
       throw Error("search: strategy " + std::string(search::strategy_name(o.strategy)) +
@@ -114,7 +115,7 @@ void SearchDriver::resume(Job& job, const std::optional<std::string>& state, boo
   const search::Search& s = *job.search;
   std::vector<std::pair<std::vector<PrecisionPair>, double>> done;
   if (!s.profile().empty()) {
-    const auto& candidates = s.options().candidates;
+    const auto candidates = s.profile_candidates();
     for (std::size_t l = 0; l < s.profile().size(); ++l) {
       for (std::size_t p = 0; p < candidates.size(); ++p) {
         std::vector<PrecisionPair> layers(s.profile().size(),

@@ -22,7 +22,7 @@ namespace kvtune::coord {
 
 // The search options of a search job: its "search" object, and for an
 // engine target (JobSpec::engine_target) the target's candidates by default
-// and the strategy its structure allows (skip-layers, scan; per-layer targets
+// and the strategy its structure allows (skip-layers, scan, first-last; per-layer targets
 // take kvtune's or the one given). Throws kvtune::Error naming the field.
 search::Search::Options search_options(const JobSpec& spec);
 

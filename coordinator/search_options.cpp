@@ -23,6 +23,8 @@ std::string_view strategy_name(Strategy strategy) {
       return "skip-layers";
     case Strategy::kScan:
       return "scan";
+    case Strategy::kFirstLast:
+      return "first-last";
   }
   return "kvtune";
 }
@@ -33,8 +35,9 @@ Strategy parse_strategy(std::string_view text) {
   if (text == "random") return Strategy::kRandom;
   if (text == "skip-layers") return Strategy::kSkipLayers;
   if (text == "scan") return Strategy::kScan;
+  if (text == "first-last") return Strategy::kFirstLast;
   throw Error("search: unknown strategy \"" + std::string(text) +
-              "\" (expected kvtune, nsga2, random, skip-layers or scan)");
+              "\" (expected kvtune, nsga2, random, skip-layers, scan or first-last)");
 }
 
 namespace {

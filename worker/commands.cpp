@@ -77,7 +77,7 @@ struct QuantOptions {
     Scheme s = Scheme::from_options(engine != nullptr ? "kvtune" : target, scheme,
                                     given(group_size), given(residual), zero_point);
     s.kv_scales = parse_kv_scales(kv_scales);
-    s.rotation = parse_rotation(rotate);
+    s.rotation = target_rotation(target, parse_rotation(rotate));
     return s;
   }
   // The read rule: --read, else an engine target's own.

@@ -22,6 +22,14 @@ constexpr std::array<std::string_view, 2> kVllmPr = {"vllm:fp8", "vllm:nvfp4"};
 constexpr std::array<std::string_view, 9> kLlamaCpp = {
     "llama.cpp:f32",  "llama.cpp:f16",  "llama.cpp:bf16",   "llama.cpp:q8_0", "llama.cpp:q5_1",
     "llama.cpp:q5_0", "llama.cpp:q4_1", "llama.cpp:iq4_nl", "llama.cpp:q4_0"};
+// ik_llama.cpp's searched types: llama.cpp's without f32 (twice f16's bits for
+// an error f16 already makes negligible) and bf16 (f16's bits with 3 fewer
+// mantissa bits; KV rarely leaves f16's range), keeping its profile of
+// (keys + values - 1) pairs per layer small. f16 first: the reference of the
+// per-role profile, and the type of an unquantized first/last override.
+constexpr std::array<std::string_view, 7> kIkLlamaCpp = {
+    "llama.cpp:f16",  "llama.cpp:q8_0",   "llama.cpp:q5_1", "llama.cpp:q5_0",
+    "llama.cpp:q4_1", "llama.cpp:iq4_nl", "llama.cpp:q4_0"};
 
 // Read rules (ENGINES.md "Read rules"): vLLM V1 writes the step's K/V into the
 // cache before its attention kernel reads the cache; SGLang's default
@@ -47,10 +55,39 @@ constexpr std::array kTargets = {
     EngineTarget{"llama.cpp", "llama.cpp", Structure::UniformKV, kLlamaCpp, "cache",
                  "llama.cpp build_attn (the batch's K/V copied into the cache, then read)", "",
                  "llama.cpp"},
+    EngineTarget{
+        "ik_llama.cpp", "llama.cpp", Structure::FirstLast, kIkLlamaCpp, "cache",
+        "ik_llama.cpp build_attn (as llama.cpp)",
+        "ikawrakow/ik_llama.cpp PR #1599 (mixed KV cache; merged 2026-04, no release tags)",
+        "ik_llama.cpp"},
 };
 
 bool unquantized(const PrecisionPair& p) {
   return p.key.kind == KvFormat::Kind::Full && p.value.kind == KvFormat::Kind::Full;
+}
+
+bool separate_types(Structure s) {
+  return s == Structure::UniformKV || s == Structure::FirstLast;
+}
+
+// FirstLast: why the keys' (or values') dtype sequence over layers is not a
+// base type with a first-N and a last-N override, i.e. has more than three
+// runs; empty when it is.
+std::string first_last_refusal(const std::vector<PrecisionPair>& layers, bool keys) {
+  const auto of = [&](std::size_t l) { return keys ? layers[l].key : layers[l].value; };
+  int runs = 1;
+  for (std::size_t l = 1; l < layers.size(); ++l) {
+    if (of(l) == of(l - 1)) continue;
+    if (++runs > 3) {
+      const char* role = keys ? "key" : "value";
+      return "layer " + std::to_string(l) + " (" + layers[l].name() + "): its " + role + " type " +
+             of(l).name() + " starts a fourth run of " + role +
+             " types; ik_llama.cpp takes a base type with one type on the first N layers and "
+             "one on the last N (-ct" +
+             (keys ? "k" : "v") + "-first T,N, -ct" + (keys ? "k" : "v") + "-last T,N)";
+    }
+  }
+  return "";
 }
 
 }  // namespace
@@ -59,7 +96,7 @@ std::vector<PrecisionPair> EngineTarget::candidates() const {
   std::vector<PrecisionPair> out;
   for (std::string_view d : dtypes) {
     const KvFormat f = KvFormat::of(*find_engine_dtype(d));
-    if (structure != Structure::UniformKV) {
+    if (!separate_types(structure)) {
       out.push_back({f, f});
       continue;
     }
@@ -81,7 +118,7 @@ std::string EngineTarget::pair_refusal(const PrecisionPair& pair) const {
       return f.kind == KvFormat::Kind::Engine && f.name() == find_engine_dtype(d)->name;
     });
   };
-  const bool separate = structure == Structure::UniformKV;
+  const bool separate = separate_types(structure);
   if ((!separate && !(pair.key == pair.value)) || !known(pair.key) || !known(pair.value)) {
     std::string list;
     for (std::string_view d : dtypes) list += (list.empty() ? "" : ", ") + std::string(d);
@@ -98,14 +135,19 @@ std::string EngineTarget::refusal(const std::vector<PrecisionPair>& layers) cons
     const PrecisionPair& p = layers[l];
     const std::string where = "layer " + std::to_string(l) + " (" + p.name() + "): ";
     if (unquantized(p)) {
-      if (structure == Structure::Uniform || structure == Structure::UniformKV) {
+      if (structure != Structure::SkipLayers && structure != Structure::PerLayer) {
+        if (structure == Structure::FirstLast) {
+          return where + std::string(name) +
+                 " gives every layer one of its cache types; it cannot leave a layer "
+                 "unquantized (f16 is its unquantized type)";
+        }
         return where + std::string(engine) +
                " keeps every layer in one cache dtype; it cannot leave a layer unquantized";
       }
       continue;
     }
     if (std::string why = pair_refusal(p); !why.empty()) return where + why;
-    if (structure == Structure::PerLayer) continue;
+    if (structure == Structure::PerLayer || structure == Structure::FirstLast) continue;
     if (dtype != nullptr && !(*dtype == p)) {
       return where + std::string(engine) + " takes one " +
              (structure == Structure::UniformKV ? "key type and one value type"
@@ -114,6 +156,13 @@ std::string EngineTarget::refusal(const std::vector<PrecisionPair>& layers) cons
              dtype->name();
     }
     if (dtype == nullptr) dtype = &p;
+  }
+  if (structure == Structure::FirstLast) {
+    if (layers.empty()) return "no layers";
+    for (bool keys : {true, false}) {
+      if (std::string why = first_last_refusal(layers, keys); !why.empty()) return why;
+    }
+    return "";
   }
   if (dtype == nullptr && structure != Structure::PerLayer) {
     return "every layer is unquantized: not a quantized cache of target " + std::string(name);
@@ -141,10 +190,16 @@ std::string_view structure_name(Structure s) {
       return "uniform";
     case Structure::UniformKV:
       return "uniform-kv";
+    case Structure::FirstLast:
+      return "first-last";
     case Structure::PerLayer:
       break;
   }
   return "per-layer";
+}
+
+Rotation target_rotation(std::string_view target, Rotation rotation) {
+  return target == "ik_llama.cpp" && rotation == Rotation::Auto ? Rotation::Off : rotation;
 }
 
 std::span<const EngineTarget> engine_targets() {

@@ -465,6 +465,7 @@ JobSpec JobSpec::parse(const json& spec) {
       r.fail("rotate", e.what());
     }
   }
+  out.scheme.rotation = target_rotation(out.target, out.scheme.rotation);
   if (auto t0 = r.integer(spec, "prompt_tokens", "prompt_tokens", 0, 1 << 20)) {
     out.prompt_tokens = *t0;
   }

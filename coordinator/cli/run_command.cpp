@@ -162,9 +162,9 @@ int run_command(const std::vector<std::string>& args) {
       "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
       "target", po::value(&cache_target)->default_value(cache_target),
       "kvtune (its idealized caches), kvtuner (KVTuner's own cache), or an engine: vllm, "
-      "sglang, trtllm, llama.cpp (released), vllm-per-layer-pr, trtllm-per-layer-pr")(
-      "scheme", po::value(&scheme)->default_value(scheme),
-      "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
+      "sglang, trtllm, llama.cpp (released), vllm-per-layer-pr, trtllm-per-layer-pr, "
+      "ik_llama.cpp")("scheme", po::value(&scheme)->default_value(scheme),
+                      "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
       "group-size", po::value(&group_size)->default_value(group_size),
       "kivi group size G (kvtuner: q_group_size, -1 head_dim; default its setting's)")(
       "residual", po::value(&residual)->default_value(residual),
@@ -174,7 +174,8 @@ int run_command(const std::vector<std::string>& args) {
       "engine dtypes' per-layer k/v scales: one, calculated (vLLM --calculate-kv-scales) or "
       "calibrated (a calibrated checkpoint)")(
       "rotate", po::value(&rotate)->default_value(rotate),
-      "llama.cpp types: the Hadamard rotation, auto (llama.cpp's rule), on or off")(
+      "llama.cpp types: the Hadamard rotation, auto (the engine's rule: llama.cpp's; off for "
+      "ik_llama.cpp, where it is opt-in), on or off")(
       "prompt-tokens", po::value(&prompt_tokens)->default_value(prompt_tokens),
       "T0: each sequence's first T0 tokens are a prompt; metrics over the continuation")(
       "read", po::value(&read)->default_value(read),

@@ -21,7 +21,7 @@ TEST(EngineTarget, EveryTargetNamesItsDtypesStructureAndReadRule) {
   EXPECT_EQ(find_engine_target("kvtuner"), nullptr);
   EXPECT_EQ(target_names(),
             "kvtune, kvtuner, vllm, sglang, trtllm, vllm-per-layer-pr, trtllm-per-layer-pr, "
-            "llama.cpp");
+            "llama.cpp, ik_llama.cpp");
   const EngineTarget& vllm = *find_engine_target("vllm");
   EXPECT_EQ(vllm.structure, EngineTarget::Structure::SkipLayers);
   EXPECT_TRUE(vllm.needs.empty());
@@ -98,6 +98,39 @@ TEST(EngineTarget, LlamaCppRunsOneKeyTypeAndOneValueTypeForEveryLayer) {
   const std::string other = refusal("llama.cpp", "Kllama.cpp:q8_0Vvllm:fp8", 1);
   EXPECT_NE(other.find("keys and values each take one of llama.cpp:f32"), std::string::npos)
       << other;
+}
+
+TEST(EngineTarget, IkLlamaCppRunsABaseTypeWithFirstAndLastOverridesPerRole) {
+  const EngineTarget& ik = *find_engine_target("ik_llama.cpp");
+  EXPECT_EQ(ik.structure, EngineTarget::Structure::FirstLast);
+  EXPECT_EQ(structure_name(ik.structure), "first-last");
+  EXPECT_EQ(ik.engine, "llama.cpp");
+  EXPECT_EQ(ik.deploy, "ik_llama.cpp");
+  EXPECT_NE(ik.needs.find("#1599"), std::string_view::npos);
+  EXPECT_EQ(ik.read_rule(), ReadRule::parse("cache"));
+  const auto candidates = ik.candidates();
+  ASSERT_EQ(candidates.size(), 49u);  // 7 key types x 7 value types, keys major
+  EXPECT_EQ(candidates[0].name(), "KVllama.cpp:f16");
+  EXPECT_EQ(candidates[1].name(), "Kllama.cpp:f16Vllama.cpp:q8_0");
+  EXPECT_EQ(candidates[48].name(), "KVllama.cpp:q4_0");
+  const std::string q8 = "KVllama.cpp:q8_0", q4 = "KVllama.cpp:q4_0";
+  const std::string k8v4 = "Kllama.cpp:q8_0Vllama.cpp:q4_0",
+                    k4v8 = "Kllama.cpp:q4_0Vllama.cpp:q8_0";
+  // Keys q8 q4 q4 q8 (first, base, last), values q4 q8 q8 q8 (first, base).
+  EXPECT_EQ(refusal("ik_llama.cpp", k8v4 + "," + q4 + "," + k4v8 + "," + q8, 4), "");
+  EXPECT_EQ(refusal("ik_llama.cpp", q4, 5), "");
+  // Keys q8 q4 q8 q4: four runs, the fourth starting at layer 3.
+  const std::string four = refusal("ik_llama.cpp", q8 + "," + q4 + "," + q8 + "," + q4, 4);
+  EXPECT_NE(four.find("layer 3 (KVllama.cpp:q4_0): its key type"), std::string::npos) << four;
+  EXPECT_NE(four.find("-ctk-first T,N"), std::string::npos) << four;
+  // Values alone break it: keys q8 everywhere, values q4 q8 q4 q8.
+  const std::string values = refusal("ik_llama.cpp", k8v4 + "," + q8 + "," + k8v4 + "," + q8, 4);
+  EXPECT_NE(values.find("layer 3 (KVllama.cpp:q8_0): its value type"), std::string::npos) << values;
+  const std::string kv16 = refusal("ik_llama.cpp", q8 + ",KV16", 2);
+  EXPECT_NE(kv16.find("layer 1 (KV16)"), std::string::npos) << kv16;
+  const std::string f32 = refusal("ik_llama.cpp", "KVllama.cpp:f32", 1);
+  EXPECT_NE(f32.find("not a llama.cpp cache dtype of target ik_llama.cpp"), std::string::npos)
+      << f32;
 }
 
 TEST(EngineTarget, ShapesAnEngineDtypeCannotHoldAreNamed) {

@@ -193,6 +193,23 @@ TEST(JobSpec, EngineDtypesAndTheirScaleSource) {
   EXPECT_EQ(errors_of(spec), (std::vector<std::string>{"configs[1]", "configs[2]"}));
 }
 
+TEST(JobSpec, IkLlamaCppsRotationIsOffUnlessAsked) {
+  // ik_llama.cpp's Hadamard is opt-in (-khad, -vhad): "auto" resolves to off.
+  json spec = {{"kind", "search"}, {"model", "m"}, {"target", "ik_llama.cpp"}};
+  const JobSpec ik = JobSpec::parse(spec);
+  EXPECT_EQ(ik.scheme.rotation, Rotation::Off);
+  EXPECT_EQ(ik.to_json()["rotate"], "off");
+  EXPECT_EQ(JobSpec::parse(ik.to_json()).to_json(), ik.to_json());
+  spec["rotate"] = "auto";
+  EXPECT_EQ(JobSpec::parse(spec).scheme.rotation, Rotation::Off);
+  spec["rotate"] = "on";
+  EXPECT_EQ(JobSpec::parse(spec).scheme.rotation, Rotation::On);
+  // llama.cpp keeps its own rule.
+  spec["target"] = "llama.cpp";
+  spec.erase("rotate");
+  EXPECT_EQ(JobSpec::parse(spec).scheme.rotation, Rotation::Auto);
+}
+
 TEST(JobSpec, ASearchIsValidatedOnAnotherSampleByDefault) {
   const JobSpec s = JobSpec::parse({{"kind", "search"}, {"model", "m.bin"}});
   EXPECT_TRUE(s.validates());

@@ -555,6 +555,75 @@ TEST(Exports, LlamaCppRefusalsNameTheLayerAndTheRule) {
   EXPECT_THROW(llama_cpp_command({}), Error);
 }
 
+// ---- ik_llama.cpp: a base type with first-N and last-N overrides per role ----
+
+TEST(Exports, IkLlamaCppFlagsAreABaseTypeWithFirstAndLastOverrides) {
+  const PrecisionPair q8 = kv("llama.cpp:q8_0"), q4 = kv("llama.cpp:q4_0");
+  const PrecisionPair k8v4 = kv("llama.cpp:q8_0", "llama.cpp:q4_0");
+  const PrecisionPair k4v8 = kv("llama.cpp:q4_0", "llama.cpp:q8_0");
+  // The example: keys q8 q8 q4 q4 q4, values q4 q4 q4 q4 q8.
+  EXPECT_EQ(ik_llama_cpp_command({k8v4, k8v4, q4, q4, k4v8}),
+            "# ik_llama.cpp (PR #1599, mixed KV cache: merged 2026-04, no release tag yet): a "
+            "build of its main branch.\n"
+            "# MODEL.gguf: MODEL converted to GGUF (llama.cpp's convert_hf_to_gguf.py).\n"
+            "# A quantized V cache needs flash attention (-fa on).\n"
+            "llama-server -m MODEL.gguf -ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-last q8_0,1 "
+            "-fa on\n"
+            "llama-cli -m MODEL.gguf -ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-last q8_0,1 "
+            "-fa on\n");
+  DeployOptions deploy;
+  deploy.model = "models/m.gguf";
+  // One type per role: the base flags alone; f16 values need no flash attention.
+  const PrecisionPair k4f16 = kv("llama.cpp:q4_0", "llama.cpp:f16");
+  EXPECT_EQ(ik_llama_cpp_command({k4f16, k4f16}, deploy),
+            "# ik_llama.cpp (PR #1599, mixed KV cache: merged 2026-04, no release tag yet): a "
+            "build of its main branch.\n"
+            "llama-server -m models/m.gguf -ctk q4_0 -ctv f16\n"
+            "llama-cli -m models/m.gguf -ctk q4_0 -ctv f16\n");
+  // Three runs per role (the first and last types may be equal); two runs:
+  // the longer is the base, the second on a tie.
+  const PrecisionPair f16 = kv("llama.cpp:f16");
+  const std::string three = ik_llama_cpp_command({f16, q4, q4, q4, f16, f16}, deploy);
+  EXPECT_NE(three.find("llama-server -m models/m.gguf -ctk q4_0 -ctv q4_0 -ctk-first f16,1 "
+                       "-ctk-last f16,2 -ctv-first f16,1 -ctv-last f16,2 -fa on\n"),
+            std::string::npos)
+      << three;
+  const std::string tie = ik_llama_cpp_command({q8, q8, q4, q4}, deploy);
+  EXPECT_NE(tie.find("-ctk q4_0 -ctv q4_0 -ctk-first q8_0,2 -ctv-first q8_0,2 -fa on\n"),
+            std::string::npos)
+      << tie;
+  const std::string longer_first = ik_llama_cpp_command({q8, q8, q8, q4}, deploy);
+  EXPECT_NE(longer_first.find("-ctk q8_0 -ctv q8_0 -ctk-last q4_0,1 -ctv-last q4_0,1 -fa on\n"),
+            std::string::npos)
+      << longer_first;
+  // Rotation: ik's Hadamard is opt-in; On asks for it, Auto and Off add nothing.
+  const std::string automatic = ik_llama_cpp_command({k4f16}, deploy);
+  deploy.rotation = Rotation::Off;
+  EXPECT_EQ(ik_llama_cpp_command({k4f16}, deploy), automatic);
+  deploy.rotation = Rotation::On;
+  const std::string on = ik_llama_cpp_command({k4f16}, deploy);
+  EXPECT_NE(on.find("llama-server -m models/m.gguf -ctk q4_0 -ctv f16 -khad -vhad\n"),
+            std::string::npos)
+      << on;
+  EXPECT_NE(on.find("(unverified)"), std::string::npos) << on;
+  EXPECT_EQ(export_config("ik_llama.cpp", {k8v4, k8v4, q4, q4, k4v8}),
+            ik_llama_cpp_command({k8v4, k8v4, q4, q4, k4v8}));
+}
+
+TEST(Exports, IkLlamaCppRefusalsNameTheLayerAndTheRule) {
+  const PrecisionPair q8 = kv("llama.cpp:q8_0"), q4 = kv("llama.cpp:q4_0");
+  const std::string four = error_of([&] { ik_llama_cpp_command({q8, q4, q8, q4}); });
+  EXPECT_NE(four.find("ik_llama.cpp flags: layer 3 (KVllama.cpp:q4_0): its key type"),
+            std::string::npos)
+      << four;
+  const std::string kv16 = error_of([&] { ik_llama_cpp_command({q8, kv("16")}); });
+  EXPECT_NE(kv16.find("layer 1 (KV16)"), std::string::npos) << kv16;
+  const std::string f32 = error_of([&] { ik_llama_cpp_command({kv("llama.cpp:f32")}); });
+  EXPECT_NE(f32.find("not a llama.cpp cache dtype of target ik_llama.cpp"), std::string::npos)
+      << f32;
+  EXPECT_THROW(ik_llama_cpp_command({}), Error);
+}
+
 TEST(Exports, DispatchAndDescription) {
   const auto layers = cfg("KVfp8,KVfp8");
   EXPECT_EQ(export_config("trtllm", layers), "0-1:fp8");
@@ -586,7 +655,8 @@ TEST(Exports, DispatchAndDescription) {
   const std::string msg = error_of([&] { export_config("onnx", layers); });
   EXPECT_NE(
       msg.find("unknown export format 'onnx' (one of vllm, sglang-launch, trtllm-serve, "
-               "llama.cpp, kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, kv_scales)"),
+               "llama.cpp, ik_llama.cpp, kvtuner, trtllm, sglang, hf_quant_config, hf_config_json, "
+               "kv_scales)"),
       std::string::npos)
       << msg;
 
@@ -595,6 +665,7 @@ TEST(Exports, DispatchAndDescription) {
       {"sglang-launch", {kv("sglang:fp8_e4m3")}},
       {"trtllm-serve", {kv("trtllm:nvfp4")}},
       {"llama.cpp", {kv("llama.cpp:q8_0", "llama.cpp:q4_0")}},
+      {"ik_llama.cpp", {kv("llama.cpp:q8_0"), kv("llama.cpp:q4_0")}},
       {"kvtuner", cfg("KV8")},
       {"trtllm", layers},
       {"sglang", layers},

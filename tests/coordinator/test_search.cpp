@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -473,8 +474,9 @@ TEST(Search, OptionsFromJson) {
 TEST(Search, ParsesEveryStrategyName) {
   EXPECT_EQ(parse_strategy("skip-layers"), Strategy::kSkipLayers);
   EXPECT_EQ(parse_strategy("scan"), Strategy::kScan);
+  EXPECT_EQ(parse_strategy("first-last"), Strategy::kFirstLast);
   for (Strategy strategy : {Strategy::kKvtune, Strategy::kNsga2, Strategy::kRandom,
-                            Strategy::kSkipLayers, Strategy::kScan}) {
+                            Strategy::kSkipLayers, Strategy::kScan, Strategy::kFirstLast}) {
     EXPECT_EQ(parse_strategy(strategy_name(strategy)), strategy);
   }
   EXPECT_EQ(strategy_name(Strategy::kSkipLayers), "skip-layers");
@@ -483,7 +485,7 @@ TEST(Search, ParsesEveryStrategyName) {
     parse_strategy("skip_layers");
     ADD_FAILURE() << "an unknown strategy was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("kvtune, nsga2, random, skip-layers or scan"),
+    EXPECT_NE(std::string(e.what()).find("kvtune, nsga2, random, skip-layers, scan or first-last"),
               std::string::npos)
         << e.what();
   }
@@ -892,6 +894,216 @@ TEST(Search, SixteenLayersFinishWithinBudget) {
         std::string(strategy_name(strategy)).c_str(), search.evaluations(), asks.size(),
         search.grouping().size(), frontier.size(), hypervolume(points, {4.0, 1.0}));
   }
+}
+
+// ---------------------------------------------------------------------------
+// First-last (ik_llama.cpp): keys and values each a base type with first-N
+// and last-N overrides, i.e. at most three runs of types per role.
+
+// An exactly additive model over formats by name: per layer a key weight
+// times the key format's damage plus a value weight times the value's (KV16
+// and any format not listed cost 0).
+Evaluator role_additive_model(std::vector<double> key_weight, std::vector<double> value_weight,
+                              std::map<std::string, double> damage) {
+  return [=](const Config& config) {
+    const auto of = [&](const KvFormat& f) {
+      const auto it = damage.find(f.name());
+      return it == damage.end() ? 0.0 : it->second;
+    };
+    double sum = 0;
+    for (std::size_t l = 0; l < config.size(); ++l) {
+      sum += key_weight[l] * of(config[l].key) + value_weight[l] * of(config[l].value);
+    }
+    return sum;
+  };
+}
+
+int role_runs(const Config& config, bool keys) {
+  int runs = 1;
+  for (std::size_t l = 1; l < config.size(); ++l) {
+    const bool same =
+        keys ? config[l].key == config[l - 1].key : config[l].value == config[l - 1].value;
+    runs += same ? 0 : 1;
+  }
+  return runs;
+}
+
+bool in_first_last_structure(const Config& config) {
+  return role_runs(config, true) <= 3 && role_runs(config, false) <= 3;
+}
+
+// Brute force: every config of the candidates over `layers` layers that the
+// structure expresses, within max_bits; the front by (bits, error).
+std::vector<Scored> first_last_structure_front(const std::vector<PrecisionPair>& candidates,
+                                               int layers, double max_bits,
+                                               const Evaluator& model) {
+  std::vector<Scored> all;
+  std::vector<std::size_t> digit(static_cast<std::size_t>(layers), 0);
+  while (true) {
+    Config config;
+    for (std::size_t d : digit) config.push_back(candidates[d]);
+    if (in_first_last_structure(config) && average_bits(config) <= max_bits) {
+      all.push_back({config, average_bits(config), model(config)});
+    }
+    std::size_t i = 0;
+    while (i < digit.size() && ++digit[i] == candidates.size()) digit[i++] = 0;
+    if (i == digit.size()) break;
+  }
+  std::stable_sort(all.begin(), all.end(), [](const Scored& a, const Scored& b) {
+    return a.bits != b.bits ? a.bits < b.bits : a.error < b.error;
+  });
+  std::vector<Scored> front;
+  for (const Scored& c : all) {
+    if (front.empty() || c.error < front.back().error - 1e-12) front.push_back(c);
+  }
+  return front;
+}
+
+// The profile first_last_profile() asks, from the model.
+Profile first_last_profile_of(const std::vector<PrecisionPair>& candidates, int layers,
+                              const Evaluator& model) {
+  Profile profile(static_cast<std::size_t>(layers));
+  for (int l = 0; l < layers; ++l) {
+    for (int p : first_last_profile(candidates).pairs) {
+      Config config(static_cast<std::size_t>(layers), kKv16);
+      config[static_cast<std::size_t>(l)] = candidates[static_cast<std::size_t>(p)];
+      profile[static_cast<std::size_t>(l)].push_back(model(config));
+    }
+  }
+  return profile;
+}
+
+std::vector<PrecisionPair> product(const std::vector<const char*>& keys,
+                                   const std::vector<const char*>& values) {
+  std::vector<PrecisionPair> out;
+  for (const char* k : keys) {
+    for (const char* v : values) {
+      out.push_back({KvFormat::parse(k), KvFormat::parse(v)});
+    }
+  }
+  return out;
+}
+
+TEST(FirstLastFrontier, EqualsBruteForceOnAnExactlyAdditiveModel) {
+  struct Instance {
+    std::vector<PrecisionPair> candidates;
+    std::vector<double> key_weight, value_weight;
+  };
+  const std::map<std::string, double> damage = {{"8", 0.004},
+                                                {"4", 0.06},
+                                                {"2", 0.8},
+                                                {"llama.cpp:q8_0", 0.003},
+                                                {"llama.cpp:q5_0", 0.02},
+                                                {"llama.cpp:q4_0", 0.05}};
+  const std::vector<Instance> instances = {
+      // KVTuner's nine pairs, 5 layers (9^5 configs).
+      {product({"8", "4", "2"}, {"8", "4", "2"}), {2, 40, 0.5, 10, 0.2}, {1, 3, 9, 0.4, 6}},
+      // ggml block types (half bits), keys and values with different type
+      // lists, 6 layers (6^6 configs).
+      {product({"llama.cpp:q8_0", "llama.cpp:q4_0"},
+               {"llama.cpp:q4_0", "llama.cpp:q8_0", "llama.cpp:q5_0"}),
+       {7, 0.3, 2, 5, 0.1, 12},
+       {0.2, 4, 1, 0.6, 9, 3}},
+  };
+  for (const Instance& in : instances) {
+    const int layers = static_cast<int>(in.key_weight.size());
+    SCOPED_TRACE(layers);
+    const Evaluator model = role_additive_model(in.key_weight, in.value_weight, damage);
+    const Profile profile = first_last_profile_of(in.candidates, layers, model);
+    const auto predicted = first_last_frontier(in.candidates, profile);
+    const auto front = first_last_structure_front(in.candidates, layers, 16, model);
+    ASSERT_EQ(predicted.size(), front.size());
+    for (std::size_t i = 0; i < front.size(); ++i) {
+      SCOPED_TRACE(format_layer_config(front[i].config));
+      Config config;
+      for (int c : predicted[i].layers)
+        config.push_back(in.candidates[static_cast<std::size_t>(c)]);
+      EXPECT_TRUE(in_first_last_structure(config)) << format_layer_config(config);
+      EXPECT_TRUE(first_last_expressible(in.candidates, predicted[i].layers));
+      EXPECT_NEAR(predicted[i].predicted.bits, front[i].bits, 1e-12);
+      EXPECT_NEAR(predicted[i].predicted.bits, average_bits(config), 1e-12);
+      EXPECT_NEAR(predicted[i].predicted.error, front[i].error, 1e-12);
+      EXPECT_NEAR(predicted[i].predicted.error, model(config), 1e-12);  // exact model
+    }
+  }
+}
+
+TEST(FirstLastFrontier, ProfilesEachRoleAgainstTheWidestTypeAndNeedsEveryPair) {
+  // Keys 8, 4, 2 and values 8, 4, 2: (8,8) (4,8) (2,8) (8,4) (8,2).
+  const auto candidates = kvtuner_candidates();
+  ASSERT_EQ(candidates.size(), 9u);
+  const FirstLastProfile fp = first_last_profile(candidates);
+  std::vector<std::string> names;
+  for (int p : fp.pairs) names.push_back(candidates[static_cast<std::size_t>(p)].name());
+  std::vector<std::string> expected;
+  for (const char* n : {"KV8", "K8V4", "K8V2", "K4V8", "K2V8"}) expected.push_back(pair(n).name());
+  std::sort(expected.begin(), expected.end(), [&](const std::string& a, const std::string& b) {
+    return std::find(candidates.begin(), candidates.end(), pair(a.c_str())) <
+           std::find(candidates.begin(), candidates.end(), pair(b.c_str()));
+  });
+  EXPECT_EQ(names, expected);
+  // Not every (key, value) pair of the types: refused, naming the missing one.
+  try {
+    first_last_profile({pair("KV8"), pair("K8V4"), pair("KV4")});
+    ADD_FAILURE() << "a partial product was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("K4V8 is not a candidate"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(first_last_expressible(candidates, {0, 0, 4, 4, 0}));
+  EXPECT_FALSE(first_last_expressible(candidates, {0, 4, 0, 4, 0}));
+  EXPECT_THROW(first_last_frontier(candidates, {{0.1, 0.2}}), Error);
+}
+
+TEST(FirstLast, EvaluatesThePredictedFrontierAndFindsTheStructuresFront) {
+  const int layers = 5;
+  const std::map<std::string, double> damage = {{"8", 0.004}, {"4", 0.06}, {"2", 0.8}};
+  const Evaluator model = role_additive_model({2, 40, 0.5, 10, 0.2}, {1, 3, 9, 0.4, 6}, damage);
+  Search::Options options;  // the nine KVTuner pairs
+  options.max_bits = 5;
+  options.max_evaluations = 25 + 200;
+  options.strategy = Strategy::kFirstLast;
+  Search search(options, layers);
+  ASSERT_TRUE(search.profiling());
+  const auto profile_configs = search.ask();
+  ASSERT_EQ(profile_configs.size(), 25u);  // 5 per layer: keys 8 4 2 with V8, values with K8
+  EXPECT_EQ(search.profile_candidates().size(), 5u);
+  for (const Config& c : profile_configs) {
+    EXPECT_EQ(std::count(c.begin(), c.end(), kKv16), layers - 1) << format_layer_config(c);
+  }
+  run(search, model, 1);
+  ASSERT_FALSE(search.done());
+  const auto generation = search.ask();
+  // The diagonal baselines within 5 bits first (KV4, KV2), then the front.
+  ASSERT_GE(generation.size(), 2u);
+  EXPECT_EQ(generation[0], Config(layers, pair("KV4")));
+  EXPECT_EQ(generation[1], Config(layers, pair("KV2")));
+  for (const Config& c : generation) EXPECT_TRUE(in_first_last_structure(c));
+  // Resumable after the profile with the generation asked.
+  const std::string saved = search.to_json().dump();
+  Search resumed = Search::from_json(nlohmann::json::parse(saved));
+  EXPECT_EQ(resumed.to_json().dump(), saved);
+  EXPECT_EQ(resumed.ask(), generation);
+
+  run(search, model);
+  run(resumed, model);
+  EXPECT_TRUE(search.done());
+  EXPECT_EQ(search.to_json(), resumed.to_json());
+  const auto front =
+      first_last_structure_front(options.candidates, layers, options.max_bits, model);
+  const auto frontier = search.frontier();
+  ASSERT_EQ(frontier.size(), front.size());
+  for (std::size_t i = 0; i < front.size(); ++i) {
+    SCOPED_TRACE(format_layer_config(front[i].config));
+    EXPECT_DOUBLE_EQ(frontier[i].bits, front[i].bits);
+    EXPECT_NEAR(frontier[i].error, front[i].error, 1e-12);
+  }
+  // An additive config with four runs of key types is refused on resume.
+  auto state = search.to_json();
+  state["additive"][0]["choice"] = {0, 4, 0, 4, 0};
+  EXPECT_THROW(Search::from_json(state), Error);
+  // The profile alone does not fit in 25 evaluations.
+  options.max_evaluations = 25;
+  EXPECT_THROW(Search(options, layers), Error);
 }
 
 }  // namespace

@@ -3,16 +3,21 @@
 // frontier with its flags, on a model whose head_dim is 64 (where llama.cpp's
 // Hadamard rotation applies) and on stories260K (head_dim 8: no rotation);
 // `kvtune eval --rotate` shows the rotation acting only where llama.cpp's rule
-// says it does.
+// says it does. `kvtune run --target ik_llama.cpp` searches ik_llama.cpp's
+// first-N / last-N overrides and deploys each config with flags that give
+// back its per-layer types.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include "../support/cluster.h"
 #include "../support/temp_dir.h"
 #include "kvtune/common/engine_dtype.h"
+#include "kvtune/common/engine_target.h"
 #include "kvtune/common/precision.h"
 
 namespace kvtune::testing {
@@ -97,6 +102,80 @@ TEST(LlamaCpp, RunOnStories260KPrintsTheFrontierWithFlags) {
                            "llama-server -m MODEL.gguf -ctk q8_0 -ctv q8_0 -fa on"}) {
     EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
   }
+}
+
+// The per-layer types that ik_llama.cpp's flags on `line` give each role
+// (ENGINES.md: layers i < N take the -ctX-first type, i >= layers - N the
+// -ctX-last type, "last" winning, the others the -ctX type).
+std::vector<std::pair<std::string, std::string>> ik_types(const std::string& line, int layers) {
+  std::map<std::string, std::string> flag;
+  std::istringstream words(line);
+  for (std::string word, value; words >> word;) {
+    if (word.rfind("-ctk", 0) == 0 || word.rfind("-ctv", 0) == 0) {
+      words >> value;
+      EXPECT_FALSE(flag.contains(word)) << word << " twice in " << line;
+      flag[word] = value;
+    }
+  }
+  const auto role = [&](const std::string& f, int l) {
+    std::string type = flag.at(f);  // the base type is always given
+    for (const char* where : {"-first", "-last"}) {
+      const auto it = flag.find(f + where);
+      if (it == flag.end()) continue;
+      const std::size_t comma = it->second.find(',');
+      const int n = std::stoi(it->second.substr(comma + 1));
+      EXPECT_GE(n, 1) << line;
+      const bool first = std::string(where) == "-first";
+      if (first ? l < n : l >= layers - n) type = it->second.substr(0, comma);
+    }
+    return type;
+  };
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int l = 0; l < layers; ++l) out.emplace_back(role("-ctk", l), role("-ctv", l));
+  return out;
+}
+
+TEST(IkLlamaCpp, RunSearchesTheOverridesAndEachExportGivesBackItsTypes) {
+  if (!std::filesystem::exists(kStories)) {
+    GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
+  }
+  const json job = run_json("--target ik_llama.cpp --model " + kStories +
+                            " --data sample:4:64:0 --max-bits 9 --max-evaluations 150 "
+                            "--workers 2");
+  ASSERT_EQ(job["state"], "done") << job.dump();
+  EXPECT_EQ(job["search"]["strategy"], "first-last");
+  EXPECT_LE(job["search"]["evaluations"].get<int>(), 150);
+  const EngineTarget& ik = *find_engine_target("ik_llama.cpp");
+  ASSERT_FALSE(job["frontier"].empty());
+  int overridden = 0;
+  for (const json& f : job["frontier"]) {
+    const std::string text = f["layers"];
+    const int layers = static_cast<int>(std::count(text.begin(), text.end(), ',')) + 1;
+    const auto config = parse_layer_config(text, layers);
+    EXPECT_EQ(ik.refusal(config), "") << text;
+    EXPECT_LE(f["metrics"]["avg_bits"].get<double>(), 9.0);
+    ASSERT_TRUE(f.contains("deploy")) << f;
+    EXPECT_EQ(f["deploy"]["format"], "ik_llama.cpp");
+    EXPECT_FALSE(f["deploy"]["released"].get<bool>());
+    ASSERT_TRUE(f["deploy"].contains("text")) << f["deploy"];
+    const std::string deploy = f["deploy"]["text"];
+    const std::size_t at = deploy.find("llama-server -m MODEL.gguf ");
+    ASSERT_NE(at, std::string::npos) << deploy;
+    const std::string line = deploy.substr(at, deploy.find('\n', at) - at);
+    EXPECT_EQ(line.find("-khad"), std::string::npos) << line;  // rotation off: ik's default
+    const auto types = ik_types(line, layers);
+    for (int l = 0; l < layers; ++l) {
+      const PrecisionPair& p = config[static_cast<std::size_t>(l)];
+      EXPECT_EQ(types[static_cast<std::size_t>(l)].first, p.key.engine_dtype().flag)
+          << "layer " << l << ": " << line << " for " << text;
+      EXPECT_EQ(types[static_cast<std::size_t>(l)].second, p.value.engine_dtype().flag)
+          << "layer " << l << ": " << line << " for " << text;
+    }
+    if (line.find("-first") != std::string::npos || line.find("-last") != std::string::npos) {
+      ++overridden;
+    }
+  }
+  EXPECT_GE(overridden, 1) << job["frontier"].dump(1);
 }
 
 TEST(LlamaCpp, TheRotationActsWhereLlamaCppsRuleSays) {

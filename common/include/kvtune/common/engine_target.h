@@ -14,6 +14,9 @@
 //                        KvCacheConfig.dtype ranges (NVIDIA/TensorRT-LLM PR #13695)
 //   llama.cpp            released: one key type (-ctk) and one value type (-ctv)
 //                        for every layer, any of the nine ggml cache types each
+//   ik_llama.cpp         a base key type and value type plus first-N and last-N
+//                        overrides for each (-ctk-first T,N, -ctv-last T,N, ...;
+//                        ikawrakow/ik_llama.cpp PR #1599, merged, no release tag)
 //
 // The targets kvtune and kvtuner (scheme.h) are not engine targets: any
 // per-layer pair of their formats.
@@ -28,6 +31,7 @@
 #include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/precision.h"
 #include "kvtune/common/read_rule.h"
+#include "kvtune/common/scheme.h"
 
 namespace kvtune {
 
@@ -37,6 +41,9 @@ struct EngineTarget {
     Uniform,     // one dtype for every layer
     PerLayer,    // any of the dtypes, or unquantized, per layer
     UniformKV,   // one key dtype and one value dtype, each any of the dtypes, for every layer
+    FirstLast,   // keys and values apart, each a base dtype with an optional dtype on the
+                 // first N layers and one on the last N ("last" wins on overlap):
+                 // per role, a dtype sequence over layers of at most three runs
   };
   std::string_view name;    // "vllm"
   std::string_view engine;  // "vllm", "sglang" or "trtllm"
@@ -48,8 +55,8 @@ struct EngineTarget {
   std::string_view deploy;  // the export format (coordinator/exports.h) that deploys a config
 
   // The candidate pairs: keys and values in one dtype, for each dtype (and,
-  // for PerLayer, KV16 last: a layer left unquantized); for UniformKV every
-  // (key dtype, value dtype) pair, keys major.
+  // for PerLayer, KV16 last: a layer left unquantized); for UniformKV and
+  // FirstLast every (key dtype, value dtype) pair, keys major.
   std::vector<PrecisionPair> candidates() const;
   ReadRule read_rule() const { return ReadRule::parse(std::string(read)); }
   // Why `layers` (one pair per layer) is not a configuration this engine runs
@@ -64,8 +71,13 @@ struct EngineTarget {
 // token); empty when it can, and for every other format.
 std::string shape_refusal(const PrecisionPair& pair, int64_t kv_heads, int64_t head_dim);
 
-// "skip-layers", "uniform", "per-layer", "uniform-kv"
+// "skip-layers", "uniform", "per-layer", "uniform-kv", "first-last"
 std::string_view structure_name(EngineTarget::Structure s);
+
+// The rotation a job of `target` runs when asked for `rotation`: ik_llama.cpp's
+// Hadamard is opt-in (-khad, -vhad), so its auto is off; other targets keep
+// `rotation` (auto is llama.cpp's rule, Scheme::rotate_chunk).
+Rotation target_rotation(std::string_view target, Rotation rotation);
 
 // Every engine target, in a fixed order.
 std::span<const EngineTarget> engine_targets();
