@@ -261,6 +261,11 @@ class CudaKernels : public ::testing::Test {
     return Placed{to_device(padded, stream()), offset};
   }
 
+  // The engine format `spec` of x on the device: the CPU reference's values,
+  // out of place and in place, and its count of values stored as NaN or inf.
+  void expect_engine_matches_cpu(const EngineSpec& spec, const CacheShape& shape, bool misaligned,
+                                 const std::vector<T>& x) const;
+
  private:
   std::unique_ptr<DeviceStream> stream_;
   std::unique_ptr<DeviceBuffer<int>> flag_;
@@ -461,18 +466,36 @@ TYPED_TEST(CudaKernels, KvtunerQuantizerMatchesCpu) {
   return ::testing::AssertionSuccess();
 }
 
+template <class T>
+void CudaKernels<T>::expect_engine_matches_cpu(const EngineSpec& spec, const CacheShape& shape,
+                                               bool misaligned, const std::vector<T>& x) const {
+  constexpr DType dtype = dtype_of<T>();
+  std::vector<T> y(x.size());
+  const int64_t overflow = cpu::fake_quant_engine(spec, shape, dtype, x.data(), y.data());
+  DeviceBuffer<unsigned long long> counts(2);
+  counts.upload({0, 0}, stream());
+  const auto dx = place(x, misaligned);
+  auto dy = place(std::vector<T>(x.size()), misaligned);
+  cuda::fake_quant_engine(spec, shape, dtype, dx.get(), dy.get(), stream(), counts.get());
+  const auto n = counts.download(stream());
+  EXPECT_EQ(n[0], 0u) << "non-finite inputs";
+  ASSERT_EQ(n[1], static_cast<unsigned long long>(overflow)) << "values stored as NaN/inf";
+  ASSERT_TRUE(same_values(widened(dy.download(stream())), widened(y)));
+  auto inplace = place(x, misaligned);
+  cuda::fake_quant_engine(spec, shape, dtype, inplace.get(), inplace.get(), stream());
+  ASSERT_TRUE(same_values(widened(inplace.download(stream())), widened(y))) << "in place";
+}
+
 // The released engines' formats: bit-identical to the CPU reference, with the
 // same count of values the engine stores as NaN or inf, on every shape the
 // format accepts, at scales that make the cast formats overflow.
 TYPED_TEST(CudaKernels, EngineFormatsMatchCpu) {
   using T = TypeParam;
-  constexpr DType dtype = dtype_of<T>();
   const EngineArith ariths[] = {EngineArith::E4m3Scaled,      EngineArith::E5m2Scaled,
                                 EngineArith::E4m3Cast,        EngineArith::E5m2Cast,
                                 EngineArith::Fp8PerTokenHead, EngineArith::Int8PerTokenHead,
                                 EngineArith::Nvfp4Layer,      EngineArith::Fp4Pow2};
   uint32_t seed = 900;
-  DeviceBuffer<unsigned long long> counts(2);
   for (const Case& c : test_cases()) {
     for (const EngineArith arith : ariths) {
       for (const float scale : {1.0f, 0.37f, 0.004f}) {
@@ -485,21 +508,7 @@ TYPED_TEST(CudaKernels, EngineFormatsMatchCpu) {
         SCOPED_TRACE(c.str() + " arith " + std::to_string(static_cast<int>(arith)) + " scale " +
                      std::to_string(scale));
         const auto x = random_cache<T>(c.shape, seed++);
-        std::vector<T> y(x.size());
-        const int64_t overflow = cpu::fake_quant_engine(spec, c.shape, dtype, x.data(), y.data());
-        counts.upload({0, 0}, this->stream());
-        const auto dx = this->place(x, c.misaligned);
-        auto dy = this->place(std::vector<T>(x.size()), c.misaligned);
-        cuda::fake_quant_engine(spec, c.shape, dtype, dx.get(), dy.get(), this->stream(),
-                                counts.get());
-        const auto n = counts.download(this->stream());
-        EXPECT_EQ(n[0], 0u) << "non-finite inputs";
-        ASSERT_EQ(n[1], static_cast<unsigned long long>(overflow)) << "values stored as NaN/inf";
-        ASSERT_TRUE(same_values(widened(dy.download(this->stream())), widened(y)));
-        auto inplace = this->place(x, c.misaligned);
-        cuda::fake_quant_engine(spec, c.shape, dtype, inplace.get(), inplace.get(), this->stream());
-        ASSERT_TRUE(same_values(widened(inplace.download(this->stream())), widened(y)))
-            << "in place";
+        this->expect_engine_matches_cpu(spec, c.shape, c.misaligned, x);
       }
     }
   }
@@ -522,7 +531,6 @@ TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
   cases.push_back({{3, 2, 1024}, 32, 32, true});
   cases.push_back({{4, 3, 576}, 32, 32, false});  // keys rotate in chunks of 64
   uint32_t seed = 1900;
-  DeviceBuffer<unsigned long long> counts(2);
   for (const Case& c : cases) {
     const int64_t hd = c.shape.head_dim;
     for (const EngineArith arith : ariths) {
@@ -541,21 +549,7 @@ TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
         if constexpr (!std::is_same_v<T, Half>) {
           if (seed % 3 == 0) x[1] = from_float<T>(1e7f);  // an fp16 overflow (scale or value)
         }
-        std::vector<T> y(x.size());
-        const int64_t overflow = cpu::fake_quant_engine(spec, c.shape, dtype, x.data(), y.data());
-        counts.upload({0, 0}, this->stream());
-        const auto dx = this->place(x, c.misaligned);
-        auto dy = this->place(std::vector<T>(x.size()), c.misaligned);
-        cuda::fake_quant_engine(spec, c.shape, dtype, dx.get(), dy.get(), this->stream(),
-                                counts.get());
-        const auto n = counts.download(this->stream());
-        EXPECT_EQ(n[0], 0u) << "non-finite inputs";
-        ASSERT_EQ(n[1], static_cast<unsigned long long>(overflow)) << "values stored as NaN/inf";
-        ASSERT_TRUE(same_values(widened(dy.download(this->stream())), widened(y)));
-        auto inplace = this->place(x, c.misaligned);
-        cuda::fake_quant_engine(spec, c.shape, dtype, inplace.get(), inplace.get(), this->stream());
-        ASSERT_TRUE(same_values(widened(inplace.download(this->stream())), widened(y)))
-            << "in place";
+        this->expect_engine_matches_cpu(spec, c.shape, c.misaligned, x);
       }
     }
   }
@@ -565,6 +559,7 @@ TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
   x[70] = from_float<T>(std::numeric_limits<float>::infinity());
   EngineSpec spec{EngineArith::GgmlQ4_0, 1.0f};
   spec.rotate_chunk = 64;
+  DeviceBuffer<unsigned long long> counts(2);
   counts.upload({0, 0}, this->stream());
   const auto dx = to_device(x, this->stream());
   DeviceBuffer<T> dy(x.size());

@@ -222,6 +222,20 @@ check_goodbye() {
   grep -x "kvtune worker $id: goodbye" "$file"
 }
 
+# Stops the workers' array $2 of scenario $1 as the script documents (scancel
+# --batch --signal=TERM) and checks that both tasks ended well and said goodbye.
+stop_workers() {
+  local scenario=$1 job=$2 t line
+  must_run=()
+  scancel --batch --signal=TERM "$job" || fail "scancel --batch --signal=TERM $job failed"
+  wait_for "the workers ($scenario) to stop" 30 slurm_job_over "$job"
+  check_tasks_ended "$job" COMPLETED 2
+  for t in 0 1; do
+    line=$(check_goodbye "$tmp/$scenario/kvtune-workers-${job}_$t.out" "slurm-$job-$t-cpu0")
+    say "$scenario: task $t: $line"
+  done
+}
+
 # --- teardown -------------------------------------------------------------------
 
 munged_pid="" slurmctld_pid="" slurmd_pid="" coordinator_pid=""
@@ -436,13 +450,8 @@ n=$(workers_of "127.0.0.1:$a_api" "$a_id")
 frontier_of "127.0.0.1:$a_api" "$a_id" > "$tmp/a/frontier" || fail "a: no frontier in the job's JSON"
 [ "$(wc -l < "$tmp/a/frontier")" -ge 10 ] || fail "a: a frontier of $(wc -l < "$tmp/a/frontier") configs"
 
-must_run=()
-scancel --batch --signal=TERM "$wa" || fail "scancel --batch --signal=TERM $wa failed"
-wait_for "the workers (a) to stop" 30 slurm_job_over "$wa"
-check_tasks_ended "$wa" COMPLETED 2
+stop_workers a "$wa"
 for t in 0 1; do
-  line=$(check_goodbye "$tmp/a/kvtune-workers-${wa}_$t.out" "slurm-$wa-$t-cpu0")
-  say "a: task $t: $line"
   grep -q "worker slurm-$wa-$t-cpu0 says goodbye" "$tmp/a/coordinator.log" ||
     fail "a: the coordinator did not hear slurm-$wa-$t-cpu0's goodbye"
 done
@@ -524,14 +533,7 @@ fi
 say "b: the frontier after the requeue equals a's, config for config and metric for metric" \
   "($(wc -l < "$tmp/b/frontier") configs)"
 
-must_run=()
-scancel --batch --signal=TERM "$wb" || fail "scancel --batch --signal=TERM $wb failed"
-wait_for "the workers (b) to stop" 30 slurm_job_over "$wb"
-check_tasks_ended "$wb" COMPLETED 2
-for t in 0 1; do
-  line=$(check_goodbye "$tmp/b/kvtune-workers-${wb}_$t.out" "slurm-$wb-$t-cpu0")
-  say "b: task $t: $line"
-done
+stop_workers b "$wb"
 scancel "$cjob" || fail "scancel $cjob failed"
 wait_for "the coordinator job to stop" 30 slurm_job_over "$cjob"
 grep -q "kvtune-coordinator: the coordinator exited (status 0)" "$coordinator_out" ||
