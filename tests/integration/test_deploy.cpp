@@ -303,17 +303,23 @@ std::optional<double> systemd_seconds(const std::string& text) {
   return any ? std::optional<double>(total) : std::nullopt;
 }
 
-// The worker's --grace-seconds in `args`, else the default its --help shows.
-double worker_grace(const std::vector<std::string>& args) {
-  if (const auto value = option_value(args, "grace-seconds")) return std::stod(*value);
-  static const std::regex kDefault(R"(--grace-seconds arg \(=([0-9.]+)\))");
+// The default of `kvtune COMMAND --help`'s numeric --OPTION.
+double help_default(const std::string& command, const std::string& option) {
+  const std::regex pattern("--" + option + R"( arg \(=([0-9.]+)\))");
   std::smatch m;
-  const std::string& text = help("worker").output;
-  if (!std::regex_search(text, m, kDefault)) {
-    ADD_FAILURE() << "no --grace-seconds default in `kvtune worker --help`:\n" << text;
+  const std::string& text = help(command).output;
+  if (!std::regex_search(text, m, pattern)) {
+    ADD_FAILURE() << "no --" << option << " default in `kvtune " << command << " --help`:\n"
+                  << text;
     return 0;
   }
   return std::stod(m[1].str());
+}
+
+// The worker's --grace-seconds in `args`, else the default its --help shows.
+double worker_grace(const std::vector<std::string>& args) {
+  if (const auto value = option_value(args, "grace-seconds")) return std::stod(*value);
+  return help_default("worker", "grace-seconds");
 }
 
 // --- the scanner itself: it must find, and fail on, what it is meant to ---
@@ -441,14 +447,7 @@ double coordinator_lease() {
     if (call.command != "coordinator") continue;
     if (const auto value = option_value(call.args, "lease-seconds")) return std::stod(*value);
   }
-  static const std::regex kDefault(R"(--lease-seconds arg \(=([0-9.]+)\))");
-  std::smatch m;
-  const std::string& text = help("coordinator").output;
-  if (!std::regex_search(text, m, kDefault)) {
-    ADD_FAILURE() << "no --lease-seconds default in `kvtune coordinator --help`:\n" << text;
-    return 0;
-  }
-  return std::stod(m[1].str());
+  return help_default("coordinator", "lease-seconds");
 }
 
 TEST(DeployFiles, WorkerProbesCheckTheStatusFileTheWorkerWrites) {
