@@ -201,7 +201,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
     const double base = rates_["BM_Memcpy"];
     if (base <= 0) return;
     std::cout << "\nthroughput as a ratio to memcpy of the same bytes (one core, " << kShape.str()
-              << " fp32):\n";
+              << " fp32, vector instructions: " << kk::cpu::vector_isa()
+              << "; KVTUNE_CPU_NO_AVX512=1 for AVX2):\n";
     for (const auto& [name, rate] : rates_) {
       std::printf("  %-28s %.3fx\n", name.c_str(), rate / base);
     }

@@ -1,9 +1,9 @@
 // The CPU reference of llama.cpp's cache types, fast: sixteen 32-element
 // blocks at a time, eight block parameters per vector (iq4_nl: one block per
-// vector lane), so that ggml's per-block reductions (the maximum, iq4_nl's
-// sums in element order) run as vector operations without reordering any
-// block's arithmetic. Every operation is
-// the one of ggml_math.h's scalar definition, lane by lane; the scalar
+// vector lane, sixteen with AVX-512 in cpu_ggml_avx512.cpp), so that ggml's
+// per-block reductions (the maximum, iq4_nl's sums in element order) run as
+// vector operations without reordering any block's arithmetic. Every
+// operation is the one of ggml_math.h's scalar definition, lane by lane; the scalar
 // ggml_fake_quant_unit (shared with CUDA) handles units with non-finite input,
 // and the tests compare the two on every type.
 #include "cpu_ggml.h"
@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+
+#include "cpu_ggml_avx512.h"
 
 // The vector helpers below take and return 32-byte vectors by value; they are
 // always inlined, so the ABI of such calls without AVX never applies.
@@ -373,7 +375,8 @@ KVT_INLINE int64_t iq4_nl16(const float* src, float* dst) {
 // The sixteen blocks of src into dst (may alias); returns the values stored
 // non-finite, or -1, having written nothing, if an input is NaN or inf.
 KVT_VECTOR_CLONES int64_t blocks16(EngineArith arith, const float* src, float* dst) {
-  return arith == EngineArith::GgmlIq4Nl ? iq4_nl16(src, dst) : linear16(arith, src, dst);
+  if (arith != EngineArith::GgmlIq4Nl) return linear16(arith, src, dst);
+  return use_avx512() ? iq4_nl16_avx512(src, dst) : iq4_nl16(src, dst);
 }
 
 // One butterfly stage at stride h < 8 inside each vector: lane l takes

@@ -9,7 +9,8 @@
 
 namespace kvtune::kernels::cpu::detail {
 
-// Elements per batch of the fast path: sixteen blocks, two vectors of eight lanes.
+// Elements per batch of the fast path: sixteen blocks (two vectors of eight
+// lanes, or one of sixteen with AVX-512).
 inline constexpr int64_t kGgmlBatch = 16 * kGgmlBlock;
 
 // Fake-quantizes the units (engine_unit_size) in [begin, end), which are

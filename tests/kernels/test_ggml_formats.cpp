@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -196,6 +197,48 @@ TEST(GgmlFormats, Iq4NlRefitsTheScale) {
   // A midpoint goes up: -4.5 lies halfway between -10 and 1 -> 1 (d stays 1 in fp16).
   EXPECT_EQ(first(run(EngineArith::GgmlIq4Nl, block({-127.0f, -4.5f, -4.51f}), kBlock).y, 3),
             (std::vector<float>{-127.0f, 1.0f, -10.0f}));
+}
+
+// Every level boundary, at it and an ulp either side, and the edges of the
+// buckets the fast path looks levels up in (multiples of 8 +- 4, up to +-124):
+// in blocks led by -127, so that the first scale is 1 and x itself is
+// compared with the midpoints. Each value's level (its output over the
+// block's scale) is the count of midpoints K[i-1] + K[i] <= 2x, counted here.
+TEST(GgmlFormats, Iq4NlLevelsAtEveryBoundary) {
+  const float k[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  std::vector<float> values;
+  const auto around = [&](float v) {
+    for (const float u : {std::nextafter(v, -INFINITY), v, std::nextafter(v, INFINITY)}) {
+      values.push_back(u);
+      values.push_back(-u);
+    }
+  };
+  for (int i = 1; i < 16; ++i) around((k[i - 1] + k[i]) / 2.0f);
+  for (int e = 4; e <= 124; e += 8) around(static_cast<float>(e));
+  for (const float v : {0.0f, 125.0f, 126.5f, 63.99f}) around(v);
+  std::vector<float> x;
+  for (size_t i = 0; i < values.size(); i += 31) {
+    x.push_back(-127.0f);
+    for (size_t j = i; j < i + 31; ++j) x.push_back(j < values.size() ? values[j] : 0.0f);
+  }
+  x.resize(32 * 32, 0.5f);  // sixteen-block batches
+  const CacheShape shape{32, 1, 32};
+  const Result r = run(EngineArith::GgmlIq4Nl, x, shape);
+  for (size_t b = 0; b < x.size(); b += 32) {
+    std::vector<float> want(x.begin() + static_cast<std::ptrdiff_t>(b),
+                            x.begin() + static_cast<std::ptrdiff_t>(b + 32));
+    ggml_iq4_nl(want.data());
+    ASSERT_EQ(0, std::memcmp(want.data(), r.y.data() + b, sizeof(float) * 32))
+        << "block " << b / 32;
+    if (x[b] != -127.0f) continue;
+    const float scale = r.y[b] / -127.0f;
+    for (size_t j = 1; j < 32; ++j) {
+      const float v = x[b + j];
+      int level = 0;
+      for (int i = 1; i < 16; ++i) level += 2.0f * v >= k[i - 1] + k[i] ? 1 : 0;
+      EXPECT_EQ(r.y[b + j], k[level] * scale) << "x = " << v;
+    }
+  }
 }
 
 TEST(GgmlFormats, Iq4NlConstantAndZeroBlocks) {
@@ -390,6 +433,19 @@ TEST(GgmlFormats, LlamaCppRotationChunks) {
   EXPECT_EQ(ggml_rotation_chunk(EngineArith::GgmlQ4_0, Role::Key, 128), 128);
   EXPECT_EQ(ggml_rotation_chunk(EngineArith::GgmlF16, Role::Key, 128), 0);
   EXPECT_EQ(ggml_rotation_chunk(EngineArith::E4m3Scaled, Role::Key, 128), 0);
+}
+
+// KVTUNE_CPU_NO_AVX512 keeps the kernels to AVX2 (ctest runs these tests both ways).
+TEST(GgmlFormats, VectorIsaFollowsTheMachineAndTheEnvironment) {
+  const std::string isa = cpu::vector_isa();
+  const char* off = std::getenv("KVTUNE_CPU_NO_AVX512");
+  if (off != nullptr && *off != '\0' && std::string(off) != "0") {
+    EXPECT_NE(isa, "avx512");
+  } else {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    EXPECT_EQ(isa, __builtin_cpu_supports("avx512f") ? "avx512" : "avx2");
+#endif
+  }
 }
 
 TEST(GgmlFormats, StorageBits) {

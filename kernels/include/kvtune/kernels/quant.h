@@ -175,6 +175,9 @@ namespace cpu {
 // Worker threads of the CPU reference (default: hardware concurrency).
 void set_num_threads(int threads);
 int num_threads();
+// The widest vector instructions the CPU reference uses on this machine:
+// "avx512" (iq4_nl), "avx2" or "baseline"; KVTUNE_CPU_NO_AVX512=1 stops at AVX2.
+const char* vector_isa();
 
 // Integer formats. `fake_quant_int` writes dequant(quant(x)) for the
 // quantized prefix and copies the residual tokens; y may alias x.
