@@ -124,24 +124,19 @@ KVT_INLINE V8 across(V8 (&r)[kLanes], Op op) {
   return m;
 }
 
-// Eight blocks as rows: blk[b][k] = elements 8k..8k+7 of block b.
+// Eight blocks as rows: at(b, k) = elements 8k..8k+7 of block b, read where
+// they are (each pass reads them again from L1 rather than a copy on the stack).
 struct Rows {
-  V8 v[kLanes][kGgmlBlock / kLanes];
+  const float* src;
+  KVT_INLINE V8 at(int b, int k) const { return loadu(src + b * kGgmlBlock + k * kLanes); }
 };
-KVT_INLINE void load_rows(const float* src, Rows& rows) {
-  for (int b = 0; b < kLanes; ++b) {
-    for (int k = 0; k < kGgmlBlock / kLanes; ++k) {
-      rows.v[b][k] = loadu(src + b * kGgmlBlock + k * kLanes);
-    }
-  }
-}
 
 // Lane b = max |x| over block b.
 KVT_INLINE V8 block_amax(const Rows& rows) {
   V8 m[kLanes];
   for (int b = 0; b < kLanes; ++b) {
-    m[b] = vabs(rows.v[b][0]);
-    for (int k = 1; k < kGgmlBlock / kLanes; ++k) m[b] = vmax(m[b], vabs(rows.v[b][k]));
+    m[b] = vabs(rows.at(b, 0));
+    for (int k = 1; k < kGgmlBlock / kLanes; ++k) m[b] = vmax(m[b], vabs(rows.at(b, k)));
   }
   return across(m, vmax);
 }
@@ -155,7 +150,7 @@ KVT_INLINE V8 block_signed_max(const Rows& rows, const float* src, V8& amax) {
     V8i lowest = V8i{} + kGgmlBlock;
     for (int k = kGgmlBlock / kLanes - 1; k >= 0; --k) {
       const V8i index = V8i{0, 1, 2, 3, 4, 5, 6, 7} + k * kLanes;
-      lowest = vabs(rows.v[b][k]) == target ? index : lowest;
+      lowest = vabs(rows.at(b, k)) == target ? index : lowest;
     }
     first[b] = reinterpret_cast<V8>(lowest);
   }
@@ -191,7 +186,7 @@ KVT_INLINE int64_t stored_nonfinite(V8i bad_scale) {
 KVT_INLINE bool any_nonfinite(const Rows& rows) {
   V8i bad = V8i{};
   for (int b = 0; b < kLanes; ++b) {
-    for (int k = 0; k < kGgmlBlock / kLanes; ++k) bad |= nonfinite(rows.v[b][k]);
+    for (int k = 0; k < kGgmlBlock / kLanes; ++k) bad |= nonfinite(rows.at(b, k));
   }
   for (int b = 0; b < kLanes; ++b) {
     if (bad[b]) return true;
@@ -222,10 +217,10 @@ KVT_INLINE Linear linear_params(EngineArith arith, const Rows& rows, const float
     p.top = arith == EngineArith::GgmlQ4_1 ? 15 : 31;
     V8 lo[kLanes], hi[kLanes];
     for (int b = 0; b < kLanes; ++b) {
-      lo[b] = hi[b] = rows.v[b][0];
+      lo[b] = hi[b] = rows.at(b, 0);
       for (int k = 1; k < kGgmlBlock / kLanes; ++k) {
-        lo[b] = vmin(lo[b], rows.v[b][k]);
-        hi[b] = vmax(hi[b], rows.v[b][k]);
+        lo[b] = vmin(lo[b], rows.at(b, k));
+        hi[b] = vmax(hi[b], rows.at(b, k));
       }
     }
     p.mn = across(lo, vmin);
@@ -254,15 +249,15 @@ KVT_INLINE int64_t linear_values(EngineArith arith, const Rows& rows, const Line
       V8 y;
       if (arith == EngineArith::GgmlQ8_0) {
         // roundf(t) = trunc(t + copysign(0.5 - 2^-25, t)), exact for every float
-        const V8 t = rows.v[b][k] * idb;
+        const V8 t = rows.at(b, k) * idb;
         const V8i sign = reinterpret_cast<V8i>(t) & static_cast<int32_t>(0x80000000u);
         const V8 half = reinterpret_cast<V8>(reinterpret_cast<V8i>(splat(0x1.fffffep-2f)) | sign);
         y = to_v8(__builtin_convertvector(t + half, V8i)) * dhb;
       } else if (p.levels > 0) {
-        const V8i q = __builtin_convertvector(rows.v[b][k] * idb + p.offset, V8i);
+        const V8i q = __builtin_convertvector(rows.at(b, k) * idb + p.offset, V8i);
         y = to_v8((q < top ? q : top) - p.levels) * dhb;
       } else {
-        const V8i q = __builtin_convertvector((rows.v[b][k] - p.mn[b]) * idb + 0.5f, V8i);
+        const V8i q = __builtin_convertvector((rows.at(b, k) - p.mn[b]) * idb + 0.5f, V8i);
         const V8 scaled = to_v8(q < top ? q : top) * dhb;
         y = scaled + p.mh[b];
       }
@@ -277,9 +272,7 @@ KVT_INLINE int64_t linear_values(EngineArith arith, const Rows& rows, const Line
 // -1, writing nothing, if an input is NaN or inf.
 KVT_INLINE int64_t linear16(EngineArith arith, const float* src, float* dst) {
   constexpr int64_t kHalf = kLanes * kGgmlBlock;
-  Rows rows[2];
-  load_rows(src, rows[0]);
-  load_rows(src + kHalf, rows[1]);
+  const Rows rows[2] = {{src}, {src + kHalf}};
   if (any_nonfinite(rows[0]) || any_nonfinite(rows[1])) return -1;
   const Linear p0 = linear_params(arith, rows[0], src);
   const Linear p1 = linear_params(arith, rows[1], src + kHalf);
