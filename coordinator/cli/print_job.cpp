@@ -37,6 +37,19 @@ void print_deploy(const json& job) {
 
 }  // namespace
 
+std::string config_display_name(const std::string& name) {
+  if (name.empty()) return name;
+  // One pair for every layer, whether written once ("K8V4") or per layer.
+  const std::string first = name.substr(0, name.find(','));
+  bool uniform = true;
+  for (std::size_t at = 0; at != std::string::npos; at = name.find(',', at + 1)) {
+    const std::size_t start = at == 0 ? 0 : at + 1;
+    uniform = uniform && name.compare(start, first.size(), first) == 0 &&
+              (start + first.size() == name.size() || name[start + first.size()] == ',');
+  }
+  return uniform ? first + " (all layers)" : name;
+}
+
 void print_job(const json& job) {
   const json& p = job["progress"];
   std::cout << "job       " << job.value("id", "") << " (" << job.value("kind", "") << ")\n"
@@ -77,17 +90,8 @@ void print_job(const json& job) {
       search && std::any_of(job["frontier"].begin(), job["frontier"].end(),
                             [](const json& f) { return f.contains("predicted_kl"); });
   bool flips = false;
-  // One pair for every layer, whether written once ("K8V4") or per layer.
   const auto display_name = [](const json& r) {
-    const std::string name = r.value("config", "");
-    const std::string first = name.substr(0, name.find(','));
-    bool uniform = true;
-    for (std::size_t at = 0; at != std::string::npos; at = name.find(',', at + 1)) {
-      const std::size_t start = at == 0 ? 0 : at + 1;
-      uniform = uniform && name.compare(start, first.size(), first) == 0 &&
-                (start + first.size() == name.size() || name[start + first.size()] == ',');
-    }
-    return uniform ? first + " (all layers)" : name;
+    return config_display_name(r.value("config", ""));
   };
   // As wide as the longest name (llama.cpp's pairs are long), 32 to 48.
   int width = 32;

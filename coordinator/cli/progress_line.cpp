@@ -28,7 +28,7 @@ void ProgressLine::update(const nlohmann::json& summary) {
   }
   if (p.contains("best")) {
     const nlohmann::json& b = p["best"];
-    std::string layers = b.value("layers", "");
+    std::string layers = config_display_name(b.value("layers", ""));
     if (terminal_ && layers.size() > 40) layers = layers.substr(0, 37) + "...";
     std::snprintf(text, sizeof text, " (%.2f bits) KL %.5f", b.value("avg_bits", 0.0),
                   b.value("kl", 0.0));

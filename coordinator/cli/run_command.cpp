@@ -157,7 +157,7 @@ int run_command(const std::vector<std::string>& args) {
       "kind", po::value(&kind),
       "search (the default), profile or evaluate (the default when configs are given)")(
       "model", po::value(&model)->default_value(model),
-      "llama2.c .bin, Hugging Face directory, or builtin:demo")(
+      "llama2.c .bin, Hugging Face directory, builtin:demo or builtin:demo-hd64")(
       "data", po::value(&data)->default_value(data), "calibration data")(
       "seq-len", po::value(&seq_len)->default_value(seq_len), "sequence length for token files")(
       "target", po::value(&cache_target)->default_value(cache_target),

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -93,15 +94,23 @@ TEST(LlamaCpp, RunOnStories260KPrintsTheFrontierWithFlags) {
   if (!std::filesystem::exists(kStories)) {
     GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
   }
-  const CommandResult r =
-      run_command(build_path("kvtune") + " run --target llama.cpp --model " + kStories +
-                  " --data sample:4:64:0 --max-bits 9 --workers 2 --no-report 2>/dev/null");
+  const TempDir dir("kvtune-llama-cpp");
+  const CommandResult r = run_command(
+      build_path("kvtune") + " run --target llama.cpp --model " + kStories +
+      " --data sample:4:64:0 --max-bits 9 --workers 2 --no-report 2>" + dir.file("run.err"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* line : {"frontier config", "KVllama.cpp:q8_0 (all layers)",
                            "deploy the lowest KL within the budget",
                            "llama-server -m MODEL.gguf -ctk q8_0 -ctv q8_0 -fa on"}) {
     EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
   }
+  // The progress lines name the best pair as the table does, not layer by layer.
+  std::ifstream in(dir.file("run.err"));
+  const std::string progress((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(progress.find("; best within budget KVllama.cpp:q8_0 (all layers) (8.50 bits)"),
+            std::string::npos)
+      << progress;
+  EXPECT_EQ(progress.find("llama.cpp:q8_0,"), std::string::npos) << progress;
 }
 
 // The per-layer types that ik_llama.cpp's flags on `line` give each role
