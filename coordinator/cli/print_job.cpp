@@ -37,17 +37,31 @@ void print_deploy(const json& job) {
 
 }  // namespace
 
-std::string config_display_name(const std::string& name) {
-  if (name.empty()) return name;
-  // One pair for every layer, whether written once ("K8V4") or per layer.
-  const std::string first = name.substr(0, name.find(','));
-  bool uniform = true;
-  for (std::size_t at = 0; at != std::string::npos; at = name.find(',', at + 1)) {
-    const std::size_t start = at == 0 ? 0 : at + 1;
-    uniform = uniform && name.compare(start, first.size(), first) == 0 &&
-              (start + first.size() == name.size() || name[start + first.size()] == ',');
+std::string config_display_name(const std::string& layers) {
+  if (layers.empty()) return layers;
+  std::vector<std::string> pairs;
+  std::istringstream in(layers);
+  for (std::string pair; std::getline(in, pair, ',');) pairs.push_back(pair);
+  // llama.cpp's types all carry their engine's name, which the target line says once.
+  const std::string prefix = "llama.cpp:";
+  if (std::all_of(pairs.begin(), pairs.end(),
+                  [&](const std::string& p) { return p.find(prefix) != std::string::npos; })) {
+    for (std::string& p : pairs) {
+      for (std::size_t at; (at = p.find(prefix)) != std::string::npos;) p.erase(at, prefix.size());
+    }
   }
-  return uniform ? first + " (all layers)" : name;
+  // Runs of one pair as "pair*n"; one run for every layer (or a pair written once) as "(all
+  // layers)".
+  std::string out;
+  std::size_t runs = 0;
+  for (std::size_t i = 0; i < pairs.size();) {
+    std::size_t n = 1;
+    while (i + n < pairs.size() && pairs[i + n] == pairs[i]) ++n;
+    out += (out.empty() ? "" : ",") + pairs[i] + (n > 1 ? "*" + std::to_string(n) : "");
+    i += n;
+    ++runs;
+  }
+  return runs == 1 ? pairs[0] + " (all layers)" : out;
 }
 
 void print_job(const json& job) {

@@ -99,15 +99,15 @@ TEST(LlamaCpp, RunOnStories260KPrintsTheFrontierWithFlags) {
       build_path("kvtune") + " run --target llama.cpp --model " + kStories +
       " --data sample:4:64:0 --max-bits 9 --workers 2 --no-report 2>" + dir.file("run.err"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* line : {"frontier config", "KVllama.cpp:q8_0 (all layers)",
-                           "deploy the lowest KL within the budget",
-                           "llama-server -m MODEL.gguf -ctk q8_0 -ctv q8_0 -fa on"}) {
+  for (const char* line :
+       {"frontier config", "KVq8_0 (all layers)", "deploy the lowest KL within the budget",
+        "llama-server -m MODEL.gguf -ctk q8_0 -ctv q8_0 -fa on"}) {
     EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
   }
   // The progress lines name the best pair as the table does, not layer by layer.
   std::ifstream in(dir.file("run.err"));
   const std::string progress((std::istreambuf_iterator<char>(in)), {});
-  EXPECT_NE(progress.find("; best within budget KVllama.cpp:q8_0 (all layers) (8.50 bits)"),
+  EXPECT_NE(progress.find("; best within budget KVq8_0 (all layers) (8.50 bits)"),
             std::string::npos)
       << progress;
   EXPECT_EQ(progress.find("llama.cpp:q8_0,"), std::string::npos) << progress;
@@ -148,9 +148,12 @@ TEST(IkLlamaCpp, RunSearchesTheOverridesAndEachExportGivesBackItsTypes) {
   if (!std::filesystem::exists(kStories)) {
     GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
   }
-  const json job = run_json("--target ik_llama.cpp --model " + kStories +
-                            " --data sample:4:64:0 --max-bits 9 --max-evaluations 150 "
-                            "--workers 2");
+  const TempDir dir("kvtune-ik-llama-cpp");
+  const std::string arguments = "--target ik_llama.cpp --model " + kStories +
+                                " --data sample:4:64:0 --max-bits 9 --max-evaluations 150 "
+                                "--workers 2 --db " +
+                                dir.file("db");
+  const json job = run_json(arguments);
   ASSERT_EQ(job["state"], "done") << job.dump();
   EXPECT_EQ(job["search"]["strategy"], "first-last");
   EXPECT_LE(job["search"]["evaluations"].get<int>(), 150);
@@ -185,6 +188,33 @@ TEST(IkLlamaCpp, RunSearchesTheOverridesAndEachExportGivesBackItsTypes) {
     }
   }
   EXPECT_GE(overridden, 1) << job["frontier"].dump(1);
+
+  // The same job's table (its store has every result): each row names its
+  // config by runs of pairs, the types without "llama.cpp:", cut at 48 characters.
+  const CommandResult table =
+      run_command(build_path("kvtune") + " run " + arguments + " --no-report 2>/dev/null");
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  for (const json& f : job["frontier"]) {
+    std::vector<std::pair<std::string, int>> runs;
+    std::istringstream in(f["layers"].get<std::string>());
+    for (std::string pair; std::getline(in, pair, ',');) {
+      for (std::size_t at; (at = pair.find("llama.cpp:")) != std::string::npos;) pair.erase(at, 10);
+      if (!runs.empty() && runs.back().first == pair) {
+        ++runs.back().second;
+      } else {
+        runs.emplace_back(pair, 1);
+      }
+    }
+    std::string name = runs.size() == 1 ? runs[0].first + " (all layers)" : "";
+    for (const auto& [pair, n] : runs) {
+      if (runs.size() == 1) break;
+      name += (name.empty() ? "" : ",") + pair + (n > 1 ? "*" + std::to_string(n) : "");
+    }
+    if (name.size() > 48) name = name.substr(0, 45) + "...";
+    EXPECT_NE(table.output.find("\n" + name + " "), std::string::npos)
+        << name << " for " << f["layers"] << " in\n"
+        << table.output;
+  }
 }
 
 TEST(LlamaCpp, TheRotationActsWhereLlamaCppsRuleSays) {
