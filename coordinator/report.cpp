@@ -1,5 +1,6 @@
 // The report folder: tables (JSON, CSV), exports of the recommended config,
-// the HTML page, and writing them. The pictures are in report_svg.cpp.
+// the HTML page, and writing them. The pictures are in report_pareto.cpp and
+// report_sensitivity.cpp.
 #include "report.h"
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <sstream>
 #include <tuple>
+#include <vector>
 
 #include "exports.h"
 #include "kvtune/common/error.h"
@@ -342,13 +345,26 @@ std::string number_text(double v) {
 }
 
 std::string short_config_name(const std::string& layers) {
-  const std::string first = layers.substr(0, layers.find(','));
-  for (std::size_t start = 0; start <= layers.size();) {
-    const std::size_t end = std::min(layers.find(',', start), layers.size());
-    if (layers.compare(start, end - start, first) != 0) return layers;
-    start = end + 1;
+  std::vector<std::string> pairs;
+  std::istringstream in(layers);
+  for (std::string pair; std::getline(in, pair, ',');) pairs.push_back(pair);
+  // llama.cpp's types all carry their engine's name, which the target says once.
+  const std::string prefix = "llama.cpp:";
+  if (std::all_of(pairs.begin(), pairs.end(),
+                  [&](const std::string& p) { return p.find(prefix) != std::string::npos; })) {
+    for (std::string& p : pairs) {
+      for (std::size_t at; (at = p.find(prefix)) != std::string::npos;) p.erase(at, prefix.size());
+    }
   }
-  return first;
+  std::string out;
+  for (std::size_t i = 0; i < pairs.size();) {
+    std::size_t n = 1;
+    while (i + n < pairs.size() && pairs[i + n] == pairs[i]) ++n;
+    if (n == pairs.size()) return pairs[0];
+    out += (out.empty() ? "" : ",") + pairs[i] + (n > 1 ? "*" + std::to_string(n) : "");
+    i += n;
+  }
+  return out;
 }
 
 // A decade's tick label: 1e-3, ..., 0.1, 1, 10, 1e2.

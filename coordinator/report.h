@@ -89,7 +89,9 @@ std::string number_text(double v);
 std::string decade_label(int exponent);
 // A KL in at most 6 characters, for a heat-map cell: "3.1e-3", "0.42", "1.6".
 std::string kl_label(double kl);
-// A uniform config's one pair ("KV4" for "KV4,KV4,KV4"), else the config as given.
+// A config as the report and the CLI name it: a uniform config's one pair
+// ("KV4" for "KV4,KV4,KV4"), else its runs of pairs ("KV8*2,K8V4,KV4*3");
+// llama.cpp's types without their "llama.cpp:" ("Kq8_0Vq4_0").
 std::string short_config_name(const std::string& layers);
 
 }  // namespace kvtune::report

@@ -52,9 +52,8 @@ int run_command(const std::vector<std::string>& args);
 std::string fixed(double v, int digits);
 // A job (GET /v1/jobs/{id}) as a summary and a results table.
 void print_job(const nlohmann::json& job);
-// A config's per-layer list as the CLI names it: "K8V4 (all layers)" where
-// every layer has the same pair, else its runs ("KV8*2,K8V4,KV4*3");
-// llama.cpp's types without their "llama.cpp:" ("KVq8_0 (all layers)").
+// A config's per-layer list as the CLI names it: report::short_config_name,
+// with " (all layers)" after a uniform config's one pair.
 std::string config_display_name(const std::string& layers);
 // True for the states a job does not leave: done, failed, cancelled.
 bool job_finished(const std::string& state);

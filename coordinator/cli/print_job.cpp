@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "kvtune/common/engine_target.h"
+#include "report.h"
 
 namespace kvtune::cli {
 
@@ -39,29 +40,8 @@ void print_deploy(const json& job) {
 
 std::string config_display_name(const std::string& layers) {
   if (layers.empty()) return layers;
-  std::vector<std::string> pairs;
-  std::istringstream in(layers);
-  for (std::string pair; std::getline(in, pair, ',');) pairs.push_back(pair);
-  // llama.cpp's types all carry their engine's name, which the target line says once.
-  const std::string prefix = "llama.cpp:";
-  if (std::all_of(pairs.begin(), pairs.end(),
-                  [&](const std::string& p) { return p.find(prefix) != std::string::npos; })) {
-    for (std::string& p : pairs) {
-      for (std::size_t at; (at = p.find(prefix)) != std::string::npos;) p.erase(at, prefix.size());
-    }
-  }
-  // Runs of one pair as "pair*n"; one run for every layer (or a pair written once) as "(all
-  // layers)".
-  std::string out;
-  std::size_t runs = 0;
-  for (std::size_t i = 0; i < pairs.size();) {
-    std::size_t n = 1;
-    while (i + n < pairs.size() && pairs[i + n] == pairs[i]) ++n;
-    out += (out.empty() ? "" : ",") + pairs[i] + (n > 1 ? "*" + std::to_string(n) : "");
-    i += n;
-    ++runs;
-  }
-  return runs == 1 ? pairs[0] + " (all layers)" : out;
+  const std::string name = report::short_config_name(layers);
+  return name.find_first_of(",*") == std::string::npos ? name + " (all layers)" : name;
 }
 
 void print_job(const json& job) {

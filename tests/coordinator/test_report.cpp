@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -106,6 +107,14 @@ struct Xml {
   int count(const char* name, const std::string& cls) const {
     return doc == nullptr ? -1 : count_in(xmlDocGetRootElement(doc), name, cls);
   }
+  // The attributes of each element named `name` with class `cls`, in document
+  // order, and its text as "#text".
+  std::vector<std::map<std::string, std::string>> elements(const char* name,
+                                                           const std::string& cls) const {
+    std::vector<std::map<std::string, std::string>> out;
+    if (doc != nullptr) collect_elements(xmlDocGetRootElement(doc), name, cls, out);
+    return out;
+  }
   // Every text node's content, concatenated with newlines.
   std::string texts() const {
     std::string out;
@@ -117,6 +126,25 @@ struct Xml {
   std::string error;
 
  private:
+  static void collect_elements(xmlNodePtr node, const char* name, const std::string& cls,
+                               std::vector<std::map<std::string, std::string>>& out) {
+    for (xmlNodePtr c = node; c != nullptr; c = c->next) {
+      if (c->type != XML_ELEMENT_NODE) continue;
+      if (xmlStrcmp(c->name, BAD_CAST name) == 0) {
+        std::map<std::string, std::string> attrs;
+        for (xmlAttrPtr a = c->properties; a != nullptr; a = a->next) {
+          xmlChar* value = xmlGetProp(c, a->name);
+          attrs[reinterpret_cast<const char*>(a->name)] = reinterpret_cast<const char*>(value);
+          xmlFree(value);
+        }
+        xmlChar* content = xmlNodeGetContent(c);
+        attrs["#text"] = content != nullptr ? reinterpret_cast<const char*>(content) : "";
+        xmlFree(content);
+        if (attrs["class"] == cls) out.push_back(attrs);
+      }
+      collect_elements(c->children, name, cls, out);
+    }
+  }
   static int count_in(xmlNodePtr node, const char* name, const std::string& cls) {
     int n = 0;
     for (xmlNodePtr c = node; c != nullptr; c = c->next) {
@@ -210,6 +238,45 @@ TEST(Report, ParetoPlacesTheLabelsOfALlamaCppScan) {
   EXPECT_EQ(xml.count("rect", "baseline"), 65);
 }
 
+TEST(Report, ParetoKeepsBaselineNamesOffTheMarkers) {
+  // KV2 is a baseline and the frontier's first point; just right of it, where
+  // its name would go, lie the frontier's next points (first job) or the
+  // additive model's predictions (second).
+  json crowded = sample_job();
+  crowded["frontier"] = json::array({entry("KV2,KV2", 2, 0.5), entry("K4V2,KV2", 2.1, 0.49),
+                                     entry("KV4,KV2", 2.2, 0.48), entry("KV8,KV8", 8, 0.001)});
+  crowded["baselines"] = json::array({entry("KV2,KV2", 2, 0.5), entry("KV8,KV8", 8, 0.001)});
+  crowded["search"]["additive_frontier"] = json::array();
+  json predicted = crowded;
+  predicted["frontier"] = json::array({entry("KV2,KV2", 2, 0.5), entry("KV8,KV8", 8, 0.001)});
+  predicted["search"]["additive_frontier"] =
+      json::array({{{"layers", "KV2,K4V2"}, {"avg_bits", 2.1}, {"predicted_kl", 0.5}},
+                   {{"layers", "KV2,KV4"}, {"avg_bits", 2.2}, {"predicted_kl", 0.48}}});
+  for (const json& job : {crowded, predicted}) {
+    const Xml xml(pareto_svg(job));
+    ASSERT_NE(xml.doc, nullptr) << xml.error;
+    const auto labels = xml.elements("text", "baseline-label");
+    ASSERT_EQ(labels.size(), 2u);
+    auto markers = xml.elements("circle", "frontier");
+    for (const auto& m : xml.elements("circle", "predicted")) markers.push_back(m);
+    ASSERT_EQ(markers.size(), 4u);
+    for (const auto& l : labels) {
+      // 11 px text: about 6.6 px a character, from 11 px above the baseline to 2 below
+      const double width = 6.6 * static_cast<double>(l.at("#text").size()),
+                   x = std::stod(l.at("x")), y = std::stod(l.at("y"));
+      const double left = l.contains("text-anchor") ? x - width : x;
+      for (const auto& m : markers) {
+        const double cx = std::stod(m.at("cx")), cy = std::stod(m.at("cy")),
+                     r = std::stod(m.at("r"));
+        const bool overlaps =
+            left < cx + r && cx - r < left + width && y - 11 < cy + r && cy - r < y + 2;
+        EXPECT_FALSE(overlaps) << l.at("#text") << " at " << x << "," << y << " over the "
+                               << m.at("class") << " marker at " << cx << "," << cy;
+      }
+    }
+  }
+}
+
 TEST(Report, ParetoDrawsAOnePointFrontier) {
   json job = sample_job();
   job["frontier"] = json::array({entry("KV8,KV8", 8, 0.0)});
@@ -299,6 +366,12 @@ TEST(Report, SmallPieces) {
   EXPECT_EQ(short_config_name("KV4,KV4,KV4"), "KV4");
   EXPECT_EQ(short_config_name("KV4,KV2"), "KV4,KV2");
   EXPECT_EQ(short_config_name("KV4,KV44"), "KV4,KV44");
+  EXPECT_EQ(short_config_name("KV8,KV8,K8V4,KV4,KV4,KV4"), "KV8*2,K8V4,KV4*3");
+  EXPECT_EQ(short_config_name("KVllama.cpp:q8_0,KVllama.cpp:q8_0"), "KVq8_0");
+  EXPECT_EQ(short_config_name("Kllama.cpp:q8_0Vllama.cpp:q4_0,KVllama.cpp:q4_0,KVllama.cpp:q4_0"),
+            "Kq8_0Vq4_0,KVq4_0*2");
+  // A config that mixes in other formats keeps every name whole.
+  EXPECT_EQ(short_config_name("KV16,KVllama.cpp:q8_0"), "KV16,KVllama.cpp:q8_0");
 }
 
 TEST(Report, RecommendsTheLowestKlAndExportsItInEachFormatThatAcceptsIt) {
