@@ -77,10 +77,23 @@
     return (s / 3600).toFixed(1) + ' h ago';
   }
   const when = (ms) => (isNum(ms) && ms > 0 ? new Date(ms).toLocaleString() : '');
-  // A uniform config's one pair ("KV4" for "KV4,KV4,KV4"), else the config.
+  // A config as the CLI and the report name it (report::short_config_name):
+  // a uniform config's one pair, "(all layers)", else its runs of pairs
+  // ("KV8*2,K8V4,KV4*3"); llama.cpp's types without their "llama.cpp:".
   function shortLayers(layers) {
-    const parts = String(layers || '').split(',');
-    return parts.every((p) => p === parts[0]) ? parts[0] + ' (all layers)' : String(layers || '');
+    if (!layers) return '';
+    let parts = String(layers).split(',');
+    if (parts.every((p) => p.includes('llama.cpp:'))) {
+      parts = parts.map((p) => p.split('llama.cpp:').join(''));
+    }
+    const runs = [];
+    for (const p of parts) {
+      const last = runs[runs.length - 1];
+      if (last && last[0] === p) last[1] += 1;
+      else runs.push([p, 1]);
+    }
+    if (runs.length === 1) return runs[0][0] + ' (all layers)';
+    return runs.map(([p, n]) => (n > 1 ? p + '*' + n : p)).join(',');
   }
   const active = (state) => state === 'queued' || state === 'running';
 
