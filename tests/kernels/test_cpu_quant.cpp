@@ -3,21 +3,13 @@
 // equals dequantize(quantize()), and every dtype takes the same path.
 #include <gtest/gtest.h>
 
-#include <random>
 #include <vector>
 
+#include "../support/normal_tensor.h"
 #include "kvtune/kernels/quant.h"
 
 namespace kvtune::kernels {
 namespace {
-
-std::vector<float> random_cache(const CacheShape& s, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0.0f, 2.0f);
-  std::vector<float> x(static_cast<size_t>(s.elements()));
-  for (float& v : x) v = n(rng);
-  return x;
-}
 
 std::vector<IntSpec> all_int_specs() {
   std::vector<IntSpec> specs;
@@ -48,7 +40,7 @@ class ThreadCount : public ::testing::Test {
 
 TEST_F(ThreadCount, ResultsDoNotDependOnThreads) {
   const CacheShape shape{300, 4, 64};
-  const auto x = random_cache(shape, 1);
+  const auto x = testing::normal_tensor(shape, 1, 2.0f);
   for (const IntSpec& spec : all_int_specs()) {
     std::vector<float> one(x.size()), many(x.size());
     cpu::set_num_threads(1);
@@ -61,7 +53,7 @@ TEST_F(ThreadCount, ResultsDoNotDependOnThreads) {
 
 TEST(CpuQuant, InPlaceEqualsOutOfPlace) {
   const CacheShape shape{77, 2, 32};
-  const auto x = random_cache(shape, 2);
+  const auto x = testing::normal_tensor(shape, 2, 2.0f);
   for (const IntSpec& spec : all_int_specs()) {
     std::vector<float> out(x.size());
     cpu::fake_quant_int(spec, shape, DType::F32, x.data(), out.data());
@@ -73,7 +65,7 @@ TEST(CpuQuant, InPlaceEqualsOutOfPlace) {
 
 TEST(CpuQuant, FakeQuantEqualsDequantizeOfQuantize) {
   const CacheShape shape{70, 3, 32};
-  const auto x = random_cache(shape, 3);
+  const auto x = testing::normal_tensor(shape, 3, 2.0f);
   for (const IntSpec& spec : all_int_specs()) {
     const IntLayout layout = int_layout(spec, shape);
     std::vector<uint32_t> codes(static_cast<size_t>(layout.code_words));
@@ -94,7 +86,7 @@ TEST(CpuQuant, KiviQuantizesOnlyWholeResidualWindows) {
   spec.grouping = Grouping::Kivi;
   spec.bits = 2;
   const CacheShape shape{40, 1, 8};  // R = G = 32: tokens 32..39 stay full precision
-  const auto x = random_cache(shape, 4);
+  const auto x = testing::normal_tensor(shape, 4, 2.0f);
   std::vector<float> y(x.size());
   cpu::fake_quant_int(spec, shape, DType::F32, x.data(), y.data());
   int changed_in_prefix = 0;
@@ -105,7 +97,7 @@ TEST(CpuQuant, KiviQuantizesOnlyWholeResidualWindows) {
 
 TEST(CpuQuant, Fp8AndNvfp4FakeQuantMatchQuantizeDequantize) {
   const CacheShape shape{33, 4, 32};
-  const auto x = random_cache(shape, 5);
+  const auto x = testing::normal_tensor(shape, 5, 2.0f);
   std::vector<float> amax(4, 0.0f);
   cpu::accumulate_head_amax(shape, DType::F32, x.data(), amax.data());
   std::vector<float> fp8(4), fp4(4);
@@ -141,7 +133,7 @@ TEST(CpuQuant, AmaxAccumulatesAcrossBatches) {
 
 TEST(CpuQuant, NonFiniteInputNamesItsPosition) {
   const CacheShape shape{40, 2, 8};
-  auto x = random_cache(shape, 6);
+  auto x = testing::normal_tensor(shape, 6, 2.0f);
   x[(33 * 2 + 1) * 8 + 5] = std::numeric_limits<float>::infinity();
   std::vector<float> y(x.size());
   try {

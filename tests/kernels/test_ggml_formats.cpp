@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/normal_tensor.h"
 #include "kvtune/kernels/engine.h"
 
 namespace kvtune::kernels {
@@ -371,21 +372,12 @@ TEST(GgmlFormats, RotationIsHadamardQuantizeAndBack) {
   EXPECT_NE(run(EngineArith::GgmlQ8_0, x, shape).y, r.y);
 }
 
-// Standard normal values for a tensor of `shape`.
-std::vector<float> normal_values(const CacheShape& shape, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(shape.elements()));
-  for (float& v : x) v = normal(rng);
-  return x;
-}
-
 TEST(GgmlFormats, RotationOfRealisticDataMatchesTheExplicitPipeline) {
   // Random heads of 128: rotate with this file's matrix, quantize unrotated,
   // rotate back; the kernel's butterflies round differently from the matrix
   // product only in the last bit, far below a quantization step.
   const CacheShape shape{8, 4, 128};
-  const std::vector<float> x = normal_values(shape, 11);
+  const std::vector<float> x = testing::normal_tensor(shape, 11);
   for (const EngineArith arith : {EngineArith::GgmlQ4_0, EngineArith::GgmlIq4Nl}) {
     for (const int n : {64, 128}) {
       const std::vector<float> direct = rotate(run(arith, rotate(x, n), shape).y, n);
@@ -399,7 +391,7 @@ TEST(GgmlFormats, RotatedFp16StaysWithinFp16Rounding) {
   // f16 has no block scale: rotating around it only moves where the fp16
   // rounding happens, |H^T fp16(H x) - x| <= 2^-11 * max|H x| * sqrt(n).
   const CacheShape shape{4, 2, 64};
-  const std::vector<float> x = normal_values(shape, 3);
+  const std::vector<float> x = testing::normal_tensor(shape, 3);
   const Result plain = run(EngineArith::GgmlF16, x, shape);
   const Result rotated = run(EngineArith::GgmlF16, x, shape, 64);
   float max_rotated = 0.0f;
