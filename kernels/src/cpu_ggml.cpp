@@ -257,7 +257,8 @@ KVT_INLINE int64_t linear_values(EngineArith arith, const Rows& rows, const Line
         const V8i q = __builtin_convertvector(rows.at(b, k) * idb + p.offset, V8i);
         y = to_v8((q < top ? q : top) - p.levels) * dhb;
       } else {
-        const V8i q = __builtin_convertvector((rows.at(b, k) - p.mn[b]) * idb + 0.5f, V8i);
+        // NaN where a range past the largest float made the scale inf and id 0
+        const V8i q = code((rows.at(b, k) - p.mn[b]) * idb + 0.5f);
         const V8 scaled = to_v8(q < top ? q : top) * dhb;
         y = scaled + p.mh[b];
       }

@@ -564,6 +564,32 @@ void expect_cpu_matches_unit_math(DType dtype, float max_scale) {
   }
 }
 
+// Finite blocks whose range passes the largest float: q4_1/q5_1's scale is
+// inf and its reciprocal 0, so (x - min) * 0 is NaN for the top element,
+// whose code ggml_code takes as 0; the vector path stores what the scalar does.
+TEST(GgmlFormats, BlocksWhoseRangePassesTheLargestFloat) {
+  std::vector<float> x(16 * 32, 1.0f);
+  for (size_t b = 0; b < 16; ++b) {
+    x[b * 32] = 3e38f;
+    x[b * 32 + 1 + b] = -3e38f;
+  }
+  std::vector<float> buf(kGgmlMaxRotation);
+  for (const EngineArith arith :
+       {EngineArith::GgmlQ8_0, EngineArith::GgmlQ4_0, EngineArith::GgmlQ4_1, EngineArith::GgmlQ5_0,
+        EngineArith::GgmlQ5_1, EngineArith::GgmlIq4Nl}) {
+    std::vector<float> want(x.size());
+    int64_t want_overflow = 0;
+    for (size_t u = 0; u < x.size(); u += 32) {
+      want_overflow +=
+          ggml_fake_quant_unit(arith, 0, x.data() + u, want.data() + u, 32, buf.data(), nullptr);
+    }
+    const Result r = run(arith, x, {16, 1, 32});
+    EXPECT_EQ(r.overflow, want_overflow) << static_cast<int>(arith);
+    EXPECT_EQ(0, std::memcmp(r.y.data(), want.data(), x.size() * sizeof(float)))
+        << static_cast<int>(arith);
+  }
+}
+
 TEST(GgmlFormats, CpuMatchesTheSharedUnitMath) {
   expect_cpu_matches_unit_math<float>(DType::F32, 1e30f);
   expect_cpu_matches_unit_math<BFloat16>(DType::BF16, 1e30f);
