@@ -116,11 +116,13 @@ void BM_FakeQuantNvfp4(benchmark::State& state) {
 }
 
 // A released engine's dtype (engine_math.h), at a scale that keeps every value finite.
-void engine_bench(benchmark::State& state, kk::EngineArith arith) {
+void engine_bench(benchmark::State& state, kk::EngineArith arith, int rotate_chunk = 0) {
   kk::cpu::set_num_threads(1);
+  kk::EngineSpec spec{arith, 0.05f};  // (llama.cpp's types take no scale)
+  spec.rotate_chunk = rotate_chunk;
   std::vector<float> y(input().size());
   for (auto _ : state) {
-    kk::cpu::fake_quant_engine({arith, 0.05f}, kShape, kk::DType::F32, input().data(), y.data());
+    kk::cpu::fake_quant_engine(spec, kShape, kk::DType::F32, input().data(), y.data());
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * input_bytes());
@@ -142,24 +144,14 @@ void BM_EngineSglangFp4(benchmark::State& state) {
 }
 
 // llama.cpp's cache types; with llama.cpp's key rotation (Hadamard chunks of
-// 128 for head_dim 128) as a second figure for the quantized ones.
-void ggml_bench(benchmark::State& state, kk::EngineArith arith, int rotate_chunk) {
-  kk::cpu::set_num_threads(1);
-  kk::EngineSpec spec{arith, 1.0f};
-  spec.rotate_chunk = rotate_chunk;
-  std::vector<float> y(input().size());
-  for (auto _ : state) {
-    kk::cpu::fake_quant_engine(spec, kShape, kk::DType::F32, input().data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.SetBytesProcessed(state.iterations() * input_bytes());
-}
+// 128 for head_dim 128) as a second figure (llama.cpp rotates only the
+// quantized types: the f16 and bf16 figures show what the transforms cost).
 #define KVT_GGML_BENCH(name, arith)                             \
   void BM_Llamacpp_##name(benchmark::State& state) {            \
-    ggml_bench(state, kk::EngineArith::arith, 0);               \
+    engine_bench(state, kk::EngineArith::arith);                \
   }                                                             \
   void BM_Llamacpp_##name##_rot128(benchmark::State& state) {   \
-    ggml_bench(state, kk::EngineArith::arith, 128);             \
+    engine_bench(state, kk::EngineArith::arith, 128);           \
   }                                                             \
   BENCHMARK(BM_Llamacpp_##name)->Unit(benchmark::kMillisecond); \
   BENCHMARK(BM_Llamacpp_##name##_rot128)->Unit(benchmark::kMillisecond);

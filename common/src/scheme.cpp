@@ -183,8 +183,8 @@ int Scheme::rotate_chunk(const KvFormat& format, kk::Role role, int64_t head_dim
   }
   const EngineDtype& d = format.engine_dtype();
   if (d.engine != "llama.cpp") return 0;
+  if (rotation == Rotation::Auto) return kk::ggml_rotation_chunk(d.arith, role, head_dim);
   const int chunk = kk::ggml_rotation_chunk(role, head_dim);
-  if (rotation == Rotation::Auto) return d.bits < 16 ? chunk : 0;  // f16, bf16, f32: never
   if (chunk > 0) return chunk;
   // Forced where llama.cpp would not rotate: the largest power of two
   // dividing head_dim, at most llama.cpp's value chunk.

@@ -104,7 +104,7 @@ int64_t fake_quant_engine(const EngineSpec& spec, const CacheShape& shape, DType
   dispatch(dtype, [&]<class T>(T*) {
     const T* in = static_cast<const T*>(x);
     T* out = static_cast<T*>(y);
-    // whole groups per work item (llama.cpp's: whole batches of eight blocks)
+    // whole groups per work item (llama.cpp's: whole batches of sixteen blocks)
     const int64_t per = ggml ? std::max<int64_t>(kGgmlBatch, group) * 4 : 256;
     const int64_t step = group * (group < per ? per / group : 1);
     parallel_for((shape.elements() + step - 1) / step, 64, [&](int64_t begin, int64_t end) {

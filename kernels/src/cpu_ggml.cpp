@@ -142,8 +142,8 @@ KVT_INLINE V8 block_amax(const Rows& rows) {
 }
 
 // ggml_signed_max lane by lane: block b's first element of largest |x|, +0 for a zero block.
-KVT_INLINE V8 block_signed_max(const Rows& rows, const float* src, V8& amax) {
-  amax = block_amax(rows);
+KVT_INLINE V8 block_signed_max(const Rows& rows) {
+  const V8 amax = block_amax(rows);
   V8 first[kLanes];  // the lowest index of an element equal in |x| to the amax, as int bits
   for (int b = 0; b < kLanes; ++b) {
     const V8 target = splat(amax[b]);
@@ -159,7 +159,7 @@ KVT_INLINE V8 block_signed_max(const Rows& rows, const float* src, V8& amax) {
     return reinterpret_cast<V8>(y < x ? y : x);
   }));
   V8 mx;
-  for (int b = 0; b < kLanes; ++b) mx[b] = src[b * kGgmlBlock + (at[b] & (kGgmlBlock - 1))];
+  for (int b = 0; b < kLanes; ++b) mx[b] = rows.src[b * kGgmlBlock + (at[b] & (kGgmlBlock - 1))];
   return amax == V8{} ? V8{} : mx;
 }
 
@@ -194,7 +194,7 @@ KVT_INLINE bool any_nonfinite(const Rows& rows) {
   return false;
 }
 
-// The parameters of eight blocks of q8_0, q4_0, q5_0, q4_1 or q5_1.
+// The parameters of eight blocks (one vector lane each) of q8_0, q4_0, q5_0, q4_1 or q5_1.
 struct Linear {
   V8 id, dh, mh = V8{}, mn = V8{};
   V8i tiny;  // blocks whose scale's reciprocal overflows: the scalar definition
@@ -202,7 +202,7 @@ struct Linear {
   int levels = 0, top = 0;
 };
 
-KVT_INLINE Linear linear_params(EngineArith arith, const Rows& rows, const float* src) {
+KVT_INLINE Linear linear_params(EngineArith arith, const Rows& rows) {
   Linear p;
   V8 d;
   if (arith == EngineArith::GgmlQ8_0) {
@@ -211,8 +211,7 @@ KVT_INLINE Linear linear_params(EngineArith arith, const Rows& rows, const float
     p.levels = arith == EngineArith::GgmlQ4_0 ? 8 : 16;
     p.top = 2 * p.levels - 1;
     p.offset = static_cast<float>(p.levels) + 0.5f;
-    V8 amax;
-    d = block_signed_max(rows, src, amax) / -static_cast<float>(p.levels);
+    d = block_signed_max(rows) / -static_cast<float>(p.levels);
   } else {
     p.top = arith == EngineArith::GgmlQ4_1 ? 15 : 31;
     V8 lo[kLanes], hi[kLanes];
@@ -234,14 +233,13 @@ KVT_INLINE Linear linear_params(EngineArith arith, const Rows& rows, const float
 }
 
 // The values of eight blocks into dst; returns those stored non-finite.
-KVT_INLINE int64_t linear_values(EngineArith arith, const Rows& rows, const Linear& p,
-                                 const float* src, float* dst) {
+KVT_INLINE int64_t linear_values(EngineArith arith, const Rows& rows, const Linear& p, float* dst) {
   int64_t bad = stored_nonfinite((nonfinite(p.dh) | nonfinite(p.mh)) & ~p.tiny);
   const V8i top = V8i{} + p.top;
   for (int b = 0; b < kLanes; ++b) {
     float* out = dst + b * kGgmlBlock;
     if (p.tiny[b]) {
-      bad += scalar_block(arith, src + b * kGgmlBlock, out);
+      bad += scalar_block(arith, rows.src + b * kGgmlBlock, out);
       continue;
     }
     const V8 idb = splat(p.id[b]), dhb = splat(p.dh[b]);
@@ -275,10 +273,9 @@ KVT_INLINE int64_t linear16(EngineArith arith, const float* src, float* dst) {
   constexpr int64_t kHalf = kLanes * kGgmlBlock;
   const Rows rows[2] = {{src}, {src + kHalf}};
   if (any_nonfinite(rows[0]) || any_nonfinite(rows[1])) return -1;
-  const Linear p0 = linear_params(arith, rows[0], src);
-  const Linear p1 = linear_params(arith, rows[1], src + kHalf);
-  return linear_values(arith, rows[0], p0, src, dst) +
-         linear_values(arith, rows[1], p1, src + kHalf, dst + kHalf);
+  const Linear p0 = linear_params(arith, rows[0]);
+  const Linear p1 = linear_params(arith, rows[1]);
+  return linear_values(arith, rows[0], p0, dst) + linear_values(arith, rows[1], p1, dst + kHalf);
 }
 
 // ggml_signed_max with one block per lane (v[j] lane b = element j of block b).
@@ -483,7 +480,7 @@ KVT_VECTOR_CLONES int64_t ggml_fake_quant_range(const EngineSpec& spec, const T*
   const EngineArith arith = spec.arith;
   const int rotate = spec.rotate_chunk;
   const bool blocks = engine_is_ggml_block(arith);
-  alignas(32) float buf[kGgmlMaxRotation + kGgmlBatch];
+  alignas(32) float buf[std::max(kGgmlMaxRotation, static_cast<int>(kGgmlBatch))];
   int64_t overflow = 0;
   const auto by_units = [&](int64_t from, int64_t to) {  // the shared scalar definition
     for (int64_t u = from; u < to; u += unit) {

@@ -408,7 +408,9 @@ TEST(GgmlFormats, NoRotationByDefault) {
   const std::vector<float> x = block({-127.0f, 100.0f, 3.3f});
   std::vector<float> y(32);
   cpu::fake_quant_engine({EngineArith::GgmlIq4Nl, 1.0f}, kBlock, DType::F32, x.data(), y.data());
+  // What the cache holds without a rotation, not with one.
   EXPECT_EQ(y, run(EngineArith::GgmlIq4Nl, x, kBlock, 0).y);
+  EXPECT_NE(y, run(EngineArith::GgmlIq4Nl, x, kBlock, 32).y);
 }
 
 TEST(GgmlFormats, LlamaCppRotationChunks) {
@@ -435,7 +437,9 @@ TEST(GgmlFormats, VectorIsaFollowsTheMachineAndTheEnvironment) {
     EXPECT_NE(isa, "avx512");
   } else {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    EXPECT_EQ(isa, __builtin_cpu_supports("avx512f") ? "avx512" : "avx2");
+    EXPECT_EQ(isa, __builtin_cpu_supports("avx512f") ? "avx512"
+                   : __builtin_cpu_supports("avx2")  ? "avx2"
+                                                     : "baseline");
 #endif
   }
 }
@@ -518,7 +522,7 @@ std::vector<T> varied(const CacheShape& shape, uint32_t seed, float max_scale) {
   return x;
 }
 
-// The CPU reference's eight-block vector path gives, bit for bit, what the
+// The CPU reference's sixteen-block vector paths give, bit for bit, what the
 // scalar per-unit definition shared with CUDA (ggml_fake_quant_unit) gives,
 // with the same count of values stored non-finite: every type, dtype,
 // rotation, short batches, in place.

@@ -54,7 +54,7 @@ enum class EngineArith : uint8_t {
 
 // llama.cpp's types, and among them those quantized in 32-element blocks.
 KVT_HD bool engine_is_ggml(EngineArith arith) {
-  return arith >= EngineArith::GgmlQ8_0;
+  return arith >= EngineArith::GgmlQ8_0 && arith <= EngineArith::GgmlF32;
 }
 KVT_HD bool engine_is_ggml_block(EngineArith arith) {
   return arith >= EngineArith::GgmlQ8_0 && arith <= EngineArith::GgmlIq4Nl;
@@ -67,12 +67,11 @@ KVT_HD int ggml_rotation_chunk(EngineArith arith, Role role, int64_t head_dim) {
   return engine_is_ggml_block(arith) ? ggml_rotation_chunk(role, head_dim) : 0;
 }
 
-// Elements per group of `arith` in a tensor whose heads are head_dim long:
-// 16 for the fp4 blocks and 32 for llama.cpp's, else one (token, head) vector
-// (the per-layer-scale formats act element by element; a vector is just the
-// unit of work).
+// Elements per group of `arith` (not llama.cpp's) in a tensor whose heads are
+// head_dim long: 16 for the fp4 blocks, else one (token, head) vector (the
+// per-layer-scale formats act element by element; a vector is just the unit
+// of work).
 KVT_HD int64_t engine_group_size(EngineArith arith, int64_t head_dim) {
-  if (engine_is_ggml_block(arith)) return kGgmlBlock;
   return arith == EngineArith::Nvfp4Layer || arith == EngineArith::Fp4Pow2 ? 16 : head_dim;
 }
 
