@@ -245,7 +245,8 @@ json Api::progress_json(const Job& job) const {
   } else if (job.evaluating_baselines) {
     out["phase"] = "baselines";
   } else if (job.search->profiling()) {
-    const auto candidates = std::max<std::size_t>(1, job.search->options().candidates.size());
+    // (a first-last profile measures each role apart: fewer pairs than candidates)
+    const auto candidates = std::max<std::size_t>(1, job.search->profile_candidates().size());
     const int layers = job.search->num_layers();
     const int layer = std::min(layers, static_cast<int>(job.done / candidates) + 1);
     out["phase"] = "profile layer " + std::to_string(layer) + "/" + std::to_string(layers);

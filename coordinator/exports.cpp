@@ -173,9 +173,6 @@ EngineConfig engine_config(const std::vector<PrecisionPair>& layers, const char*
   return out;
 }
 
-// The model as one shell word: quoted when it holds anything but
-// [A-Za-z0-9_./:@+=,%-]; control characters are refused.
-
 std::string availability_note(const EngineDtype& d) {
   if (d.availability.empty()) return "";
   return "# " + std::string(d.name) + " needs " + std::string(d.availability) + "\n";

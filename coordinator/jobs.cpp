@@ -166,6 +166,20 @@ std::size_t Jobs::planned_tasks(const Job& job) {
   return job.model->layers * job.spec.candidates.size();
 }
 
+namespace {
+
+// configs[i] of a described evaluate job, one pair per layer of its model.
+std::vector<PrecisionPair> config_layers(const Job& job, std::size_t i) {
+  const std::string& config = job.spec.configs[i];
+  try {
+    return parse_layer_config(config, static_cast<int>(job.model->layers));
+  } catch (const Error& err) {
+    throw Error("configs[" + std::to_string(i) + "] '" + config + "': " + err.what());
+  }
+}
+
+}  // namespace
+
 // Evaluation `i` of a described evaluate or profile job: its config name and
 // layers (profile: one layer at a candidate pair, the others KV16), addressed.
 TaskEntry Jobs::entry_at(const Job& job, std::size_t i) {
@@ -174,12 +188,7 @@ TaskEntry Jobs::entry_at(const Job& job, std::size_t i) {
   std::vector<PrecisionPair> layers;
   if (job.spec.kind == JobSpec::Kind::Evaluate) {
     e.config = job.spec.configs[i];
-    try {
-      layers = parse_layer_config(e.config, n);
-    } catch (const Error& err) {
-      throw Error("configs[" + std::to_string(i) + "] '" + e.config + "': " + err.what());
-    }
-    e.layers = format_layer_config(layers);
+    layers = config_layers(job, i);
   } else {
     const std::size_t pairs = job.spec.candidates.size();
     const PrecisionPair& p = job.spec.candidates[i % pairs];
@@ -268,6 +277,16 @@ void Jobs::described(Job& job, const ModelInfo& model) {
   if (job.spec.kind == JobSpec::Kind::Search) {
     search_.start(job);
     return;
+  }
+  // Every config checked against the model first, so that a bad one fails
+  // the job before any of its evaluations is stored or sent.
+  if (job.spec.kind == JobSpec::Kind::Evaluate) {
+    try {
+      for (std::size_t i = 0; i < job.spec.configs.size(); ++i) config_layers(job, i);
+    } catch (const Error& e) {
+      fail_job(job, e.what(), scheduler_, ledger_);
+      return;
+    }
   }
   // Expanded in slices of the event loop (expand_some), so that a job of
   // many evaluations does not hold up the API and the workers.

@@ -34,8 +34,8 @@ std::vector<Point> measured_points(const json& list) {
 std::vector<Point> predicted_points(const json& job) {
   std::vector<Point> out;
   for (const json& a : array_at(job, {"search", "additive_frontier"})) {
-    out.push_back(
-        {a.value("avg_bits", 0.0), a.value("predicted_kl", 0.0), a.value("layers", std::string())});
+    out.push_back({a.value("avg_bits", 0.0), a.value("predicted_kl", 0.0),
+                   short_config_name(a.value("layers", std::string()))});
   }
   return out;
 }

@@ -39,6 +39,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --optional)
       shift
+      if [ $# -eq 0 ] || [ "${1#--}" != "$1" ]; then
+        echo "install-deps: --optional needs a group (groups: slurm, browser)" >&2
+        exit 2
+      fi
       while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do
         optional_packages "$1" > /dev/null
         groups+=("$1")
@@ -67,7 +71,7 @@ export DEBIAN_FRONTEND=noninteractive
 updated=0
 apt_install() {
   if [ "$updated" -eq 0 ]; then
-    $SUDO apt-get update -qq
+    $SUDO apt-get update -qq || return 1
     updated=1
   fi
   $SUDO apt-get install -y -qq --no-install-recommends "$@"

@@ -46,7 +46,7 @@ struct QuantOptions {
         "target", po::value(&target)->default_value(target),
         "kvtune (its idealized caches), kvtuner (KVTuner's own cache, re-quantized at each "
         "flush, bf16 arithmetic), or an engine: vllm, sglang, trtllm, vllm-per-layer-pr, "
-        "trtllm-per-layer-pr, llama.cpp (its dtypes, structure and read rule)")(
+        "trtllm-per-layer-pr, llama.cpp, ik_llama.cpp (its dtypes, structure and read rule)")(
         "scheme", po::value(&scheme)->default_value(scheme),
         "per-token-asym or kivi; target kvtuner: per-token-asym or per-channel-asym")(
         "group-size", po::value(&group_size),

@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <boost/program_options.hpp>
 #include <chrono>
@@ -20,7 +19,6 @@
 #include "coordinator.h"
 #include "http.h"
 #include "kvtune/common/config_file.h"
-#include "kvtune/common/engine_target.h"
 #include "kvtune/common/error.h"
 #include "kvtune/common/job_spec.h"
 #include "report.h"

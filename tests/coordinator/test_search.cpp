@@ -963,8 +963,9 @@ std::vector<Scored> first_last_structure_front(const std::vector<PrecisionPair>&
 Profile first_last_profile_of(const std::vector<PrecisionPair>& candidates, int layers,
                               const Evaluator& model) {
   Profile profile(static_cast<std::size_t>(layers));
+  const std::vector<int> pairs = first_last_profile(candidates).pairs;
   for (int l = 0; l < layers; ++l) {
-    for (int p : first_last_profile(candidates).pairs) {
+    for (int p : pairs) {
       Config config(static_cast<std::size_t>(layers), kKv16);
       config[static_cast<std::size_t>(l)] = candidates[static_cast<std::size_t>(p)];
       profile[static_cast<std::size_t>(l)].push_back(model(config));

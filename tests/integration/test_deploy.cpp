@@ -375,8 +375,8 @@ TEST(DeployScanner, ReportsAMisspelledOptionAndAnUnknownCommand) {
 TEST(DeployFiles, AllArePresent) {
   for (const char* name :
        {"README.md", "Dockerfile", "kubernetes/coordinator.yaml", "kubernetes/workers.yaml",
-        "slurm/kvtune-workers.sbatch", "systemd/kvtune-coordinator.service",
-        "systemd/kvtune-worker@.service"}) {
+        "slurm/kvtune-workers.sbatch", "slurm/kvtune-coordinator.sbatch",
+        "systemd/kvtune-coordinator.service", "systemd/kvtune-worker@.service"}) {
     EXPECT_TRUE(fs::is_regular_file(kDeployDir / name)) << (kDeployDir / name);
   }
 }
@@ -391,6 +391,7 @@ TEST(DeployFiles, EveryKvtuneOptionTheyUseIsInThatCommandsHelp) {
       {"deploy/kubernetes/workers.yaml (", "worker"},
       {"deploy/kubernetes/workers.yaml (", "worker health"},
       {"deploy/slurm/kvtune-workers.sbatch:", "worker"},
+      {"deploy/slurm/kvtune-coordinator.sbatch:", "coordinator"},
       {"deploy/systemd/kvtune-coordinator.service:", "coordinator"},
       {"deploy/systemd/kvtune-worker@.service:", "worker"},
   };

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "../support/cluster.h"
+#include "../support/shared_files.h"
 #include "../support/temp_dir.h"
 #include "kvtune/common/engine_dtype.h"
 #include "kvtune/common/engine_target.h"
@@ -25,13 +26,13 @@ namespace kvtune::testing {
 namespace {
 
 using json = nlohmann::json;
-const std::string kStories = std::string(KVTUNE_SHARED_DIR) + "/models/stories260K.bin";
 
 json run_json(const std::string& arguments) {
   const TempDir dir("kvtune-llama-cpp");
   const CommandResult r = run_command(build_path("kvtune") + " run " + arguments +
                                       " --no-report --json 2>" + dir.file("run.err"));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream err(dir.file("run.err"));
+  EXPECT_EQ(r.exit_code, 0) << r.output << std::string(std::istreambuf_iterator<char>(err), {});
   return json::parse(r.output);
 }
 
@@ -91,12 +92,10 @@ TEST(LlamaCpp, RunScansTheTypePairsAndDeploysEachWithItsFlags) {
 }
 
 TEST(LlamaCpp, RunOnStories260KPrintsTheFrontierWithFlags) {
-  if (!std::filesystem::exists(kStories)) {
-    GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
-  }
+  SKIP_WITHOUT_STORIES();
   const TempDir dir("kvtune-llama-cpp");
   const CommandResult r = run_command(
-      build_path("kvtune") + " run --target llama.cpp --model " + kStories +
+      build_path("kvtune") + " run --target llama.cpp --model " + kStoriesModel +
       " --data sample:4:64:0 --max-bits 9 --workers 2 --no-report 2>" + dir.file("run.err"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* line :
@@ -145,11 +144,9 @@ std::vector<std::pair<std::string, std::string>> ik_types(const std::string& lin
 }
 
 TEST(IkLlamaCpp, RunSearchesTheOverridesAndEachExportGivesBackItsTypes) {
-  if (!std::filesystem::exists(kStories)) {
-    GTEST_SKIP() << "needs " << kStories << " (the ../shared directory beside the project)";
-  }
+  SKIP_WITHOUT_STORIES();
   const TempDir dir("kvtune-ik-llama-cpp");
-  const std::string arguments = "--target ik_llama.cpp --model " + kStories +
+  const std::string arguments = "--target ik_llama.cpp --model " + kStoriesModel +
                                 " --data sample:4:64:0 --max-bits 9 --max-evaluations 150 "
                                 "--workers 2 --db " +
                                 dir.file("db");
@@ -217,10 +214,13 @@ TEST(IkLlamaCpp, RunSearchesTheOverridesAndEachExportGivesBackItsTypes) {
   }
 }
 
+// A quantized type and f16, for every layer.
+const std::string kRotationConfigs =
+    "--target llama.cpp --data sample:4:64:0 --config KVllama.cpp:q4_0 --config "
+    "KVllama.cpp:f16";
+
 TEST(LlamaCpp, TheRotationActsWhereLlamaCppsRuleSays) {
-  const std::string configs =
-      "--target llama.cpp --data sample:4:64:0 --config KVllama.cpp:q4_0 --config "
-      "KVllama.cpp:f16";
+  const std::string configs = kRotationConfigs;
   // head_dim 64: auto rotates the quantized type (as llama.cpp does), not f16.
   const std::string hd64 = " --model builtin:demo-hd64 " + configs;
   const auto automatic = eval_kl(hd64), on = eval_kl(hd64 + " --rotate on"),
@@ -233,11 +233,15 @@ TEST(LlamaCpp, TheRotationActsWhereLlamaCppsRuleSays) {
   // The demo's outlier key channels: spread by the rotation, they cost q4_0 less.
   EXPECT_LT(automatic[0], off[0]);
   EXPECT_EQ(automatic[1], off[1]);
-  // head_dim 8 (stories260K): llama.cpp does not rotate.
-  if (std::filesystem::exists(kStories)) {
-    const std::string stories = " --model " + kStories + " " + configs;
-    EXPECT_EQ(eval_kl(stories), eval_kl(stories + " --rotate off"));
-  }
+}
+
+TEST(LlamaCpp, Stories260KIsNotRotated) {
+  SKIP_WITHOUT_STORIES();
+  // head_dim 8: llama.cpp does not rotate.
+  const std::string stories = " --model " + kStoriesModel + " " + kRotationConfigs;
+  const auto automatic = eval_kl(stories);
+  ASSERT_EQ(automatic.size(), 2u);
+  EXPECT_EQ(automatic, eval_kl(stories + " --rotate off"));
 }
 
 }  // namespace
