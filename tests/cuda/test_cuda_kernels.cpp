@@ -13,6 +13,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -531,11 +532,12 @@ TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
   cases.push_back({{3, 2, 1024}, 32, 32, true});
   cases.push_back({{4, 3, 576}, 32, 32, false});  // keys rotate in chunks of 64
   uint32_t seed = 1900;
+  std::set<EngineArith> checked;  // every type meets a shape it runs on
   for (const Case& c : cases) {
     const int64_t hd = c.shape.head_dim;
     for (const EngineArith arith : ariths) {
       for (const int chunk :
-           {0, 4, 16, 64, 128, 256, 512, 1024, ggml_rotation_chunk(Role::Key, hd)}) {
+           std::set<int>{0, 4, 16, 64, 128, 256, 512, 1024, ggml_rotation_chunk(Role::Key, hd)}) {
         EngineSpec spec{arith, 1.0f};
         spec.rotate_chunk = chunk;
         try {
@@ -549,10 +551,12 @@ TYPED_TEST(CudaKernels, GgmlFormatsMatchCpu) {
         if constexpr (!std::is_same_v<T, Half>) {
           if (seed % 3 == 0) x[1] = from_float<T>(1e7f);  // an fp16 overflow (scale or value)
         }
-        this->expect_engine_matches_cpu(spec, c.shape, c.misaligned, x);
+        ASSERT_NO_FATAL_FAILURE(this->expect_engine_matches_cpu(spec, c.shape, c.misaligned, x));
+        checked.insert(arith);
       }
     }
   }
+  EXPECT_EQ(checked.size(), std::size(ariths));
   // Non-finite input: its unit (here one 64-chunk of two blocks) comes back NaN, counted once.
   const CacheShape shape{4, 2, 64};
   auto x = random_cache<T>(shape, 5);
